@@ -1,0 +1,530 @@
+"""``CostPolicy``: how the pods a policy selects may spend on model calls.
+
+Every section validates now, even where the sidecar's behaviour for it lands
+later, so users can write complete policies from the start.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from tokenomy_api.meta import (
+    ApiModel,
+    Condition,
+    DnsLabel,
+    Duration,
+    Fraction,
+    LabelSelector,
+    Money,
+    ObjectMeta,
+    ResourceName,
+    SecretKeyRef,
+)
+from tokenomy_api.names import COST_POLICY_KIND
+from tokenomy_api.rules import Rule
+
+HeaderName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9-]+$")]
+"""An HTTP header name."""
+
+Percent = Annotated[int, Field(ge=1, le=1000)]
+"""A whole percentage."""
+
+
+# --- cache -----------------------------------------------------------------
+
+
+class ExactCache(ApiModel):
+    """Serve a byte-identical (normalised) request from a stored answer."""
+
+    enabled: bool = True
+    """Whether the exact cache is on."""
+    ttl: Duration = "1h"
+    """How long an answer stays servable."""
+
+
+class SemanticCache(ApiModel):
+    """Serve a request whose meaning matches a stored one closely enough."""
+
+    enabled: bool = False
+    """Whether the semantic cache is on; it needs ``spec.embedding`` on the routes."""
+    threshold: Fraction = 0.95
+    """Cosine similarity at or above which a stored answer is served."""
+    ttl: Duration = "1h"
+    """How long an answer stays servable."""
+
+
+class CacheScope(ApiModel):
+    """The hard partition of the cache: entries are never shared across it."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(self.type == 'header') == has(self.header)",
+            message="scope.header is required when scope.type is header, and only then",
+            check=lambda s: (s.type == "header") == (s.header is not None),
+        ),
+    )
+
+    type: Literal["policy", "namespace", "header"] = "policy"
+    """``policy``: pods of this policy share; ``namespace``: all policies of the namespace
+    share; ``header``: one partition per value of ``header`` within the policy."""
+    header: HeaderName | None = None
+    """Request header whose value partitions the cache, e.g. ``x-tenant-id``; requests
+    without it are not cached."""
+
+
+class RedisStore(ApiModel):
+    """A Redis shared by the sidecars of a policy."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^rediss?://.+$")]
+    """``redis://host:port/db`` or ``rediss://`` for TLS."""
+    password_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the password, if the server needs one."""
+
+
+class CacheStore(ApiModel):
+    """Where cache entries live."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(self.type == 'redis') == has(self.redis)",
+            message="store.redis is required when store.type is redis, and only then",
+            check=lambda s: (s.type == "redis") == (s.redis is not None),
+        ),
+    )
+
+    type: Literal["memory", "redis"] = "memory"
+    """``memory``: per sidecar, least recently used entries evicted; ``redis``: shared."""
+    max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    """Entries kept per partition in memory."""
+    redis: RedisStore | None = None
+    """The Redis server, when ``type`` is ``redis``."""
+
+
+class NeverCache(ApiModel):
+    """Requests that are never served from or stored into the cache."""
+
+    with_tools: bool = True
+    """Requests that offer tools, whose calls may have side effects."""
+    temperature_above: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    """Requests asking for more randomness than this."""
+    headers: list[HeaderName] = Field(default_factory=list, max_length=16)
+    """Requests carrying any of these headers."""
+
+
+class Cache(ApiModel):
+    """Response caching."""
+
+    exact: ExactCache = Field(default_factory=ExactCache)
+    """The exact cache."""
+    semantic: SemanticCache = Field(default_factory=SemanticCache)
+    """The semantic cache."""
+    scope: CacheScope = Field(default_factory=CacheScope)
+    """The partition entries are confined to."""
+    store: CacheStore = Field(default_factory=CacheStore)
+    """Where entries live."""
+    never: NeverCache = Field(default_factory=NeverCache)
+    """What is never cached."""
+
+
+# --- cascade and routing ---------------------------------------------------
+
+
+class TierThreshold(ApiModel):
+    """A threshold for one tier."""
+
+    tier: DnsLabel
+    """Name of the tier."""
+    threshold: Fraction
+    """The threshold for that tier."""
+
+
+class Confidence(ApiModel):
+    """How the cascade judges whether a tier's answer is good enough."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.method != 'scorer' || has(self.scorer)",
+            message="confidence.scorer is required when confidence.method is scorer",
+            check=lambda c: c.method != "scorer" or c.scorer is not None,
+        ),
+    )
+
+    method: Literal["logprobs", "agreement", "verifier", "scorer", "format"] = "logprobs"
+    """``logprobs``: mean token probability of the answer; ``agreement``: share of samples
+    that agree; ``verifier``: the same model grades its answer; ``scorer``: a learned
+    model on (prompt, answer); ``format``: only the format checks."""
+    threshold: Fraction = 0.7
+    """Confidence below which the cascade escalates, unless a tier has its own."""
+    per_tier: list[TierThreshold] = Field(default_factory=list, max_length=8)
+    """Thresholds for particular tiers."""
+    samples: Annotated[int, Field(ge=2, le=10)] = 3
+    """Samples drawn for ``agreement``."""
+    verifier_prompt: Annotated[str, Field(max_length=8192)] | None = None
+    """Prompt for ``verifier``; a built-in one when unset."""
+    scorer: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """ConfigMap holding the learned scorer for ``scorer``."""
+    format_checks: bool = True
+    """Also escalate on a truncated answer, a refusal or a ``response_format`` mismatch."""
+
+
+class Cascade(ApiModel):
+    """Model cascading: try a cheap tier first, escalate when unsure."""
+
+    enabled: bool = False
+    """Whether the cascade is on."""
+    tiers: list[DnsLabel] = Field(default_factory=list, max_length=8)
+    """Tiers to walk, cheapest first; all of the route's tiers when empty."""
+    confidence: Confidence = Field(default_factory=Confidence)
+    """How answers are judged."""
+
+
+class ComplexityRouting(ApiModel):
+    """Send a request to the cheapest tier predicted to answer it well."""
+
+    enabled: bool = False
+    """Whether complexity routing is on."""
+    model: Annotated[str, Field(min_length=1, max_length=253)] = "builtin"
+    """``builtin``, or a ConfigMap holding a model from ``tokenomy router train``."""
+    threshold: Fraction = 0.5
+    """Predicted chance of a good answer a cheaper tier needs, unless a tier has its own."""
+    per_tier: list[TierThreshold] = Field(default_factory=list, max_length=8)
+    """Thresholds for particular tiers."""
+
+
+class DomainRoute(ApiModel):
+    """Requests about one domain go straight to one tier."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="size(self.keywords) > 0 || size(self.examples) > 0",
+            message="a domain route needs keywords or examples",
+            check=lambda d: bool(d.keywords or d.examples),
+        ),
+    )
+
+    name: DnsLabel
+    """Name of the domain, shown in ``x-tokenomy-route-reason``."""
+    tier: DnsLabel
+    """Tier its requests go to."""
+    keywords: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=256
+    )
+    """Words or phrases that, found in the last user message, select this domain."""
+    examples: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list, max_length=256
+    )
+    """Example queries; a request this similar to one of them selects the domain."""
+    similarity: Fraction = 0.8
+    """Cosine similarity to an example that selects the domain."""
+
+
+class Routing(ApiModel):
+    """Choosing a starting tier before any model is called."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.domains.all(d, self.domains.exists_one(e, e.name == d.name))",
+            message="domain names must be unique",
+            check=lambda r: len({d.name for d in r.domains}) == len(r.domains),
+        ),
+    )
+
+    complexity: ComplexityRouting = Field(default_factory=ComplexityRouting)
+    """Complexity routing."""
+    domains: list[DomainRoute] = Field(default_factory=list, max_length=64)
+    """Domain routes, checked in order before complexity routing."""
+
+
+# --- placement, prompt, output ---------------------------------------------
+
+
+class RegionPlacement(ApiModel):
+    """Which regions requests may go to."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(self.strategy == 'pinned') == has(self.pinned)",
+            message="region.pinned is required when region.strategy is pinned, and only then",
+            check=lambda r: (r.strategy == "pinned") == (r.pinned is not None),
+        ),
+        Rule(
+            cel="!has(self.pinned) || size(self.allowed) == 0 || self.pinned in self.allowed",
+            message="region.pinned must be one of region.allowed",
+            check=lambda r: r.pinned is None or not r.allowed or r.pinned in r.allowed,
+        ),
+    )
+
+    strategy: Literal["cheapest", "nearest", "pinned"] = "cheapest"
+    """``cheapest`` price first, ``nearest`` the pod's own region first, or one ``pinned``."""
+    pinned: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    """The region for ``pinned``."""
+    allowed: list[Annotated[str, Field(min_length=1, max_length=63)]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Regions requests may go to at all (data residency); any when empty."""
+
+
+class Placement(ApiModel):
+    """Where, among a tier's backends, requests go."""
+
+    spot: Literal["prefer", "avoid", "only"] = "prefer"
+    """Spot capacity: ``prefer`` it, ``avoid`` it unless nothing else is up, or ``only``."""
+    region: RegionPlacement = Field(default_factory=RegionPlacement)
+    """Region choice."""
+
+
+class Prompt(ApiModel):
+    """Trimming what is sent."""
+
+    history_window: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    """Most recent messages kept (system messages always kept); all when unset."""
+    deduplicate: bool = False
+    """Drop messages that repeat an earlier one word for word."""
+    max_input_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    """Requests estimated above this many input tokens are refused with a 400."""
+
+
+class Output(ApiModel):
+    """Capping what comes back."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    """Upper bound on ``max_tokens``; requests asking for more, or for nothing, get this."""
+    brevity: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    """An instruction added to the system prompt, e.g. ``Answer in at most 3 sentences.``"""
+
+
+# --- batching and tools ----------------------------------------------------
+
+
+class Batching(ApiModel):
+    """Holding requests briefly to send them together where a backend allows it."""
+
+    enabled: bool = False
+    """Whether batching is on."""
+    max_batch_size: Annotated[int, Field(ge=2, le=1024)] = 16
+    """Requests per batch at most."""
+    max_wait: Duration = "20ms"
+    """Longest a request waits for a batch to fill."""
+
+
+class ToolUpstream(ApiModel):
+    """One tool API the agent calls through the sidecar."""
+
+    name: DnsLabel
+    """Name of the tool, the path prefix on the sidecar's tool proxy."""
+    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/$.?#][^\s]*$")]
+    """Base URL of the tool's API."""
+    ttl: Duration = "5m"
+    """How long a GET response is reused."""
+    fields: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=256
+    )
+    """JSON fields kept in responses (dotted paths); all when empty."""
+
+
+class Tools(ApiModel):
+    """A caching, field-trimming proxy for the agent's tool APIs."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.upstreams.all(u, self.upstreams.exists_one(v, v.name == u.name))",
+            message="tool names must be unique",
+            check=lambda t: len({u.name for u in t.upstreams}) == len(t.upstreams),
+        ),
+    )
+
+    enabled: bool = False
+    """Whether the tool proxy is on."""
+    upstreams: list[ToolUpstream] = Field(default_factory=list, max_length=64)
+    """The tool APIs."""
+
+
+# --- budget, alerts, attribution -------------------------------------------
+
+
+class Budget(ApiModel):
+    """How much the selected pods may spend per period, and what happens after."""
+
+    amount: Money
+    """USD per period."""
+    period: Literal["daily", "weekly", "monthly"] = "monthly"
+    """Calendar period the amount applies to."""
+    time_zone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    """IANA time zone periods start in, e.g. ``Europe/Berlin``."""
+    on_exceeded: Literal["alert", "downgrade", "reject"] = "alert"
+    """``alert``: keep serving and raise ``BudgetExceeded``; ``downgrade``: cheapest tier
+    only, no escalation; ``reject``: answer 429."""
+    warn_at: list[Annotated[int, Field(ge=1, le=99)]] = Field(
+        default_factory=lambda: [80], max_length=8
+    )
+    """Percentages of the budget at which Events warn first."""
+    fail_mode: Literal["lease", "stop"] = "lease"
+    """When the operator is unreachable: spend what the current lease allows, or stop."""
+
+
+class Alert(ApiModel):
+    """One alert against a baseline."""
+
+    enabled: bool = True
+    """Whether the alert is on."""
+    threshold: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Change that fires it, in percent or percentage points; a per-alert default if unset."""
+    baseline: Literal["previousPeriod", "movingAverage"] = "movingAverage"
+    """What the current value is compared with."""
+
+
+class Alerts(ApiModel):
+    """Alerts raised as conditions, Events and Prometheus rules."""
+
+    cost_spike: Alert = Field(default_factory=Alert)
+    """Spend rate up by more than ``threshold`` percent (default 50)."""
+    tokens_per_request: Alert = Field(default_factory=Alert)
+    """Tokens per request up by more than ``threshold`` percent (default 20)."""
+    cache_hit_drop: Alert = Field(default_factory=Alert)
+    """Cache hit rate down by more than ``threshold`` points (default 10)."""
+    large_tier_shift: Alert = Field(default_factory=Alert)
+    """Share of requests on the largest tier up by more than ``threshold`` points (default 10)."""
+
+    def resolved(self) -> Alerts:
+        """These alerts with every unset threshold replaced by its default."""
+        return self.model_copy(
+            update={
+                name: alert.model_copy(update={"threshold": ALERT_DEFAULT_THRESHOLDS[name]})
+                for name in type(self).model_fields
+                if (alert := getattr(self, name)).threshold is None
+            }
+        )
+
+
+ALERT_DEFAULT_THRESHOLDS: dict[str, int] = {
+    "cost_spike": 50,
+    "tokens_per_request": 20,
+    "cache_hit_drop": 10,
+    "large_tier_shift": 10,
+}
+"""Default threshold of each alert: percent for the first two, percentage points after."""
+
+
+class Attribution(ApiModel):
+    """Who spend is charged to."""
+
+    pod_labels: list[Annotated[str, Field(min_length=1, max_length=317)]] = Field(
+        default_factory=lambda: ["team", "feature"], max_length=8
+    )
+    """Pod labels copied onto metrics and usage reports."""
+    header: HeaderName | None = None
+    """Request header that overrides the pod's ``feature`` label, e.g. ``x-tokenomy-feature``."""
+
+
+# --- the resource ----------------------------------------------------------
+
+
+class CostPolicySpec(ApiModel):
+    """What a CostPolicy declares."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.routes.all(r, self.routes.exists_one(s, s == r))",
+            message="routes must not repeat",
+            check=lambda s: len(set(s.routes)) == len(s.routes),
+        ),
+    )
+
+    selector: LabelSelector
+    """Pods of the namespace this policy governs; ``{}`` selects all of them."""
+    routes: Annotated[list[ResourceName], Field(min_length=1, max_length=32)]
+    """ModelRoutes (same namespace) these pods may call."""
+    cache: Cache = Field(default_factory=Cache)
+    """Response caching."""
+    cascade: Cascade = Field(default_factory=Cascade)
+    """Model cascading."""
+    routing: Routing = Field(default_factory=Routing)
+    """Complexity and domain routing."""
+    placement: Placement = Field(default_factory=Placement)
+    """Backend choice within a tier."""
+    prompt: Prompt = Field(default_factory=Prompt)
+    """Prompt trimming."""
+    output: Output = Field(default_factory=Output)
+    """Output caps."""
+    batching: Batching = Field(default_factory=Batching)
+    """Request batching."""
+    tools: Tools = Field(default_factory=Tools)
+    """Tool API proxy."""
+    budget: Budget | None = None
+    """Spend limit; none means unlimited (spend is still metered)."""
+    alerts: Alerts = Field(default_factory=Alerts)
+    """Alerts."""
+    attribution: Attribution = Field(default_factory=Attribution)
+    """Cost attribution."""
+
+
+class Sidecars(ApiModel):
+    """Sidecars of the selected pods and how they took the current config."""
+
+    matched: Annotated[int, Field(ge=0)] = 0
+    """Pods selected by the policy."""
+    acknowledged: Annotated[int, Field(ge=0)] = 0
+    """Sidecars serving the current config version."""
+    rejecting: Annotated[int, Field(ge=0)] = 0
+    """Sidecars that rejected (NACKed) the current version."""
+
+
+class Spend(ApiModel):
+    """Spend in the current budget period."""
+
+    amount: Money = Decimal(0)
+    """USD spent so far this period."""
+    period_start: str = ""
+    """When the period began (RFC 3339)."""
+    projected: Money | None = None
+    """USD expected by the end of the period at the current rate."""
+    budget_used: Annotated[str, Field(max_length=16)] = ""
+    """Share of the budget spent, e.g. ``42%``."""
+
+
+class TierShare(ApiModel):
+    """Share of requests one tier answered."""
+
+    tier: DnsLabel
+    """Name of the tier."""
+    share: Annotated[str, Field(max_length=16)]
+    """Share of requests, e.g. ``61%``."""
+
+
+class CostPolicyStatus(ApiModel):
+    """What the operator observed of a CostPolicy."""
+
+    observed_generation: Annotated[int, Field(ge=0)] = 0
+    """The ``metadata.generation`` this status describes."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """``Ready``, ``Applied``, ``BudgetExceeded`` and alert conditions."""
+    config_version: Annotated[str, Field(max_length=64)] = ""
+    """Version (content hash) of the compiled config in force."""
+    sidecars: Sidecars = Field(default_factory=Sidecars)
+    """Sidecars and their acknowledgements."""
+    spend: Spend | None = None
+    """Spend this period."""
+    savings: Money | None = None
+    """USD saved this period against sending everything to the reference tier."""
+    cache_hit_rate: Annotated[str, Field(max_length=16)] = ""
+    """Share of requests served from cache this period, e.g. ``37%``."""
+    tier_shares: list[TierShare] = Field(default_factory=list)
+    """Share of requests per tier this period."""
+
+
+class CostPolicy(ApiModel):
+    """How the pods a policy selects may spend on model calls."""
+
+    api_version: Literal["tokenomy.dev/v1alpha1"] = "tokenomy.dev/v1alpha1"
+    """Always ``tokenomy.dev/v1alpha1``."""
+    kind: Literal["CostPolicy"] = COST_POLICY_KIND
+    """Always ``CostPolicy``."""
+    metadata: ObjectMeta
+    """Standard object metadata."""
+    spec: CostPolicySpec
+    """What the policy declares."""
+    status: CostPolicyStatus | None = None
+    """What the operator observed."""

@@ -1,0 +1,1 @@
+"""The ``tokenomy`` command: one entry point, a subcommand per job."""

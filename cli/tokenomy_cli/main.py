@@ -1,0 +1,73 @@
+"""``tokenomy``: dispatch to subcommands.
+
+Each subcommand module registers its own arguments and is imported only when
+chosen, so ``tokenomy compile`` never loads the operator's or the sidecar's
+dependencies, and the operator and sidecar never import each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Protocol
+
+
+class Subcommand(Protocol):
+    """What a subcommand module provides."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# name -> module; modules are imported lazily.
+SUBCOMMANDS: dict[str, str] = {
+    "compile": "tokenomy_cli.compile_cmd",
+    "crds": "tokenomy_cli.crds_cmd",
+}
+
+# One-line help without importing every module just to print --help.
+_HELP: dict[str, str] = {
+    "compile": "compile CostPolicy and ModelRoute YAML into sidecar configs (JSON)",
+    "crds": "write or check the CRD manifests generated from the API types",
+}
+
+
+def _version() -> str:
+    try:
+        return version("tokenomy")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand's arguments."""
+    parser = argparse.ArgumentParser(
+        prog="tokenomy",
+        description="Run AI agents on Kubernetes cheaply without making them worse.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenomy {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in SUBCOMMANDS.items():
+        module: Subcommand = importlib.import_module(module_name)  # type: ignore[assignment]
+        module.add_arguments(sub.add_parser(name, help=_HELP[name], description=_HELP[name]))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    module: Subcommand = importlib.import_module(SUBCOMMANDS[args.command])  # type: ignore[assignment]
+    try:
+        return module.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
