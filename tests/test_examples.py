@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, INVALID
 
 from tokenomy_api.compiler import compile_configs
 from tokenomy_api.crd import CRDS, openapi_schema
 from tokenomy_api.loader import load_resources
 
+from conftest import EXAMPLES, INVALID
+from helpers import expectations
+
 INVALID_FILES = sorted(INVALID.glob("*.yaml"))
-
-
-def _header(path: Path, key: str) -> list[str]:
-    return re.findall(rf"^# {key}: (.+)$", path.read_text(), flags=re.MULTILINE)
 
 
 def _problems(path: Path) -> tuple[list[str], bool]:
@@ -52,14 +49,14 @@ def test_valid_examples_compile_without_problems() -> None:
 
 
 def test_there_is_an_invalid_example_for_every_kind_of_check() -> None:
-    kinds = {_header(p, "caught-by")[0] for p in INVALID_FILES}
+    kinds = {expectations(p, "caught-by")[0] for p in INVALID_FILES}
     assert kinds == {"schema", "cel", "compiler"}
 
 
 @pytest.mark.parametrize("path", INVALID_FILES, ids=lambda p: p.stem)
 def test_invalid_example_fails_exactly_as_its_header_says(path: Path) -> None:
-    expected = _header(path, "expect")
-    caught_by = _header(path, "caught-by")
+    expected = expectations(path, "expect")
+    caught_by = expectations(path, "caught-by")
     assert expected, f"{path.name} has no '# expect:' line"
     assert len(caught_by) == 1
     lines, parsed = _problems(path)

@@ -73,10 +73,18 @@ SELECTOR_CASES = [
     ({"matchLabels": {"app": "agent"}}, {"app": "agent", "team": "a"}, True),
     ({"matchLabels": {"app": "agent"}}, {"app": "other"}, False),
     ({"matchLabels": {"app": "agent"}}, {}, False),
-    ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}, {"tier": "b"}, True),
+    (
+        {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
+        {"tier": "b"},
+        True,
+    ),
     ({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]}, {}, False),
     ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]}, {}, True),
-    ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]}, {"tier": "a"}, False),
+    (
+        {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]},
+        {"tier": "a"},
+        False,
+    ),
     ({"matchExpressions": [{"key": "canary", "operator": "Exists"}]}, {"canary": ""}, True),
     ({"matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]}, {"canary": "1"}, False),
     (

@@ -199,7 +199,8 @@ class DomainRoute(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="size(self.keywords) > 0 || size(self.examples) > 0",
+            cel="(has(self.keywords) && size(self.keywords) > 0) "
+            "|| (has(self.examples) && size(self.examples) > 0)",
             message="a domain route needs keywords or examples",
             check=lambda d: bool(d.keywords or d.examples),
         ),
@@ -226,7 +227,8 @@ class Routing(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="self.domains.all(d, self.domains.exists_one(e, e.name == d.name))",
+            cel="!has(self.domains) "
+            "|| self.domains.all(d, self.domains.exists_one(e, e.name == d.name))",
             message="domain names must be unique",
             check=lambda r: len({d.name for d in r.domains}) == len(r.domains),
         ),
@@ -251,7 +253,8 @@ class RegionPlacement(ApiModel):
             check=lambda r: (r.strategy == "pinned") == (r.pinned is not None),
         ),
         Rule(
-            cel="!has(self.pinned) || size(self.allowed) == 0 || self.pinned in self.allowed",
+            cel="!has(self.pinned) || !has(self.allowed) || size(self.allowed) == 0 "
+            "|| self.pinned in self.allowed",
             message="region.pinned must be one of region.allowed",
             check=lambda r: r.pinned is None or not r.allowed or r.pinned in r.allowed,
         ),
@@ -330,7 +333,8 @@ class Tools(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="self.upstreams.all(u, self.upstreams.exists_one(v, v.name == u.name))",
+            cel="!has(self.upstreams) "
+            "|| self.upstreams.all(u, self.upstreams.exists_one(v, v.name == u.name))",
             message="tool names must be unique",
             check=lambda t: len({u.name for u in t.upstreams}) == len(t.upstreams),
         ),

@@ -137,11 +137,17 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The structural OpenAPI v3 schema of a resource model, as a CRD version embeds it."""
+def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of any API model."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     schema: dict[str, Any] = _structural(raw, defs)
+    return schema
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of a resource model, as a CRD version embeds it."""
+    schema = structural_schema(model)
     properties = schema["properties"]
     # The API server owns metadata's schema; apiVersion and kind are checked by routing.
     properties["metadata"] = {"type": "object"}
@@ -193,3 +199,7 @@ def render_crds() -> dict[str, str]:
         + yaml.safe_dump(crd_manifest(spec), sort_keys=False, width=100, allow_unicode=True)
         for spec in CRDS
     }
+
+
+REFERENCE_FILE = "REFERENCE.md"
+"""The field reference written next to the CRDs."""

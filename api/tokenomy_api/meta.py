@@ -160,7 +160,8 @@ class LabelSelectorRequirement(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="self.operator in ['In', 'NotIn'] ? size(self.values) > 0 : size(self.values) == 0",
+            cel="self.operator in ['In', 'NotIn'] ? has(self.values) && size(self.values) > 0 "
+            ": !has(self.values) || size(self.values) == 0",
             message="values must be non-empty for In and NotIn, and empty for Exists "
             "and DoesNotExist",
             check=lambda s: (len(s.values) > 0) == (s.operator in ("In", "NotIn")),

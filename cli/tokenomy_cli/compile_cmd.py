@@ -11,7 +11,6 @@ from tokenomy_api.compiler import compile_configs
 from tokenomy_api.loader import load_resources
 from tokenomy_api.meta import dump
 
-
 EXIT_INVALID = 2
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenomy_api.crd import render_crds
-
+from tokenomy_api.crd import REFERENCE_FILE, render_crds
+from tokenomy_api.crd_docs import render_reference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stdout:
         sys.stdout.write("---\n".join(rendered.values()))
         return 0
+    rendered[REFERENCE_FILE] = render_reference()
     if args.check:
         drifted = [
             name

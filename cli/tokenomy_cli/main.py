@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tokenomy {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in SUBCOMMANDS.items():
-        module: Subcommand = importlib.import_module(module_name)  # type: ignore[assignment]
+        module: Subcommand = importlib.import_module(module_name)
         module.add_arguments(sub.add_parser(name, help=_HELP[name], description=_HELP[name]))
     return parser
 
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    module: Subcommand = importlib.import_module(SUBCOMMANDS[args.command])  # type: ignore[assignment]
+    module: Subcommand = importlib.import_module(SUBCOMMANDS[args.command])
     try:
         return module.run(args)
     except KeyboardInterrupt:
