@@ -172,7 +172,7 @@ class LabelSelectorRequirement(ApiModel):
     """The label key the expression applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     """How the key's value relates to ``values``."""
-    values: list[str] = Field(default_factory=list)
+    values: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=64)
     """Values for ``In`` and ``NotIn``; empty for ``Exists`` and ``DoesNotExist``."""
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -191,7 +191,7 @@ class LabelSelector(ApiModel):
 
     match_labels: dict[str, str] = Field(default_factory=dict)
     """Labels a pod must carry with exactly these values."""
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
     """Expressions a pod's labels must all satisfy."""
 
     def matches(self, labels: Mapping[str, str]) -> bool:
