@@ -27,12 +27,16 @@ class Subcommand(Protocol):
 SUBCOMMANDS: dict[str, str] = {
     "compile": "tokenomy_cli.compile_cmd",
     "crds": "tokenomy_cli.crds_cmd",
+    "sidecar": "tokenomy_sidecar.cli",
+    "standin": "tokenomy_standin.cli",
 }
 
 # One-line help without importing every module just to print --help.
 _HELP: dict[str, str] = {
     "compile": "compile CostPolicy and ModelRoute YAML into sidecar configs (JSON)",
     "crds": "write or check the CRD manifests generated from the API types",
+    "sidecar": "run the OpenAI-compatible sidecar proxy from CostPolicy/ModelRoute YAML",
+    "standin": "run a stand-in OpenAI-compatible model server (for trying things out)",
 }
 
 

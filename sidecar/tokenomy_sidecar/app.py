@@ -1,0 +1,160 @@
+"""The sidecar process: the API server, the metrics server and their lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tokenomy_api.clock import Clock, SystemClock
+from tokenomy_sidecar.metrics import Metrics
+from tokenomy_sidecar.proxy import Proxy, not_found
+from tokenomy_sidecar.runtime import ConfigHolder, Runtime, default_store_factory
+from tokenomy_sidecar.stages.backend_choice import HealthTracker
+from tokenomy_sidecar.stages.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SidecarSettings:
+    """How the sidecar serves; every field has a default fit for a pod."""
+
+    listen_host: str = "127.0.0.1"
+    """Address of the OpenAI-compatible API; loopback, since only the pod's app calls it."""
+    listen_port: int = 15100
+    """Port of the API (0 picks a free one)."""
+    metrics_host: str = "0.0.0.0"
+    """Address of ``/metrics``, ``/healthz`` and ``/readyz``."""
+    metrics_port: int = 15090
+    """Port of the metrics server (0 picks a free one)."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body accepted; larger ones get a 413."""
+    pod_region: str | None = None
+    """Region the pod runs in, for ``placement.region.strategy: nearest``."""
+    shutdown_grace_seconds: float = 30.0
+    """Time in-flight requests get to finish after SIGTERM."""
+    upstream_connections: int = 1000
+    """Connections to backends at most, across all of them."""
+
+
+class Sidecar:
+    """One sidecar: owns the servers, the upstream session and the config holder."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings | None = None,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings or SidecarSettings()
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+        self.rng = rng or random.Random()
+        self.holder = ConfigHolder(default_store_factory(self.clock))
+        self.holder.listeners.append(self._on_config)
+        self.health = HealthTracker()
+        self.draining = False
+        self._runners: list[web.AppRunner] = []
+        self._session: aiohttp.ClientSession | None = None
+        self.api_url = ""
+        self.metrics_url = ""
+
+    def _on_config(self, runtime: Runtime) -> None:
+        policy = runtime.config.policy
+        self.metrics.config_info.clear()
+        self.metrics.config_info.labels(policy.namespace, policy.name, runtime.config.version).set(
+            1
+        )
+
+    # --- probes and metrics ------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Alive as long as the event loop answers."""
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Ready once a config is in force, until shutdown begins."""
+        runtime = self.holder.current
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        if runtime is None:
+            return web.json_response({"status": "no config yet"}, status=503)
+        return web.json_response({"status": "ready", "version": runtime.config.version})
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        """Prometheus exposition."""
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def _api_app(self, proxy: Proxy) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_post("/v1/chat/completions", proxy.chat_completions)
+        app.router.add_post("/v1/embeddings", proxy.embeddings)
+        app.router.add_get("/v1/models", proxy.models)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_route("*", "/{tail:.*}", not_found)
+        return app
+
+    def _metrics_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics_page)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> str:
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_seconds
+        )
+        await runner.setup()
+        site = web.TCPSite(
+            runner, host, port, shutdown_timeout=self.settings.shutdown_grace_seconds
+        )
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        return f"http://{host}:{bound}"
+
+    async def start(self) -> None:
+        """Open the upstream session and start both servers."""
+        s = self.settings
+        connector = aiohttp.TCPConnector(
+            limit=s.upstream_connections, limit_per_host=0, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+        )
+        upstream = Upstream(self._session, self.health, self.clock)
+        proxy = Proxy(
+            self.holder, upstream, self.health, self.metrics, self.clock, self.rng,
+            pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
+        )  # fmt: skip
+        self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
+        self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)
+        log.info("serving the OpenAI API on %s, metrics on %s", self.api_url, self.metrics_url)
+
+    async def stop(self) -> None:
+        """Stop taking requests, let in-flight ones finish, close everything."""
+        self.draining = True
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._session is not None:
+            await self._session.close()
+        runtime = self.holder.current
+        if runtime is not None:
+            await runtime.store.close()

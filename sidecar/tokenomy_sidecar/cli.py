@@ -1,0 +1,101 @@
+"""``tokenomy sidecar``: run the data plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tokenomy_sidecar.app import Sidecar, SidecarSettings
+from tokenomy_sidecar.credentials import SECRETS_DIR
+from tokenomy_sidecar.runtime import ConfigRejectedError
+from tokenomy_sidecar.sources import FileSource
+
+log = logging.getLogger("tokenomy.sidecar")
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``sidecar``'s arguments."""
+    parser.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="CostPolicy/ModelRoute/Secret YAML files or folders (repeatable); watched",
+    )
+    parser.add_argument("--policy", metavar="NS/NAME", help="the CostPolicy to serve, if several")
+    parser.add_argument(
+        "--listen", type=_address, default=("127.0.0.1", 15100), metavar="HOST:PORT"
+    )
+    parser.add_argument("--metrics", type=_address, default=("0.0.0.0", 15090), metavar="HOST:PORT")
+    parser.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=SECRETS_DIR,
+        help=f"mounted Secrets, as DIR/SECRET/KEY (default {SECRETS_DIR})",
+    )
+    parser.add_argument(
+        "--pod-region",
+        default=os.environ.get("TOKENOMY_POD_REGION"),
+        help="region of this pod, for nearest-region placement (env TOKENOMY_POD_REGION)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Load the config, serve until SIGTERM or SIGINT, then drain and stop."""
+    settings = SidecarSettings(
+        listen_host=args.listen[0],
+        listen_port=args.listen[1],
+        metrics_host=args.metrics[0],
+        metrics_port=args.metrics[1],
+        pod_region=args.pod_region,
+    )
+    sidecar = Sidecar(settings)
+    source = FileSource(args.config, args.policy, sidecar.holder, sidecar.metrics, args.secrets_dir)
+    try:
+        config = source.load()
+    except ConfigRejectedError as error:
+        print(f"tokenomy sidecar: {error}", file=sys.stderr)
+        return 2
+    log.info("config %s of %s", config.version, config.policy.key)
+    await sidecar.start()
+    print(f"tokenomy sidecar: OpenAI API on {sidecar.api_url}/v1", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(source.watch())
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests")
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    await sidecar.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sidecar; uvloop when installed (it roughly halves proxy CPU)."""
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return asyncio.run(serve(args))
+    return uvloop.run(serve(args))

@@ -1,0 +1,123 @@
+"""Prometheus metrics of the sidecar.
+
+Names follow Prometheus rules (base units, ``_total`` counters, ``_seconds``
+durations, ``_usd`` money). Where OpenTelemetry's GenAI conventions have a
+name, the help text gives it: ``tokenomy_tokens_total`` is
+``gen_ai.client.token.usage`` by ``gen_ai.token.type``, and
+``tokenomy_request_duration_seconds`` is ``gen_ai.client.operation.duration``.
+Money is exact ``Decimal`` everywhere else and becomes a float only here.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+ROUTE_LABELS = ("namespace", "policy", "route")
+TIER_LABELS = (*ROUTE_LABELS, "tier", "backend")
+
+# Spans a cached answer (sub-millisecond) to a long generation (minutes).
+DURATION_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
+)  # fmt: skip
+
+
+class Metrics:
+    """Every metric of one sidecar, in its own registry (tests run several per process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tokenomy_requests",
+            "Requests answered, by where the answer came from and HTTP status.",
+            [*TIER_LABELS, "cache", "code"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tokenomy_tokens",
+            "Tokens billed by backends (OTel gen_ai.client.token.usage), by direction: "
+            "input, cached_input (part of input), output.",
+            [*TIER_LABELS, "direction"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "tokenomy_cost_usd", "USD spent at list prices.", TIER_LABELS, registry=r
+        )
+        self.savings = Counter(
+            "tokenomy_savings_usd",
+            "USD saved against sending the same request to the route's reference tier; "
+            "cache hits save the whole reference cost.",
+            [*ROUTE_LABELS, "lever"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "tokenomy_cache_lookups",
+            "Cache lookups by kind (exact, semantic) and result (hit, miss, bypass, error).",
+            [*ROUTE_LABELS, "kind", "result"],
+            registry=r,
+        )
+        self.cache_stores = Counter(
+            "tokenomy_cache_stores",
+            "Answers stored in the cache, and answers not stored with the reason.",
+            [*ROUTE_LABELS, "result"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "tokenomy_upstream_errors",
+            "Failed tries to a backend, by reason (connect, timeout, status_5xx, status_429, "
+            "stream_cut).",
+            [*TIER_LABELS, "reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "tokenomy_upstream_retries",
+            "Tries beyond the first for one request.",
+            [*ROUTE_LABELS, "tier"],
+            registry=r,
+        )
+        self.fail_open = Counter(
+            "tokenomy_fail_open",
+            "Requests sent to the default tier because a pipeline stage failed unexpectedly.",
+            [*ROUTE_LABELS, "stage"],
+            registry=r,
+        )
+        self.invalid_requests = Counter(
+            "tokenomy_invalid_requests",
+            "Requests refused with a 4xx before reaching a backend, by status.",
+            ["code"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "tokenomy_request_duration_seconds",
+            "Time from request to the end of the answer (OTel gen_ai.client.operation.duration).",
+            [*ROUTE_LABELS, "cache"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.first_byte = Histogram(
+            "tokenomy_time_to_first_byte_seconds",
+            "Time from request to the first byte of the answer sent to the client.",
+            [*ROUTE_LABELS, "cache"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.config_info = Gauge(
+            "tokenomy_config_info",
+            "The config version in force (value 1).",
+            ["namespace", "policy", "version"],
+            registry=r,
+        )
+        self.config_updates = Counter(
+            "tokenomy_config_updates",
+            "Configs offered to the sidecar, by result (applied, rejected).",
+            ["result"],
+            registry=r,
+        )
+        self.in_flight = Gauge("tokenomy_requests_in_flight", "Requests being served.", registry=r)
+
+    def money(self, counter: Counter, amount: Decimal, *labels: str) -> None:
+        """Add an amount of USD to a counter; negative savings are not counted down."""
+        if amount > 0:
+            counter.labels(*labels).inc(float(amount))

@@ -1,0 +1,458 @@
+"""The OpenAI-compatible HTTP API of the sidecar, and the pipeline behind it.
+
+Stages run in DESIGN.md's order: identify the route and partition, trim and
+cap, exact cache, choose the tier (the route's default until routing lands),
+choose backends, call upstream, meter and store. An unexpected error in a
+stage before the upstream call sends the request, as the client wrote it, to
+the route's default tier: a broken optimisation never breaks a request.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from tokenomy_api.clock import Clock
+from tokenomy_api.compiled import CompiledRoute, CompiledTier
+from tokenomy_api.meta import parse_duration
+from tokenomy_api.modelroute import Price
+from tokenomy_sidecar.errors import ApiError, error_response
+from tokenomy_sidecar.metrics import Metrics
+from tokenomy_sidecar.request import ChatRequest, parse_chat, parse_json_object
+from tokenomy_sidecar.runtime import ConfigHolder, Runtime
+from tokenomy_sidecar.sse import (
+    DONE,
+    assemble,
+    cacheable,
+    event_data,
+    replay,
+    split_events,
+)
+from tokenomy_sidecar.stages import identify
+from tokenomy_sidecar.stages.backend_choice import HealthTracker, rank
+from tokenomy_sidecar.stages.cache_key import exact_key
+from tokenomy_sidecar.stages.metering import Usage, cost, savings, usd
+from tokenomy_sidecar.stages.trim import cap_output, trim_prompt
+from tokenomy_sidecar.stages.upstream import Reply, Upstream
+
+log = logging.getLogger(__name__)
+
+NO_CACHE = identify.CacheDecision("", lookup=False, store=False, reason="fail-open")
+
+# Stored entries start with the tier and backend that answered, then the body.
+_SEPARATOR = b"\n"
+
+
+@dataclass
+class Exchange:
+    """What one request became as it went through the pipeline."""
+
+    runtime: Runtime
+    route: CompiledRoute
+    chat: ChatRequest
+    started: float
+    labels: tuple[str, str, str]
+    decision: identify.CacheDecision = NO_CACHE
+    key: str = ""
+    tier: CompiledTier | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _tier(route: CompiledRoute, name: str) -> CompiledTier:
+    return next(t for t in route.tiers if t.name == name)
+
+
+def reference_price(route: CompiledRoute) -> Price:
+    """The price savings are measured against: the reference tier's first backend."""
+    return _tier(route, route.reference_tier).backends[0].price
+
+
+class Proxy:
+    """Request handlers; one per sidecar."""
+
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        upstream: Upstream,
+        health: HealthTracker,
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random,
+        pod_region: str | None = None,
+        max_body_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.holder = holder
+        self.upstream = upstream
+        self.health = health
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng
+        self.pod_region = pod_region
+        self.max_body_bytes = max_body_bytes
+
+    # --- request intake --------------------------------------------------------
+
+    def _runtime(self) -> Runtime:
+        runtime = self.holder.current
+        if runtime is None:
+            raise ApiError(503, "the sidecar has no configuration yet", "server_error")
+        return runtime
+
+    async def _read(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise self._too_large()
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise self._too_large() from None
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"request body is larger than {self.max_body_bytes} bytes")
+
+    def _route(self, runtime: Runtime, model: str) -> CompiledRoute:
+        route = runtime.routes.get(model)
+        if route is None:
+            served = ", ".join(sorted(runtime.routes)) or "none"
+            raise ApiError(
+                404,
+                f"model `{model}` is not served here (served: {served})",
+                param="model",
+                code="model_not_found",
+            )
+        return route
+
+    def _refuse(self, error: ApiError) -> web.Response:
+        self.metrics.invalid_requests.labels(str(error.status)).inc()
+        return error.response()
+
+    # --- chat completions ------------------------------------------------------
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/chat/completions``."""
+        started = self.clock.monotonic()
+        try:
+            runtime = self._runtime()
+            raw = await self._read(request)
+            chat = parse_chat(raw)
+            route = self._route(runtime, chat.model)
+        except ApiError as error:
+            return self._refuse(error)
+        policy = runtime.config.policy
+        x = Exchange(runtime, route, chat, started, (policy.namespace, policy.name, route.name))
+        self.metrics.in_flight.inc()
+        try:
+            hit = await self._prepare(x, request, raw)
+            if hit is not None:
+                return await self._serve_hit(x, request, hit)
+            return await self._forward(x, request)
+        except ApiError as error:
+            return error.response(x.headers)
+        finally:
+            self.metrics.in_flight.dec()
+
+    async def _prepare(self, x: Exchange, request: web.Request, raw: bytes) -> bytes | None:
+        """Run the stages before the upstream call; returns a cached entry on a hit."""
+        config = x.runtime.config
+        stage = "identify"
+        try:
+            x.decision = identify.decide(config, x.chat.body, request.headers)
+            stage = "trim"
+            trim_prompt(x.chat.body, config.prompt)
+            cap_output(x.chat.body, config.output)
+            stage = "route"
+            x.tier = _tier(x.route, x.route.default_tier)
+            if config.cache.exact.enabled and (x.decision.lookup or x.decision.store):
+                stage = "cache_key"
+                x.key = exact_key(x.decision.partition, x.chat.body)
+            return await self._lookup(x)
+        except Exception:
+            log.exception("stage %s failed; sending the request to the default tier", stage)
+            self.metrics.fail_open.labels(*x.labels, stage).inc()
+            x.chat = parse_chat(raw)
+            x.decision = NO_CACHE
+            x.key = ""
+            x.tier = _tier(x.route, x.route.default_tier)
+            return None
+
+    async def _lookup(self, x: Exchange) -> bytes | None:
+        if not x.runtime.config.cache.exact.enabled:
+            return None
+        lookups = self.metrics.cache_lookups
+        if not x.decision.lookup:
+            lookups.labels(*x.labels, "exact", "bypass").inc()
+            return None
+        try:
+            entry = await x.runtime.store.get(x.decision.partition, x.key)
+        except Exception:
+            # A cache that is down is a miss, not an outage.
+            log.warning("cache lookup failed", exc_info=True)
+            lookups.labels(*x.labels, "exact", "error").inc()
+            return None
+        lookups.labels(*x.labels, "exact", "hit" if entry is not None else "miss").inc()
+        return entry
+
+    async def _store(self, x: Exchange, reply: Reply, completion: dict[str, Any]) -> None:
+        if not (x.key and x.decision.store):
+            return
+        stores = self.metrics.cache_stores
+        if not cacheable(completion):
+            stores.labels(*x.labels, "not_cacheable").inc()
+            return
+        backend = reply.candidate.backend.name
+        tier = x.tier.name if x.tier else ""
+        entry = f"{tier}\n{backend}\n".encode() + orjson.dumps(completion)
+        ttl = x.runtime.config.cache.exact.ttl
+        try:
+            await x.runtime.store.put(x.decision.partition, x.key, entry, _seconds(ttl))
+        except Exception:
+            log.warning("cache store failed", exc_info=True)
+            stores.labels(*x.labels, "error").inc()
+            return
+        stores.labels(*x.labels, "stored").inc()
+
+    async def _serve_hit(
+        self, x: Exchange, request: web.Request, entry: bytes
+    ) -> web.StreamResponse:
+        tier, backend, body = entry.split(_SEPARATOR, 2)
+        completion = orjson.loads(body)
+        usage = Usage.from_openai(completion.get("usage"))
+        saved = cost(usage, reference_price(x.route))
+        self.metrics.money(self.metrics.savings, saved, *x.labels, "cache")
+        headers = {
+            "x-tokenomy-cache": "exact",
+            "x-tokenomy-tier": tier.decode(),
+            "x-tokenomy-backend": backend.decode(),
+            "x-tokenomy-cost-usd": "0",
+        }
+        self.metrics.requests.labels(*x.labels, tier.decode(), "", "exact", "200").inc()
+        if x.chat.stream:
+            response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
+            await response.prepare(request)
+            self._observe_first_byte(x, "exact")
+            await response.write(b"".join(replay(completion, x.chat.client_wants_usage)))
+            await response.write_eof()
+        else:
+            response = web.Response(body=body, content_type="application/json", headers=headers)
+            self._observe_first_byte(x, "exact")
+        self._observe_done(x, "exact")
+        return response
+
+    async def _forward(self, x: Exchange, request: web.Request) -> web.StreamResponse:
+        assert x.tier is not None
+        body = x.chat.body
+        if x.chat.stream:
+            # Ask for usage so the stream can be metered; the extra chunk is
+            # removed again if the client did not ask for it.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        config = x.runtime.config
+        candidates = rank(
+            x.tier, config.placement, self.pod_region, self.health.endpoints,
+            self.clock.monotonic(), self.rng,
+        )  # fmt: skip
+        reply = await self.upstream.send(
+            candidates,
+            "/chat/completions",
+            body,
+            x.route.retry.attempts,
+            _seconds(x.route.retry.timeout),
+            x.runtime.credential,
+            x.chat.stream,
+        )
+        self._count_failures(x, reply)
+        x.headers = {
+            "x-tokenomy-cache": "miss" if x.decision.lookup else "bypass",
+            "x-tokenomy-tier": x.tier.name,
+            "x-tokenomy-backend": reply.candidate.backend.name,
+        }
+        if reply.stream is not None:
+            return await self._pipe(x, request, reply)
+        usage = Usage()
+        completion = None
+        if reply.status == 200:
+            try:
+                parsed = orjson.loads(reply.body)
+                completion = parsed if isinstance(parsed, dict) else None
+            except orjson.JSONDecodeError:
+                log.warning("backend %s sent a 200 that is not JSON", reply.candidate.backend.name)
+            if completion is not None:
+                usage = Usage.from_openai(completion.get("usage"))
+                await self._store(x, reply, completion)
+        paid = self._meter(x, reply, usage)
+        x.headers["x-tokenomy-cost-usd"] = usd(paid)
+        response = web.Response(
+            status=reply.status,
+            body=reply.body,
+            content_type=reply.content_type or "application/json",
+            headers=x.headers,
+        )
+        self._observe_first_byte(x, x.headers["x-tokenomy-cache"])
+        self._observe_done(x, x.headers["x-tokenomy-cache"])
+        return response
+
+    async def _pipe(self, x: Exchange, request: web.Request, reply: Reply) -> web.StreamResponse:
+        """Relay a stream event by event; meter it and store it once it is complete."""
+        upstream = reply.stream
+        assert upstream is not None
+        response = web.StreamResponse(headers={**x.headers, **_SSE_HEADERS})
+        keep: list[bytes] | None = [] if (x.key and x.decision.store) else None
+        usage = Usage()
+        complete = False
+        buffer = bytearray()
+        try:
+            await response.prepare(request)
+            self._observe_first_byte(x, x.headers["x-tokenomy-cache"])
+            async for data in upstream.content.iter_any():
+                buffer.extend(data)
+                out = []
+                for event in split_events(buffer):
+                    if event.startswith(DONE):
+                        complete = True
+                        paid = self._meter(x, reply, usage)
+                        # SSE comments are ignored by clients; this one tells a
+                        # person reading the stream what the answer cost.
+                        out.append(f": x-tokenomy-cost-usd {usd(paid)}\n\n".encode())
+                        out.append(event + b"\n\n")
+                        continue
+                    forward = True
+                    if b'"usage":{' in event or b'"usage": {' in event:
+                        data_obj = event_data(event)
+                        if data_obj is not None:
+                            usage = Usage.from_openai(data_obj.get("usage"))
+                            forward = bool(data_obj.get("choices")) or x.chat.client_wants_usage
+                    if forward:
+                        out.append(event + b"\n\n")
+                    if keep is not None:
+                        keep.append(event)
+                if out:
+                    await response.write(b"".join(out))
+        except (aiohttp.ClientError, TimeoutError, ConnectionResetError):
+            log.warning("stream from %s was cut", reply.candidate.backend.name)
+        finally:
+            upstream.release()
+        if not complete:
+            self.metrics.upstream_errors.labels(
+                *x.labels, x.tier.name if x.tier else "", reply.candidate.backend.name, "stream_cut"
+            ).inc()
+            self._meter(x, reply, usage)
+            # Tell the client the answer is incomplete rather than end it quietly.
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        if keep is not None:
+            completion = assemble(keep)
+            if completion is not None:
+                await self._store(x, reply, completion)
+        self._observe_done(x, x.headers["x-tokenomy-cache"])
+        return response
+
+    # --- metering and observation ---------------------------------------------
+
+    def _meter(self, x: Exchange, reply: Reply, usage: Usage) -> Decimal:
+        backend = reply.candidate.backend
+        tier = x.tier.name if x.tier else ""
+        labels = (*x.labels, tier, backend.name)
+        m = self.metrics
+        cache = x.headers.get("x-tokenomy-cache", "miss")
+        m.requests.labels(*labels, cache, str(reply.status)).inc()
+        paid = cost(usage, backend.price)
+        if usage.prompt or usage.completion:
+            m.tokens.labels(*labels, "input").inc(usage.prompt)
+            m.tokens.labels(*labels, "cached_input").inc(usage.cached)
+            m.tokens.labels(*labels, "output").inc(usage.completion)
+        m.money(m.cost, paid, *labels)
+        m.money(m.savings, savings(usage, paid, reference_price(x.route)), *x.labels, "tier")
+        return paid
+
+    def _count_failures(self, x: Exchange, reply: Reply) -> None:
+        tier = x.tier.name if x.tier else ""
+        for backend, reason in reply.failures:
+            self.metrics.upstream_errors.labels(*x.labels, tier, backend, reason).inc()
+        if reply.failures:
+            self.metrics.retries.labels(*x.labels, tier).inc(len(reply.failures))
+
+    def _observe_first_byte(self, x: Exchange, cache: str) -> None:
+        elapsed = self.clock.monotonic() - x.started
+        self.metrics.first_byte.labels(*x.labels, cache).observe(elapsed)
+
+    def _observe_done(self, x: Exchange, cache: str) -> None:
+        elapsed = self.clock.monotonic() - x.started
+        self.metrics.duration.labels(*x.labels, cache).observe(elapsed)
+
+    # --- embeddings and models -------------------------------------------------
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/embeddings``: routed, retried and metered like chat, never cached."""
+        started = self.clock.monotonic()
+        try:
+            runtime = self._runtime()
+            body = parse_json_object(await self._read(request))
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise ApiError(400, "`model` is required and must be a string", param="model")
+            if "input" not in body:
+                raise ApiError(400, "`input` is required", param="input")
+            route = self._route(runtime, model)
+        except ApiError as error:
+            return self._refuse(error)
+        policy = runtime.config.policy
+        chat = ChatRequest(body=body, model=model, stream=False, client_wants_usage=False)
+        x = Exchange(runtime, route, chat, started, (policy.namespace, policy.name, route.name))
+        x.tier = _tier(route, route.default_tier)
+        candidates = rank(
+            x.tier, runtime.config.placement, self.pod_region, self.health.endpoints,
+            self.clock.monotonic(), self.rng,
+        )  # fmt: skip
+        try:
+            reply = await self.upstream.send(
+                candidates, "/embeddings", body, route.retry.attempts,
+                _seconds(route.retry.timeout), runtime.credential, stream=False,
+            )  # fmt: skip
+        except ApiError as error:
+            return error.response()
+        self._count_failures(x, reply)
+        x.headers = {"x-tokenomy-cache": "bypass"}
+        usage = Usage()
+        if reply.status == 200:
+            try:
+                usage = Usage.from_openai(orjson.loads(reply.body).get("usage"))
+            except (orjson.JSONDecodeError, AttributeError):
+                log.warning("backend %s sent a 200 that is not JSON", reply.candidate.backend.name)
+        paid = self._meter(x, reply, usage)
+        headers = {
+            "x-tokenomy-tier": x.tier.name,
+            "x-tokenomy-backend": reply.candidate.backend.name,
+            "x-tokenomy-cost-usd": usd(paid),
+        }
+        return web.Response(
+            status=reply.status, body=reply.body, content_type=reply.content_type, headers=headers
+        )
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/models``: the model names of the routes in force."""
+        runtime = self.holder.current
+        models = sorted(runtime.routes) if runtime is not None else []
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "tokenomy"} for m in models]
+        return web.json_response({"object": "list", "data": data})
+
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+@functools.lru_cache(maxsize=256)
+def _seconds(duration: str) -> float:
+    # Durations repeat from request to request; parse each once.
+    return parse_duration(duration).total_seconds()
+
+
+async def not_found(request: web.Request) -> web.Response:
+    """Unknown paths get an OpenAI-style 404."""
+    return error_response(404, f"no endpoint {request.method} {request.path}", code="not_found")

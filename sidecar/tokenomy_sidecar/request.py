@@ -1,0 +1,84 @@
+"""Parse and check an OpenAI chat-completions request; everything else passes through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tokenomy_sidecar.errors import ApiError
+
+_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs")
+_NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+@dataclass
+class ChatRequest:
+    """A chat request: the body as a dict (changed by stages), and what the client asked."""
+
+    body: dict[str, Any]
+    """The request body; fields the sidecar does not know pass through untouched."""
+    model: str
+    """The ``model`` the client called: a ModelRoute's ``spec.model``."""
+    stream: bool
+    """Whether the client wants SSE."""
+    client_wants_usage: bool
+    """Whether the client asked for the final usage chunk of a stream."""
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 that says what is wrong."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, f"request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def parse_chat(raw: bytes) -> ChatRequest:
+    """Check the fields the sidecar relies on; a 400 names the first wrong one."""
+    body = parse_json_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "`model` is required and must be a string", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "`messages` must be a non-empty array", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ApiError(
+                400, f"`messages[{i}]` must be an object with a `role`", param=f"messages[{i}]"
+            )
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "`stream` must be a boolean", param="stream")
+    for name in _INT_FIELDS:
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ApiError(400, f"`{name}` must be an integer", param=name)
+    for name in _NUMBER_FIELDS:
+        value = body.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ApiError(400, f"`{name}` must be a number", param=name)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "`stream_options` must be an object", param="stream_options")
+    wants_usage = bool(stream and options and options.get("include_usage"))
+    return ChatRequest(body=body, model=model, stream=stream, client_wants_usage=wants_usage)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a message: its string content, or its text parts joined."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""

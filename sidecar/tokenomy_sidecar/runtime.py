@@ -1,0 +1,113 @@
+"""The config in force, and the atomic swap that replaces it.
+
+A :class:`Runtime` is everything a request needs, built once per config
+version: the compiled config, routes by model name, resolved keys and the
+cache store. Requests read ``holder.current`` once and use that object to the
+end, so a swap mid-request never mixes two versions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokenomy_api.clock import Clock
+from tokenomy_api.compiled import CompiledBackend, CompiledRoute, SidecarConfig
+from tokenomy_api.costpolicy import CacheStore as StoreSpec
+from tokenomy_sidecar.credentials import Credentials
+from tokenomy_sidecar.stores import CacheStore, MemoryStore, RedisStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One config version, ready to serve."""
+
+    config: SidecarConfig
+    routes: dict[str, CompiledRoute]
+    keys: dict[str, str]
+    """API keys by backend cluster name."""
+    store: CacheStore
+    store_spec: StoreSpec
+
+    def credential(self, backend: CompiledBackend) -> str | None:
+        """The API key for a backend, if it has one."""
+        return self.keys.get(backend.cluster)
+
+
+class ConfigRejectedError(ValueError):
+    """A config the sidecar cannot apply; the message says why (it becomes a NACK)."""
+
+
+StoreFactory = Callable[[StoreSpec, Credentials], CacheStore]
+
+
+def default_store_factory(clock: Clock) -> StoreFactory:
+    """Build the store a spec asks for."""
+
+    def build(spec: StoreSpec, credentials: Credentials) -> CacheStore:
+        if spec.type == "redis":
+            assert spec.redis is not None  # CacheStore's rule
+            ref = spec.redis.password_secret_ref
+            password = credentials.get(ref) if ref is not None else None
+            if ref is not None and password is None:
+                raise ConfigRejectedError(
+                    f"Secret key {ref.name}/{ref.key} for the Redis password is not available"
+                )
+            return RedisStore(spec.redis.url, password)
+        return MemoryStore(spec.max_entries, clock)
+
+    return build
+
+
+class ConfigHolder:
+    """Holds the runtime in force and swaps it atomically."""
+
+    def __init__(self, store_factory: StoreFactory) -> None:
+        self.store_factory = store_factory
+        self.current: Runtime | None = None
+        self.listeners: list[Callable[[Runtime], None]] = []
+
+    def apply(self, config: SidecarConfig, credentials: Credentials) -> Runtime:
+        """Build a runtime for ``config`` and put it in force, or raise ConfigRejectedError.
+
+        The cache store carries over when its settings are unchanged, so a new
+        version does not empty the cache. A refused config leaves the current
+        one in force.
+        """
+        keys: dict[str, str] = {}
+        missing = []
+        for route in config.routes:
+            for tier in route.tiers:
+                for backend in tier.backends:
+                    if backend.credentials is None:
+                        continue
+                    value = credentials.get(backend.credentials)
+                    if value is None:
+                        missing.append(f"{backend.credentials.name}/{backend.credentials.key}")
+                    else:
+                        keys[backend.cluster] = value
+        if missing:
+            raise ConfigRejectedError(
+                f"Secret keys not available: {', '.join(sorted(set(missing)))}"
+            )
+        previous = self.current
+        spec = config.cache.store
+        if previous is not None and previous.store_spec == spec:
+            store = previous.store
+        else:
+            store = self.store_factory(spec, credentials)
+        runtime = Runtime(
+            config=config,
+            routes={r.model: r for r in config.routes},
+            keys=keys,
+            store=store,
+            store_spec=spec,
+        )
+        self.current = runtime
+        log.info("config %s of %s in force", config.version, config.policy.key)
+        for listener in self.listeners:
+            listener(runtime)
+        return runtime

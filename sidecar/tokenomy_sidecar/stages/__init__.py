@@ -1,0 +1,1 @@
+"""The request pipeline, one module a stage (DESIGN.md, "The sidecar request pipeline")."""

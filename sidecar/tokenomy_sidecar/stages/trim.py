@@ -1,0 +1,61 @@
+"""Stage 2: trim the prompt and cap the output, as the policy says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from tokenomy_api.costpolicy import Output, Prompt
+
+
+def cap_output(body: dict[str, Any], output: Output) -> bool:
+    """Clamp ``max_tokens`` / ``max_completion_tokens`` to the policy's cap; True if changed.
+
+    A request that asks for nothing gets the cap, since an uncapped answer is
+    the one the cap exists for.
+    """
+    cap = output.max_tokens
+    changed = False
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body.get(field)
+    if cap is not None and (not isinstance(asked, int) or asked > cap):
+        body[field] = cap
+        changed = True
+    if output.brevity:
+        body["messages"] = [{"role": "system", "content": output.brevity}, *body["messages"]]
+        changed = True
+    return changed
+
+
+def trim_prompt(body: dict[str, Any], prompt: Prompt) -> bool:
+    """Apply the history window and deduplication; True if messages changed.
+
+    System messages are always kept; the window counts the others, newest last,
+    so the question being asked is never dropped.
+    """
+    messages: list[dict[str, Any]] = body["messages"]
+    kept = messages
+    if prompt.deduplicate:
+        seen: set[bytes] = set()
+        unique = []
+        for message in kept:
+            fingerprint = orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
+            if fingerprint not in seen or message.get("role") == "tool":
+                seen.add(fingerprint)
+                unique.append(message)
+        kept = unique
+    if prompt.history_window is not None:
+        others = [i for i, m in enumerate(kept) if m.get("role") != "system"]
+        drop = set(others[: max(0, len(others) - prompt.history_window)])
+        # A tool result whose assistant call fell out of the window would be
+        # refused by providers: drop it too.
+        for i in others[len(drop) :]:
+            if kept[i].get("role") != "tool":
+                break
+            drop.add(i)
+        kept = [m for i, m in enumerate(kept) if i not in drop]
+    if len(kept) == len(messages):
+        return False
+    body["messages"] = kept
+    return True

@@ -1,0 +1,129 @@
+"""Stage 6: call a tier's backends in ranked order, moving on within the retry budget.
+
+A try moves on after a connection failure, a timeout, a 5xx or a 429. A
+streamed answer is handed to the caller once its status is 200, before any
+byte reaches the client, so a stream is never retried after it has started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tokenomy_api.clock import Clock
+from tokenomy_api.compiled import CompiledBackend
+from tokenomy_sidecar.errors import ApiError
+from tokenomy_sidecar.stages.backend_choice import Candidate, HealthTracker
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+CredentialLookup = Callable[[CompiledBackend], str | None]
+
+
+@dataclass
+class Reply:
+    """A backend's answer: status, headers and, unless streamed, the whole body."""
+
+    candidate: Candidate
+    status: int
+    content_type: str
+    body: bytes = b""
+    """The body (empty for a stream that is still open in ``stream``)."""
+    stream: aiohttp.ClientResponse | None = None
+    """The open response of a streamed answer, to be read and released by the caller."""
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    """Earlier failed tries: (backend name, reason: ``connect``, ``timeout``, ``status_503``…)."""
+    first_byte_seconds: float = 0.0
+    """Time from the winning try's start to its response headers."""
+
+
+class Upstream:
+    """The HTTP client side of the sidecar."""
+
+    def __init__(self, session: aiohttp.ClientSession, health: HealthTracker, clock: Clock) -> None:
+        self.session = session
+        self.health = health
+        self.clock = clock
+
+    async def send(
+        self,
+        candidates: Sequence[Candidate],
+        path: str,
+        body: dict[str, Any],
+        attempts: int,
+        timeout: float,
+        credential: CredentialLookup,
+        stream: bool,
+    ) -> Reply:
+        """Try candidates in order (wrapping around) until one answers or tries run out."""
+        if not candidates:
+            raise ApiError(503, "no backend of this tier has a ready endpoint", "server_error")
+        failures: list[tuple[str, str]] = []
+        last_error: Reply | None = None
+        for attempt in range(attempts):
+            candidate = candidates[attempt % len(candidates)]
+            backend, url = candidate.backend, candidate.endpoint.url
+            headers = {"Content-Type": "application/json"}
+            key = credential(backend)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            payload = orjson.dumps({**body, "model": backend.model})
+            started = self.clock.monotonic()
+            response: aiohttp.ClientResponse | None = None
+            try:
+                async with asyncio.timeout(timeout):
+                    response = await self.session.post(url + path, data=payload, headers=headers)
+                    if stream and response.status == 200:
+                        self.health.succeeded(url, self.clock.monotonic() - started)
+                        return Reply(
+                            candidate,
+                            200,
+                            response.content_type,
+                            stream=response,
+                            failures=failures,
+                            first_byte_seconds=self.clock.monotonic() - started,
+                        )
+                    data = await response.read()
+            except TimeoutError:
+                failures.append((backend.name, "timeout"))
+                self.health.failed(url, self.clock.monotonic())
+                if response is not None:
+                    response.release()
+                continue
+            except aiohttp.ClientError:
+                failures.append((backend.name, "connect"))
+                self.health.failed(url, self.clock.monotonic())
+                if response is not None:
+                    response.release()
+                continue
+            elapsed = self.clock.monotonic() - started
+            reply = Reply(
+                candidate,
+                response.status,
+                response.content_type,
+                body=data,
+                failures=failures,
+                first_byte_seconds=elapsed,
+            )
+            if response.status in RETRYABLE_STATUS:
+                failures.append((backend.name, f"status_{response.status}"))
+                self.health.failed(url, self.clock.monotonic())
+                last_error = reply
+                continue
+            self.health.succeeded(url, elapsed)
+            return reply
+        if last_error is not None:
+            return last_error
+        raise ApiError(
+            502,
+            "every try failed ("
+            + ", ".join(f"{name}: {reason}" for name, reason in failures)
+            + "); no backend answered",
+            "server_error",
+            code="upstream_unavailable",
+        )

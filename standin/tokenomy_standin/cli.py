@@ -1,0 +1,36 @@
+"""``tokenomy standin``: a stand-in model server on a port, for trying the sidecar by hand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from tokenomy_standin.server import StandinSettings, start
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``standin``'s arguments."""
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--name", default="standin", help="shown in its answers")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
+    parser.add_argument("--chunk-interval", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument("--chunks", type=int, default=8, help="content chunks per stream")
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    settings = StandinSettings(
+        name=args.name, latency=args.latency, chunk_interval=args.chunk_interval, chunks=args.chunks
+    )
+    runner, url = await start(settings, args.host, args.port)
+    print(f"tokenomy standin: {args.name} on {url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted."""
+    asyncio.run(_serve(args))
+    return 0
