@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,7 @@ class LiveSidecar:
     sidecar: Sidecar
     source: FileSource
     folder: Path
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -92,7 +93,9 @@ class LiveSidecar:
 
     def client(self, **kwargs: Any) -> openai.AsyncOpenAI:
         """The official SDK pointed at the sidecar, with no retries of its own."""
-        return openai.AsyncOpenAI(base_url=self.url, api_key="unused", max_retries=0, **kwargs)
+        client = openai.AsyncOpenAI(base_url=self.url, api_key="unused", max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include ``labels``."""
@@ -110,7 +113,7 @@ SidecarFactory = Callable[..., Awaitable[LiveSidecar]]
 @pytest_asyncio.fixture
 async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
     """Start sidecars from resource docs: ``await sidecar(route_doc(...), policy_doc(...))``."""
-    started: list[Sidecar] = []
+    started: list[LiveSidecar] = []
 
     async def make(
         *docs: dict[str, Any], clock: Clock | None = None, **settings: Any
@@ -122,12 +125,15 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
         source = FileSource([folder], None, running.holder, running.metrics)
         source.load()
         await running.start()
-        started.append(running)
-        return LiveSidecar(running, source, folder)
+        live = LiveSidecar(running, source, folder)
+        started.append(live)
+        return live
 
     yield make
-    for running in started:
-        await running.stop()
+    for live in started:
+        for client in live.clients:
+            await client.close()
+        await live.sidecar.stop()
 
 
 def free_port() -> int:

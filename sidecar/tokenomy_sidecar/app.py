@@ -119,9 +119,7 @@ class Sidecar:
             app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_seconds
         )
         await runner.setup()
-        site = web.TCPSite(
-            runner, host, port, shutdown_timeout=self.settings.shutdown_grace_seconds
-        )
+        site = web.TCPSite(runner, host, port)
         await site.start()
         self._runners.append(runner)
         server = site._server

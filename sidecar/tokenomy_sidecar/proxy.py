@@ -129,9 +129,18 @@ class Proxy:
             )
         return route
 
-    def _refuse(self, error: ApiError) -> web.Response:
+    async def _refuse(self, request: web.Request, error: ApiError) -> web.StreamResponse:
         self.metrics.invalid_requests.labels(str(error.status)).inc()
-        return error.response()
+        response = error.response()
+        if error.status == 413:
+            # Send the error, then close: the unread rest of the body would
+            # otherwise keep the connection (and shutdown) waiting.
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+        return response
 
     # --- chat completions ------------------------------------------------------
 
@@ -144,7 +153,7 @@ class Proxy:
             chat = parse_chat(raw)
             route = self._route(runtime, chat.model)
         except ApiError as error:
-            return self._refuse(error)
+            return await self._refuse(request, error)
         policy = runtime.config.policy
         x = Exchange(runtime, route, chat, started, (policy.namespace, policy.name, route.name))
         self.metrics.in_flight.inc()
@@ -402,7 +411,7 @@ class Proxy:
                 raise ApiError(400, "`input` is required", param="input")
             route = self._route(runtime, model)
         except ApiError as error:
-            return self._refuse(error)
+            return await self._refuse(request, error)
         policy = runtime.config.policy
         chat = ChatRequest(body=body, model=model, stream=False, client_wants_usage=False)
         x = Exchange(runtime, route, chat, started, (policy.namespace, policy.name, route.name))

@@ -1,0 +1,331 @@
+"""The sidecar through the official openai SDK: caching, streaming, headers, bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from conftest import LiveSidecar, RunningStandin, SidecarFactory, StandinFactory
+from helpers import backend, policy_doc, route_doc
+
+USER = [{"role": "user", "content": "where is my card"}]
+
+
+def two_tier_route(small: RunningStandin, large: RunningStandin, **spec: Any) -> dict[str, Any]:
+    return route_doc(
+        namespace="default",
+        tiers=[
+            {
+                "name": "small",
+                "backends": [
+                    backend("s", url=small.url, price={"input": "0.15", "output": "0.60"})
+                ],
+            },
+            {
+                "name": "large",
+                "backends": [backend("l", url=large.url, price={"input": "2.50", "output": "10"})],
+            },
+        ],
+        **spec,
+    )
+
+
+@pytest.fixture
+async def live(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> tuple[LiveSidecar, RunningStandin, RunningStandin]:
+    small = await standin(name="small")
+    large = await standin(name="large")
+    running = await sidecar(
+        two_tier_route(small, large),
+        policy_doc(
+            namespace="default",
+            cache={"scope": {"type": "header", "header": "x-tenant"}},
+            output={"maxTokens": 256},
+        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "keys"},
+            "stringData": {"k": "sk-test"},
+        },
+    )
+    return running, small, large
+
+
+async def ask(client: openai.AsyncOpenAI, tenant: str | None = "t1", **kwargs: Any) -> Any:
+    headers = {"x-tenant": tenant} if tenant else {}
+    params = {"model": "chat", "messages": USER, **kwargs}
+    return await client.chat.completions.with_raw_response.create(extra_headers=headers, **params)
+
+
+async def test_second_identical_request_is_an_exact_hit(live: Any) -> None:
+    running, _, large = live
+    client = running.client()
+    first = await ask(client)
+    second = await ask(client)
+    assert first.headers["x-tokenomy-cache"] == "miss"
+    assert second.headers["x-tokenomy-cache"] == "exact"
+    assert first.parse().choices[0].message.content == second.parse().choices[0].message.content
+    assert first.headers["x-tokenomy-tier"] == "large"  # no routing yet: the default tier
+    assert first.headers["x-tokenomy-backend"] == "l"
+    assert float(first.headers["x-tokenomy-cost-usd"]) > 0
+    assert second.headers["x-tokenomy-cost-usd"] == "0"
+    assert len(large.settings.requests) == 1
+    assert running.metric("tokenomy_cache_lookups_total", kind="exact", result="hit") == 1
+    assert running.metric("tokenomy_savings_usd_total", lever="cache") > 0
+
+
+async def test_another_tenant_misses_and_no_tenant_bypasses(live: Any) -> None:
+    running, _, large = live
+    client = running.client()
+    await ask(client, tenant="t1")
+    other = await ask(client, tenant="t2")
+    assert other.headers["x-tokenomy-cache"] == "miss"
+    anonymous = await ask(client, tenant=None)
+    again = await ask(client, tenant=None)
+    assert (anonymous.headers["x-tokenomy-cache"], again.headers["x-tokenomy-cache"]) == (
+        "bypass",
+        "bypass",
+    )
+    assert len(large.settings.requests) == 4
+
+
+async def test_upstream_error_is_returned_and_never_replayed(live: Any) -> None:
+    running, _, large = live
+    large.settings.faults.extend(["500"] * 3)  # every try of the retry budget fails
+    client = running.client()
+    with pytest.raises(openai.InternalServerError):
+        await ask(client)
+    fresh = await ask(client)
+    assert fresh.headers["x-tokenomy-cache"] == "miss"
+    assert fresh.parse().choices[0].message.content.startswith("large answers")
+    assert (await ask(client)).headers["x-tokenomy-cache"] == "exact"
+    assert running.metric("tokenomy_upstream_errors_total", reason="status_500") == 3
+
+
+async def test_truncated_answer_is_not_cached(live: Any) -> None:
+    running, _, _large = live
+    client = running.client()
+    first = await ask(client, max_tokens=2)
+    assert first.parse().choices[0].finish_reason == "length"
+    second = await ask(client, max_tokens=2)
+    assert second.headers["x-tokenomy-cache"] == "miss"
+    assert running.metric("tokenomy_cache_stores_total", result="not_cacheable") == 2
+
+
+async def test_tool_requests_are_not_cached(live: Any) -> None:
+    running, _, _ = live
+    tools = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object"}}}]
+    client = running.client()
+    await ask(client, tools=tools)
+    assert (await ask(client, tools=tools)).headers["x-tokenomy-cache"] == "bypass"
+
+
+@pytest.mark.parametrize("directive", ["no-store", "no-cache"])
+async def test_cache_control_skips_the_lookup(live: Any, directive: str) -> None:
+    running, _, large = live
+    client = running.client()
+    headers = {"x-tenant": "t1", "Cache-Control": directive}
+    first = await client.chat.completions.with_raw_response.create(
+        model="chat", messages=USER, extra_headers=headers
+    )
+    second = await client.chat.completions.with_raw_response.create(
+        model="chat", messages=USER, extra_headers=headers
+    )
+    assert [first.headers["x-tokenomy-cache"], second.headers["x-tokenomy-cache"]] == [
+        "bypass",
+        "bypass",
+    ]
+    # no-store kept nothing; no-cache stored the fresh answer for requests without it.
+    later = await ask(client)
+    assert later.headers["x-tokenomy-cache"] == ("miss" if directive == "no-store" else "exact")
+    assert len(large.settings.requests) == (3 if directive == "no-store" else 2)
+
+
+async def stream_text(client: openai.AsyncOpenAI, **kwargs: Any) -> tuple[str, Any, list[Any]]:
+    response = await client.chat.completions.with_raw_response.create(
+        model="chat", messages=USER, stream=True, extra_headers={"x-tenant": "t1"}, **kwargs
+    )
+    chunks = [c async for c in response.parse()]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, response.headers, chunks
+
+
+async def test_stream_is_stored_once_complete_and_replayed_as_a_stream(live: Any) -> None:
+    running, _, large = live
+    client = running.client()
+    text, headers, chunks = await stream_text(client)
+    assert headers["x-tokenomy-cache"] == "miss"
+    assert text == "large answers: where is my card"
+    assert all(c.usage is None for c in chunks)  # usage chunk removed: the client did not ask
+    text2, headers2, chunks2 = await stream_text(client)
+    assert headers2["x-tokenomy-cache"] == "exact"
+    assert text2 == text
+    assert chunks2[-1].choices[0].finish_reason == "stop"
+    # A plain request shares the entry a stream stored.
+    plain = await ask(client)
+    assert plain.headers["x-tokenomy-cache"] == "exact"
+    assert plain.parse().choices[0].message.content == text
+    assert len(large.settings.requests) == 1
+    assert large.settings.requests[0]["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_usage_is_kept_when_the_client_asks(live: Any) -> None:
+    running, _, _ = live
+    client = running.client()
+    for _ in range(2):  # live, then replayed from cache
+        _, _, chunks = await stream_text(client, stream_options={"include_usage": True})
+        assert chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens == 6
+
+
+async def test_stream_cost_comment_and_metering(live: Any) -> None:
+    running, _, _ = live
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "chat", "messages": USER, "stream": True}
+        async with session.post(running.url + "/chat/completions", json=body) as response:
+            raw = await response.read()
+    assert b": x-tokenomy-cost-usd 0.00007\n\n" in raw
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert b'"choices":[]' not in raw
+    assert running.metric("tokenomy_tokens_total", direction="output") == 6
+
+
+async def test_request_sent_upstream(live: Any) -> None:
+    running, _, large = live
+    client = running.client(default_headers={"Authorization": "Bearer app-key"})
+    await ask(client, max_tokens=5000, extra_body={"vendor_option": {"keep": True}}, seed=7)
+    sent = large.settings.requests[-1]
+    assert sent["model"] == "model-l"  # the backend's model name
+    assert sent["vendor_option"] == {"keep": True}  # unknown fields pass through
+    assert sent["seed"] == 7
+    assert sent["max_tokens"] == 256  # clamped by the policy's output cap
+    assert large.settings.headers[-1].get("authorization") is None  # the app's key stays home
+
+
+async def test_backend_key_comes_from_the_secret(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    model = await standin(name="m")
+    doc = route_doc(
+        namespace="default",
+        tiers=[
+            {
+                "name": "t",
+                "backends": [
+                    backend(
+                        "b", url=model.url, credentials={"secretRef": {"name": "keys", "key": "k"}}
+                    )
+                ],
+            }
+        ],
+    )
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "keys"},
+        "stringData": {"k": "sk-test"},
+    }
+    running = await sidecar(doc, policy_doc(namespace="default"), secret)
+    await running.client().chat.completions.create(model="chat", messages=USER)
+    assert model.settings.headers[-1]["authorization"] == "Bearer sk-test"
+
+
+async def test_models_and_embeddings(live: Any) -> None:
+    running, _, _large = live
+    client = running.client()
+    assert [m.id for m in (await client.models.list()).data] == ["chat"]
+    response = await client.embeddings.with_raw_response.create(model="chat", input=["a b", "c"])
+    embedding = response.parse()
+    assert len(embedding.data) == 2
+    assert response.headers["x-tokenomy-tier"] == "large"
+    assert float(response.headers["x-tokenomy-cost-usd"]) == pytest.approx(3 * 2.5 / 1e6)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "request body is not valid JSON"),
+        (b'{"model": "chat", "messages": "hi"}', 400, "`messages` must be a non-empty array"),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "stream": 1}',
+            400,
+            "`stream` must be a boolean",
+        ),
+        (
+            b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "model `gpt-9` is not served here (served: chat)",
+        ),
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "'
+            + b"x" * 9_000_000
+            + b'"}]}',
+            413,
+            "larger than",
+        ),
+    ],
+)
+async def test_bad_input_gets_a_4xx_with_an_openai_error(
+    live: Any, body: bytes, status: int, fragment: str
+) -> None:
+    running, _, large = live
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            running.url + "/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as response,
+    ):
+        assert response.status == status
+        error = (await response.json())["error"]
+    assert fragment in error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert large.settings.requests == []
+    assert running.metric("tokenomy_invalid_requests_total", code=str(status)) == 1
+
+
+async def test_unknown_model_through_the_sdk(live: Any) -> None:
+    running, _, _ = live
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        await running.client().chat.completions.create(model="gpt-9", messages=USER)
+
+
+async def test_probes_and_metrics(live: Any) -> None:
+    running, _, _ = live
+    await ask(running.client())
+    async with aiohttp.ClientSession() as session:
+        for base in (running.sidecar.api_url, running.sidecar.metrics_url):
+            async with session.get(base + "/healthz") as r:
+                assert r.status == 200
+            async with session.get(base + "/readyz") as r:
+                assert (await r.json())["version"] == running.sidecar.holder.current.config.version
+        async with session.get(running.sidecar.metrics_url + "/metrics") as r:
+            text = await r.text()
+    assert (
+        'tokenomy_requests_total{backend="l",cache="miss",code="200",namespace="default",policy="agent",route="chat",tier="large"} 1.0'
+        in text
+    )
+    assert "tokenomy_request_duration_seconds_bucket" in text
+    assert "tokenomy_config_info{" in text
+
+
+async def test_a_failing_stage_fails_open_to_the_default_tier(
+    live: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, _, large = live
+
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("bug in a stage")
+
+    monkeypatch.setattr("tokenomy_sidecar.proxy.trim_prompt", broken)
+    response = await ask(running.client(), max_tokens=5000)
+    assert response.parse().choices[0].message.content.startswith("large answers")
+    assert response.headers["x-tokenomy-cache"] == "bypass"
+    assert large.settings.requests[-1]["max_tokens"] == 5000  # the request as the client wrote it
+    assert running.metric("tokenomy_fail_open_total", stage="trim") == 1
