@@ -76,7 +76,7 @@ async def test_second_identical_request_is_an_exact_hit(live: Any) -> None:
     assert second.headers["x-tokenomy-cost-usd"] == "0"
     assert len(large.settings.requests) == 1
     assert running.metric("tokenomy_cache_lookups_total", kind="exact", result="hit") == 1
-    assert running.metric("tokenomy_savings_usd_total", lever="cache") > 0
+    assert running.metric("tokenomy_savings_usd_total", lever="exact_cache") > 0
 
 
 async def test_another_tenant_misses_and_no_tenant_bypasses(live: Any) -> None:

@@ -14,6 +14,7 @@ from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.proxy import Proxy, not_found
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime, default_store_factory
+from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.stages.backend_choice import HealthTracker
 from tokenomy_sidecar.stages.upstream import Upstream
 
@@ -59,6 +60,7 @@ class Sidecar:
         self.holder = ConfigHolder(default_store_factory(self.clock))
         self.holder.listeners.append(self._on_config)
         self.health = HealthTracker()
+        self.semantic = SemanticIndex(max_entries=10_000, clock=self.clock)
         self.draining = False
         self._runners: list[web.AppRunner] = []
         self._session: aiohttp.ClientSession | None = None
@@ -66,6 +68,7 @@ class Sidecar:
         self.metrics_url = ""
 
     def _on_config(self, runtime: Runtime) -> None:
+        self.semantic.max_entries = runtime.config.cache.store.max_entries
         policy = runtime.config.policy
         self.metrics.config_info.clear()
         self.metrics.config_info.labels(policy.namespace, policy.name, runtime.config.version).set(
@@ -139,7 +142,7 @@ class Sidecar:
         upstream = Upstream(self._session, self.health, self.clock)
         proxy = Proxy(
             self.holder, upstream, self.health, self.metrics, self.clock, self.rng,
-            pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
+            self.semantic, pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
         )  # fmt: skip
         self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
         self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)

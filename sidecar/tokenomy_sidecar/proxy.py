@@ -23,11 +23,19 @@ from aiohttp import web
 from tokenomy_api.clock import Clock
 from tokenomy_api.compiled import CompiledRoute, CompiledTier
 from tokenomy_api.meta import parse_duration
-from tokenomy_api.modelroute import Price
+from tokenomy_api.modelroute import Embedding, Price
+from tokenomy_sidecar.embedders import (
+    Embedder,
+    LocalEmbedder,
+    RemoteEmbedder,
+    Vectors,
+    embedding_url,
+)
 from tokenomy_sidecar.errors import ApiError, error_response
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.request import ChatRequest, parse_chat, parse_json_object
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime
+from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.sse import (
     DONE,
     assemble,
@@ -36,7 +44,7 @@ from tokenomy_sidecar.sse import (
     replay,
     split_events,
 )
-from tokenomy_sidecar.stages import identify
+from tokenomy_sidecar.stages import identify, semantic_cache
 from tokenomy_sidecar.stages.backend_choice import HealthTracker, rank
 from tokenomy_sidecar.stages.cache_key import exact_key
 from tokenomy_sidecar.stages.metering import Usage, cost, savings, usd
@@ -64,6 +72,9 @@ class Exchange:
     key: str = ""
     tier: CompiledTier | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    vector: Vectors | None = None
+    """The question's embedding, computed once for lookup and store."""
+    semantic_partition: str = ""
 
 
 def _tier(route: CompiledRoute, name: str) -> CompiledTier:
@@ -86,6 +97,7 @@ class Proxy:
         metrics: Metrics,
         clock: Clock,
         rng: random.Random,
+        semantic: SemanticIndex,
         pod_region: str | None = None,
         max_body_bytes: int = 8 * 1024 * 1024,
     ) -> None:
@@ -95,8 +107,10 @@ class Proxy:
         self.metrics = metrics
         self.clock = clock
         self.rng = rng
+        self.semantic = semantic
         self.pod_region = pod_region
         self.max_body_bytes = max_body_bytes
+        self._embedders: dict[tuple[str, str], Embedder] = {}
 
     # --- request intake --------------------------------------------------------
 
@@ -160,14 +174,16 @@ class Proxy:
         try:
             hit = await self._prepare(x, request, raw)
             if hit is not None:
-                return await self._serve_hit(x, request, hit)
+                return await self._serve_hit(x, request, *hit)
             return await self._forward(x, request)
         except ApiError as error:
             return error.response(x.headers)
         finally:
             self.metrics.in_flight.dec()
 
-    async def _prepare(self, x: Exchange, request: web.Request, raw: bytes) -> bytes | None:
+    async def _prepare(
+        self, x: Exchange, request: web.Request, raw: bytes
+    ) -> tuple[bytes, str, float] | None:
         """Run the stages before the upstream call; returns a cached entry on a hit."""
         config = x.runtime.config
         stage = "identify"
@@ -181,13 +197,20 @@ class Proxy:
             if config.cache.exact.enabled and (x.decision.lookup or x.decision.store):
                 stage = "cache_key"
                 x.key = exact_key(x.decision.partition, x.chat.body)
-            return await self._lookup(x)
+            stage = "exact_cache"
+            entry = await self._lookup(x)
+            if entry is not None:
+                return entry, "exact", 1.0
+            stage = "semantic_cache"
+            return await self._semantic_lookup(x)
         except Exception:
             log.exception("stage %s failed; sending the request to the default tier", stage)
             self.metrics.fail_open.labels(*x.labels, stage).inc()
             x.chat = parse_chat(raw)
             x.decision = NO_CACHE
             x.key = ""
+            x.vector = None
+            x.semantic_partition = ""
             x.tier = _tier(x.route, x.route.default_tier)
             return None
 
@@ -208,8 +231,71 @@ class Proxy:
         lookups.labels(*x.labels, "exact", "hit" if entry is not None else "miss").inc()
         return entry
 
+    def _embedder(self, x: Exchange) -> Embedder:
+        spec: Embedding | None = x.route.embedding
+        assert spec is not None  # the compiler requires it for the semantic cache
+        key = (x.route.name, spec.model_dump_json())
+        embedder = self._embedders.get(key)
+        if embedder is None:
+            if spec.provider == "local":
+                embedder = LocalEmbedder()
+            else:
+                ref = spec.credentials.secret_ref if spec.credentials else None
+                secret = x.runtime.credential_for(ref) if ref is not None else None
+                embedder = RemoteEmbedder(
+                    self.upstream.session,
+                    embedding_url(spec, x.runtime.config.policy.namespace),
+                    spec.model,
+                    secret,
+                    _seconds(x.route.retry.timeout),
+                )
+            self._embedders[key] = embedder
+        return embedder
+
+    async def _embed(self, x: Exchange) -> Vectors | None:
+        """The question's vector, computed once per request; None when there is no question."""
+        if x.vector is None:
+            text = semantic_cache.question(x.chat.body)
+            if text is None:
+                return None
+            vectors, usage = await self._embedder(x).embed([text])
+            x.vector = vectors[0]
+            price = x.route.embedding.price if x.route.embedding else None
+            if price is not None and usage.prompt:
+                model = x.route.embedding.model if x.route.embedding else ""
+                self.metrics.money(
+                    self.metrics.cost, cost(usage, price), *x.labels, "embedding", model
+                )
+        return x.vector
+
+    async def _semantic_lookup(self, x: Exchange) -> tuple[bytes, str, float] | None:
+        semantic = x.runtime.config.cache.semantic
+        if not semantic.enabled:
+            return None
+        lookups = self.metrics.cache_lookups
+        if not x.decision.lookup:
+            lookups.labels(*x.labels, "semantic", "bypass").inc()
+            return None
+        x.semantic_partition = semantic_cache.context_partition(x.decision.partition, x.chat.body)
+        try:
+            vector = await self._embed(x)
+        except Exception:
+            # An embedder that is down is a miss, not an outage.
+            log.warning("embedding for the semantic cache failed", exc_info=True)
+            lookups.labels(*x.labels, "semantic", "error").inc()
+            return None
+        found = self.semantic.search(x.semantic_partition, vector) if vector is not None else None
+        if found is None or found[0] < semantic.threshold:
+            lookups.labels(*x.labels, "semantic", "miss").inc()
+            return None
+        lookups.labels(*x.labels, "semantic", "hit").inc()
+        return found[1], "semantic", found[0]
+
     async def _store(self, x: Exchange, reply: Reply, completion: dict[str, Any]) -> None:
-        if not (x.key and x.decision.store):
+        cache = x.runtime.config.cache
+        exact = bool(x.key)
+        semantic = cache.semantic.enabled and bool(x.semantic_partition or x.decision.partition)
+        if not (x.decision.store and (exact or semantic)):
             return
         stores = self.metrics.cache_stores
         if not cacheable(completion):
@@ -218,9 +304,18 @@ class Proxy:
         backend = reply.candidate.backend.name
         tier = x.tier.name if x.tier else ""
         entry = f"{tier}\n{backend}\n".encode() + orjson.dumps(completion)
-        ttl = x.runtime.config.cache.exact.ttl
         try:
-            await x.runtime.store.put(x.decision.partition, x.key, entry, _seconds(ttl))
+            if exact:
+                ttl = _seconds(cache.exact.ttl)
+                await x.runtime.store.put(x.decision.partition, x.key, entry, ttl)
+            if semantic:
+                x.semantic_partition = x.semantic_partition or semantic_cache.context_partition(
+                    x.decision.partition, x.chat.body
+                )
+                vector = await self._embed(x)
+                if vector is not None:
+                    ttl = _seconds(cache.semantic.ttl)
+                    self.semantic.add(x.semantic_partition, vector, entry, ttl)
         except Exception:
             log.warning("cache store failed", exc_info=True)
             stores.labels(*x.labels, "error").inc()
@@ -228,30 +323,32 @@ class Proxy:
         stores.labels(*x.labels, "stored").inc()
 
     async def _serve_hit(
-        self, x: Exchange, request: web.Request, entry: bytes
+        self, x: Exchange, request: web.Request, entry: bytes, kind: str, similarity: float
     ) -> web.StreamResponse:
         tier, backend, body = entry.split(_SEPARATOR, 2)
         completion = orjson.loads(body)
         usage = Usage.from_openai(completion.get("usage"))
         saved = cost(usage, reference_price(x.route))
-        self.metrics.money(self.metrics.savings, saved, *x.labels, "cache")
+        self.metrics.money(self.metrics.savings, saved, *x.labels, f"{kind}_cache")
         headers = {
-            "x-tokenomy-cache": "exact",
+            "x-tokenomy-cache": kind,
             "x-tokenomy-tier": tier.decode(),
             "x-tokenomy-backend": backend.decode(),
             "x-tokenomy-cost-usd": "0",
         }
-        self.metrics.requests.labels(*x.labels, tier.decode(), "", "exact", "200").inc()
+        if kind == "semantic":
+            headers["x-tokenomy-similarity"] = f"{similarity:.4f}"
+        self.metrics.requests.labels(*x.labels, tier.decode(), "", kind, "200").inc()
         if x.chat.stream:
             response = web.StreamResponse(headers={**headers, **_SSE_HEADERS})
             await response.prepare(request)
-            self._observe_first_byte(x, "exact")
+            self._observe_first_byte(x, kind)
             await response.write(b"".join(replay(completion, x.chat.client_wants_usage)))
             await response.write_eof()
         else:
             response = web.Response(body=body, content_type="application/json", headers=headers)
-            self._observe_first_byte(x, "exact")
-        self._observe_done(x, "exact")
+            self._observe_first_byte(x, kind)
+        self._observe_done(x, kind)
         return response
 
     async def _forward(self, x: Exchange, request: web.Request) -> web.StreamResponse:

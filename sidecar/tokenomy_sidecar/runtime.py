@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from tokenomy_api.clock import Clock
 from tokenomy_api.compiled import CompiledBackend, CompiledRoute, SidecarConfig
 from tokenomy_api.costpolicy import CacheStore as StoreSpec
+from tokenomy_api.meta import SecretKeyRef
 from tokenomy_sidecar.credentials import Credentials
 from tokenomy_sidecar.stores import CacheStore, MemoryStore, RedisStore
 
@@ -31,10 +32,15 @@ class Runtime:
     """API keys by backend cluster name."""
     store: CacheStore
     store_spec: StoreSpec
+    credentials: Credentials
 
     def credential(self, backend: CompiledBackend) -> str | None:
         """The API key for a backend, if it has one."""
         return self.keys.get(backend.cluster)
+
+    def credential_for(self, ref: SecretKeyRef) -> str | None:
+        """Any Secret key the config's credentials can reach."""
+        return self.credentials.get(ref)
 
 
 class ConfigRejectedError(ValueError):
@@ -105,6 +111,7 @@ class ConfigHolder:
             keys=keys,
             store=store,
             store_spec=spec,
+            credentials=credentials,
         )
         self.current = runtime
         log.info("config %s of %s in force", config.version, config.policy.key)
