@@ -16,11 +16,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
     parser.add_argument("--chunk-interval", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--chunks", type=int, default=8, help="content chunks per stream")
+    parser.add_argument(
+        "--words",
+        type=int,
+        default=0,
+        help="answer with this many words (default: echo the question)",
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
     settings = StandinSettings(
-        name=args.name, latency=args.latency, chunk_interval=args.chunk_interval, chunks=args.chunks
+        name=args.name,
+        latency=args.latency,
+        chunk_interval=args.chunk_interval,
+        chunks=args.chunks,
+        reply=" ".join(f"w{i}" for i in range(args.words)) if args.words else None,
     )
     runner, url = await start(settings, args.host, args.port)
     print(f"tokenomy standin: {args.name} on {url}", flush=True)
@@ -31,6 +41,11 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted."""
-    asyncio.run(_serve(args))
+    """Serve until interrupted (uvloop when installed, as the sidecar does)."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        asyncio.run(_serve(args))
+        return 0
+    uvloop.run(_serve(args))
     return 0

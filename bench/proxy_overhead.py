@@ -1,0 +1,256 @@
+"""What a proxy adds: the sidecar against direct calls, Envoy and LiteLLM, side by side.
+
+Every proxy runs as its own process in front of the same stand-in upstream
+(no added latency, 100-word answers, 100 chunks when streamed); the load
+generator runs in this process. Reported per proxy, mode and concurrency:
+p50 and p99 latency, what the proxy adds to direct p50, requests per second,
+and the proxy process's CPU seconds per 1,000 requests (from /proc).
+
+    python bench/proxy_overhead.py [--requests 2000] [--litellm PATH/TO/litellm]
+
+The sidecar runs with caching off (pure pass-through) so the numbers are
+its floor; cache hits are measured in bench/cache_latency.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+import yaml
+from harness import Proc, envoy_binary, free_port, load, start, tokenomy
+
+BODY = {"model": "chat", "messages": [{"role": "user", "content": "How do I reset my card PIN?"}]}
+
+
+def sidecar_config(folder: Path, upstream: int) -> Path:
+    route = {
+        "apiVersion": "tokenomy.dev/v1alpha1",
+        "kind": "ModelRoute",
+        "metadata": {"name": "chat", "namespace": "bench"},
+        "spec": {
+            "model": "chat",
+            "tiers": [
+                {
+                    "name": "only",
+                    "backends": [
+                        {
+                            "name": "upstream",
+                            "model": "standin",
+                            "url": f"http://127.0.0.1:{upstream}/v1",
+                            "price": {"input": "2.50", "output": "10"},
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    policy = {
+        "apiVersion": "tokenomy.dev/v1alpha1",
+        "kind": "CostPolicy",
+        "metadata": {"name": "bench", "namespace": "bench"},
+        "spec": {"selector": {}, "routes": ["chat"], "cache": {"exact": {"enabled": False}}},
+    }
+    path = folder / "sidecar.yaml"
+    path.write_text(yaml.safe_dump_all([route, policy]))
+    return path
+
+
+def envoy_config(folder: Path, port: int, upstream: int) -> Path:
+    config = {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "bench",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "bench",
+                                        "route_config": {
+                                            "virtual_hosts": [
+                                                {
+                                                    "name": "all",
+                                                    "domains": ["*"],
+                                                    "routes": [
+                                                        {
+                                                            "match": {"prefix": "/"},
+                                                            "route": {
+                                                                "cluster": "upstream",
+                                                                "timeout": "60s",
+                                                            },
+                                                        }
+                                                    ],
+                                                }
+                                            ]
+                                        },
+                                        "http_filters": [
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {
+                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                                                },
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "upstream",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": "upstream",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": upstream,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        }
+    }
+    path = folder / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def litellm_config(folder: Path, upstream: int) -> Path:
+    config = {
+        "model_list": [
+            {
+                "model_name": "chat",
+                "litellm_params": {
+                    "model": "openai/standin",
+                    "api_base": f"http://127.0.0.1:{upstream}/v1",
+                    "api_key": "unused",
+                },
+            }
+        ],
+        "general_settings": {"master_key": "sk-bench"},
+    }
+    path = folder / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def measure(
+    procs: list[tuple[str, str, Proc | None, dict[str, str]]], requests: int
+) -> list[str]:
+    rows = []
+    for stream in (False, True):
+        body = {**BODY, "stream": stream}
+        n = requests // 2 if stream else requests
+        for concurrency in (1, 32):
+            direct_p50 = None
+            for name, url, proc, headers in procs:
+                result = await load(
+                    url, body, n, concurrency, headers, proc.process.pid if proc else None
+                )
+                if direct_p50 is None:
+                    direct_p50 = result.p50
+                added = "" if proc is None else f"{(result.p50 - direct_p50) * 1000:+.2f}"
+                cpu = f"{result.cpu / n * 1000:.2f}" if proc else ""
+                rows.append(
+                    f"| {name} | {'stream (100 chunks)' if stream else 'non-stream'} | {concurrency} "
+                    f"| {result.p50 * 1000:.2f} | {result.p99 * 1000:.2f} | {added} "
+                    f"| {result.rps:,.0f} | {cpu} | {result.errors} |"
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--litellm", help="path of LiteLLM's `litellm` command, to include it")
+    parser.add_argument("--no-envoy", action="store_true")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp())
+    upstream_port = free_port()
+    started: list[Proc] = []
+    try:
+        upstream = start(
+            "upstream",
+            tokenomy("standin", "--port", str(upstream_port), "--words", "100", "--chunks", "100"),
+            upstream_port,
+        )
+        started.append(upstream)
+        procs: list[tuple[str, str, Proc | None, dict[str, str]]] = [
+            ("direct", f"http://127.0.0.1:{upstream_port}/v1/chat/completions", None, {})
+        ]
+        port, metrics = free_port(), free_port()
+        sidecar = start(
+            "tokenomy sidecar",
+            tokenomy("sidecar", "--config", str(sidecar_config(folder, upstream_port)), "--listen", f"127.0.0.1:{port}",
+                     "--metrics", f"127.0.0.1:{metrics}", "--log-level", "WARNING"),
+            port,
+        )  # fmt: skip
+        started.append(sidecar)
+        procs.append(
+            ("tokenomy sidecar", f"http://127.0.0.1:{port}/v1/chat/completions", sidecar, {})
+        )
+        if not args.no_envoy:
+            port = free_port()
+            envoy = start(
+                "envoy",
+                [envoy_binary(), "-c", str(envoy_config(folder, port, upstream_port)), "--concurrency", "1", "--log-level", "error"],
+                port,
+            )  # fmt: skip
+            started.append(envoy)
+            procs.append(
+                ("envoy 1.40 (1 worker)", f"http://127.0.0.1:{port}/v1/chat/completions", envoy, {})
+            )
+        if args.litellm:
+            port = free_port()
+            litellm = start(
+                "litellm",
+                [args.litellm, "--config", str(litellm_config(folder, upstream_port)), "--port", str(port), "--num_workers", "1"],
+                port,
+                env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"},
+            )  # fmt: skip
+            started.append(litellm)
+            procs.append(
+                (
+                    "litellm proxy (1 worker)",
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    litellm,
+                    {"Authorization": "Bearer sk-bench"},
+                )
+            )
+        print(
+            "| proxy | mode | concurrency | p50 ms | p99 ms | added p50 ms | req/s | proxy CPU-s / 1000 | errors |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        asyncio.run(measure(procs, args.requests))
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+if __name__ == "__main__":
+    main()
