@@ -66,3 +66,10 @@ def test_invalid_example_fails_exactly_as_its_header_says(path: Path) -> None:
     if caught_by[0] == "cel":
         # The API server will print the same words, from the CRD's rule.
         assert all(line.rsplit(": ", 1)[-1] in _cel_messages() for line in expected)
+
+
+def test_local_example_compiles_for_a_laptop_sidecar() -> None:
+    resources = load_resources([EXAMPLES / "local"])
+    compilation = compile_configs(resources.policies, resources.routes)
+    assert compilation.problems == []
+    assert list(compilation.configs) == ["default/laptop"]

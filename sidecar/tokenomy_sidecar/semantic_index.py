@@ -76,6 +76,19 @@ class SemanticIndex:
             oldest = next(iter(part.entries))
             self._remove(part, oldest)
 
+    def bulk_load(self, partition: str, vectors: Vector, values: list[bytes], ttl: float) -> None:
+        """Add many entries at once (multi-threaded), e.g. to seed a cache with known answers."""
+        part = self._partitions.get(partition)
+        if part is None:
+            part = self._partitions[partition] = _Partition(int(vectors.shape[-1]))
+        keys = np.array([next(self._keys) for _ in values], dtype=np.uint64)
+        part.index.add(keys, vectors)
+        expires = self.clock.monotonic() + ttl
+        for key, value in zip(keys, values, strict=True):
+            part.entries[int(key)] = _Entry(expires, value)
+        while len(part.entries) > self.max_entries:
+            self._remove(part, next(iter(part.entries)))
+
     def _remove(self, part: _Partition, key: int) -> None:
         part.entries.pop(key, None)
         part.index.remove(key)

@@ -1,0 +1,113 @@
+"""Latency of cache hits through the sidecar: exact, and semantic with a large index.
+
+The sidecar runs in a child process with the semantic cache on and the local
+all-MiniLM-L6-v2 embedder; its partition is seeded with --entries random
+unit vectors (HNSW search cost depends on the graph's size, and random
+vectors are its hard case) plus the one real question. The parent sends,
+one at a time: the same request again and again (exact hits), then a
+paraphrase again and again (semantic hits: the exact cache only stores what
+an upstream answered, so each paraphrase embeds and searches).
+
+    python bench/cache_latency.py [--entries 100000] [--requests 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from harness import free_port, load, start, tokenomy
+
+QUESTION = "My new card has not arrived yet, what should I do?"
+PARAPHRASE = "my new card still hasn't arrived, what do I do?"
+
+
+def write_config(folder: Path, upstream: int) -> Path:
+    route = {
+        "apiVersion": "tokenomy.dev/v1alpha1",
+        "kind": "ModelRoute",
+        "metadata": {"name": "chat", "namespace": "bench"},
+        "spec": {
+            "model": "chat",
+            "tiers": [{"name": "only", "backends": [{"name": "up", "model": "standin", "url": f"http://127.0.0.1:{upstream}/v1", "price": {"input": "2.50", "output": "10"}}]}],
+            "embedding": {"provider": "local"},
+        },
+    }
+    policy = {
+        "apiVersion": "tokenomy.dev/v1alpha1",
+        "kind": "CostPolicy",
+        "metadata": {"name": "bench", "namespace": "bench"},
+        "spec": {
+            "selector": {},
+            "routes": ["chat"],
+            "cache": {"semantic": {"enabled": True, "threshold": 0.8}, "store": {"maxEntries": 1_000_000}},
+        },
+    }
+    path = folder / "cache.yaml"
+    path.write_text(yaml.safe_dump_all([route, policy]))
+    return path
+
+
+async def serve(config: str, port: int, entries: int) -> None:
+    """The child: a sidecar with a seeded semantic partition."""
+    from tokenomy_sidecar.app import Sidecar, SidecarSettings  # noqa: PLC0415
+    from tokenomy_sidecar.embedders import LocalEmbedder  # noqa: PLC0415
+    from tokenomy_sidecar.sources import FileSource  # noqa: PLC0415
+    from tokenomy_sidecar.stages.semantic_cache import context_partition  # noqa: PLC0415
+
+    sidecar = Sidecar(SidecarSettings(listen_port=port, metrics_port=0, metrics_host="127.0.0.1"))
+    FileSource([config], None, sidecar.holder, sidecar.metrics).load()
+    await LocalEmbedder().warm()
+    body = {"model": "chat", "messages": [{"role": "user", "content": QUESTION}]}
+    partition = context_partition("policy/bench/bench", body)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((entries, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    sidecar.semantic.bulk_load(partition, vectors, [b"only\nup\n{}"] * entries, ttl=86400)
+    print(f"seeded {entries} entries in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    await sidecar.start()
+    await asyncio.Event().wait()
+
+
+async def measure(url: str, requests: int, pid: int) -> None:
+    plain = {"model": "chat", "messages": [{"role": "user", "content": QUESTION}]}
+    paraphrase = {"model": "chat", "messages": [{"role": "user", "content": PARAPHRASE}]}
+    print("| request | p50 ms | p99 ms | sidecar CPU-s / 1000 |")
+    print("|---|---|---|---|")
+    # load() warms up first: the first request is the miss that stores the answer.
+    for name, body in (("exact hit", plain), ("semantic hit (embedding included)", paraphrase)):
+        result = await load(url, body, requests, 1, pid=pid)
+        print(f"| {name} | {result.p50 * 1000:.2f} | {result.p99 * 1000:.2f} | {result.cpu / requests * 1000:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve[0], int(args.serve[1]), args.entries))
+        return
+    folder = Path(tempfile.mkdtemp())
+    upstream_port, port = free_port(), free_port()
+    upstream = start("upstream", tokenomy("standin", "--port", str(upstream_port)), upstream_port)
+    config = write_config(folder, upstream_port)
+    child = start("sidecar", [sys.executable, __file__, "--entries", str(args.entries), "--serve", str(config), str(port)], port)
+    try:
+        print(f"semantic partition seeded with {args.entries:,} entries; local all-MiniLM-L6-v2\n")
+        asyncio.run(measure(f"http://127.0.0.1:{port}/v1/chat/completions", args.requests, child.process.pid))
+    finally:
+        child.stop()
+        upstream.stop()
+
+
+if __name__ == "__main__":
+    main()
