@@ -35,7 +35,19 @@ def write_config(folder: Path, upstream: int) -> Path:
         "metadata": {"name": "chat", "namespace": "bench"},
         "spec": {
             "model": "chat",
-            "tiers": [{"name": "only", "backends": [{"name": "up", "model": "standin", "url": f"http://127.0.0.1:{upstream}/v1", "price": {"input": "2.50", "output": "10"}}]}],
+            "tiers": [
+                {
+                    "name": "only",
+                    "backends": [
+                        {
+                            "name": "up",
+                            "model": "standin",
+                            "url": f"http://127.0.0.1:{upstream}/v1",
+                            "price": {"input": "2.50", "output": "10"},
+                        }
+                    ],
+                }
+            ],
             "embedding": {"provider": "local"},
         },
     }
@@ -46,7 +58,10 @@ def write_config(folder: Path, upstream: int) -> Path:
         "spec": {
             "selector": {},
             "routes": ["chat"],
-            "cache": {"semantic": {"enabled": True, "threshold": 0.8}, "store": {"maxEntries": 1_000_000}},
+            "cache": {
+                "semantic": {"enabled": True, "threshold": 0.8},
+                "store": {"maxEntries": 1_000_000},
+            },
         },
     }
     path = folder / "cache.yaml"
@@ -71,7 +86,9 @@ async def serve(config: str, port: int, entries: int) -> None:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     t0 = time.perf_counter()
     sidecar.semantic.bulk_load(partition, vectors, [b"only\nup\n{}"] * entries, ttl=86400)
-    print(f"seeded {entries} entries in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    print(
+        f"seeded {entries} entries in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True
+    )
     await sidecar.start()
     await asyncio.Event().wait()
 
@@ -84,11 +101,16 @@ async def measure(url: str, requests: int, pid: int) -> None:
     # load() warms up first: the first request is the miss that stores the answer.
     for name, body in (("exact hit", plain), ("semantic hit (embedding included)", paraphrase)):
         result = await load(url, body, requests, 1, pid=pid)
-        print(f"| {name} | {result.p50 * 1000:.2f} | {result.p99 * 1000:.2f} | {result.cpu / requests * 1000:.2f} |", flush=True)
+        print(
+            f"| {name} | {result.p50 * 1000:.2f} | {result.p99 * 1000:.2f} | {result.cpu / requests * 1000:.2f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "PORT"), help=argparse.SUPPRESS)
@@ -100,10 +122,26 @@ def main() -> None:
     upstream_port, port = free_port(), free_port()
     upstream = start("upstream", tokenomy("standin", "--port", str(upstream_port)), upstream_port)
     config = write_config(folder, upstream_port)
-    child = start("sidecar", [sys.executable, __file__, "--entries", str(args.entries), "--serve", str(config), str(port)], port)
+    child = start(
+        "sidecar",
+        [
+            sys.executable,
+            __file__,
+            "--entries",
+            str(args.entries),
+            "--serve",
+            str(config),
+            str(port),
+        ],
+        port,
+    )
     try:
         print(f"semantic partition seeded with {args.entries:,} entries; local all-MiniLM-L6-v2\n")
-        asyncio.run(measure(f"http://127.0.0.1:{port}/v1/chat/completions", args.requests, child.process.pid))
+        asyncio.run(
+            measure(
+                f"http://127.0.0.1:{port}/v1/chat/completions", args.requests, child.process.pid
+            )
+        )
     finally:
         child.stop()
         upstream.stop()

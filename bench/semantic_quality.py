@@ -102,18 +102,30 @@ def report(name: str, similarity: np.ndarray, correct: np.ndarray) -> None:
     for t, rate, wrong, _ in sweep(similarity, correct):
         print(f"| {t:.2f} | {rate:.1%} | {wrong:.1%} |")
     t, rate, wrong = best_under_target(similarity, correct)
-    print(f"\nLowest threshold with wrong hits <= {WRONG_TARGET:.0%}: {t:.3f} (hit rate {rate:.1%}, wrong {wrong:.1%})")
+    print(
+        f"\nLowest threshold with wrong hits <= {WRONG_TARGET:.0%}: {t:.3f} (hit rate {rate:.1%}, wrong {wrong:.1%})"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
     parser.add_argument("--qqp-pairs", type=int, default=10_000, help="0 for all 80,854")
     args = parser.parse_args()
     model = MiniLM()
     t0 = time.perf_counter()
-    report("Banking77: test queries against a cache of the training queries", *banking77(model, args.data / "banking77"))
-    report("QQP: one question of each pair against the other", *qqp(model, args.data / "qqp" / "qqp_pairs.json.gz", args.qqp_pairs))
+    report(
+        "Banking77: test queries against a cache of the training queries",
+        *banking77(model, args.data / "banking77"),
+    )
+    report(
+        "QQP: one question of each pair against the other",
+        *qqp(model, args.data / "qqp" / "qqp_pairs.json.gz", args.qqp_pairs),
+    )
     print(f"\nembedder: all-MiniLM-L6-v2 (numpy, this repo); {time.perf_counter() - t0:.0f} s")
 
 

@@ -157,5 +157,6 @@ class Sidecar:
         if self._session is not None:
             await self._session.close()
         runtime = self.holder.current
-        if runtime is not None:
-            await runtime.store.close()
+        stores = [*self.holder.retired, *([runtime.store] if runtime is not None else [])]
+        for store in stores:
+            await store.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import aiohttp
 import numpy as np
@@ -12,6 +12,7 @@ import numpy.typing as npt
 import orjson
 
 from tokenomy_api.modelroute import Embedding
+from tokenomy_sidecar.local_embedder import MiniLM
 from tokenomy_sidecar.stages.metering import Usage
 
 Vectors = npt.NDArray[np.float32]
@@ -26,25 +27,19 @@ class Embedder(Protocol):
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 in this process; the model loads once, on first use."""
+    """all-MiniLM-L6-v2 in this process; the model (90 MB) loads once per process."""
 
-    _model: object = None
-    _lock = threading.Lock()
+    _model: ClassVar[MiniLM | None] = None
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def _load(self) -> object:
+    def _load(self) -> MiniLM:
         with LocalEmbedder._lock:
             if LocalEmbedder._model is None:
-                from tokenomy_sidecar.local_embedder import MiniLM  # noqa: PLC0415
-
                 LocalEmbedder._model = MiniLM()
             return LocalEmbedder._model
 
     def _embed(self, texts: list[str]) -> Vectors:
-        from tokenomy_sidecar.local_embedder import MiniLM  # noqa: PLC0415
-
-        model = self._load()
-        assert isinstance(model, MiniLM)
-        return model.embed(texts)
+        return self._load().embed(texts)
 
     async def embed(self, texts: list[str]) -> tuple[Vectors, Usage]:
         """Embed in a worker thread: numpy releases the GIL, the event loop keeps serving."""

@@ -75,6 +75,8 @@ class ConfigHolder:
         self.store_factory = store_factory
         self.current: Runtime | None = None
         self.listeners: list[Callable[[Runtime], None]] = []
+        self.retired: list[CacheStore] = []
+        """Stores replaced by a config change; closed at shutdown (requests may still use them)."""
 
     def apply(self, config: SidecarConfig, credentials: Credentials) -> Runtime:
         """Build a runtime for ``config`` and put it in force, or raise ConfigRejectedError.
@@ -105,6 +107,8 @@ class ConfigHolder:
             store = previous.store
         else:
             store = self.store_factory(spec, credentials)
+            if previous is not None:
+                self.retired.append(previous.store)
         runtime = Runtime(
             config=config,
             routes={r.model: r for r in config.routes},
