@@ -1,0 +1,188 @@
+"""The Aggregated Discovery Service, State of the World, over grpc.aio.
+
+Protocol rules followed (Envoy's xDS protocol docs):
+
+- the node arrives on a stream's first request only; it is remembered;
+- a request whose ``response_nonce`` is not the latest one sent for its
+  type is stale and ignored;
+- after a response, nothing more of that type is sent until the client
+  answers it (ACK or NACK), as go-control-plane does;
+- a NACK leaves the client's last good version in force, and the rejected
+  version is not sent again; only a new snapshot version is (go-control-plane
+  resends the rejected one forever);
+- types go out in dependency order (clusters, endpoints, listeners, routes,
+  then Tokenomy's), because Envoy applies them one type at a time;
+- an empty ``resource_names`` means every resource, for every type,
+  including Tokenomy's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+
+from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
+from tokenomy_operator.xds.snapshot import CHANGED, SnapshotCache
+
+log = logging.getLogger(__name__)
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SIDECAR_CONFIG_TYPE_URL)
+"""The order types are pushed in: what a resource refers to goes out before it."""
+
+
+@dataclass
+class TypeState:
+    """One type on one stream."""
+
+    subscribed: bool = False
+    names: tuple[str, ...] = ()
+    sent_version: str | None = None
+    sent_names: tuple[str, ...] | None = None
+    nonce: str = ""
+    awaiting: bool = False
+    acked: str = ""
+    """The version the client last accepted."""
+    rejected: str = ""
+    """The version the client last refused, until it accepts another."""
+    error: str = ""
+    """Why it refused it."""
+
+
+@dataclass
+class StreamState:
+    """One ADS stream."""
+
+    node: str = ""
+    types: dict[str, TypeState] = field(default_factory=dict)
+
+
+Listener = Callable[[str, str, str, str], None]
+"""Called with (node, type URL, version, error): error is ``""`` for an ACK."""
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """Serves a :class:`SnapshotCache` to every connected node."""
+
+    def __init__(self, cache: SnapshotCache) -> None:
+        self.cache = cache
+        self.streams: dict[str, StreamState] = {}
+        """Connected nodes (the latest stream of each)."""
+        self.listeners: list[Listener] = []
+        self._nonces = itertools.count(1)
+
+    async def StreamAggregatedResources(  # noqa: N802 - the gRPC method's name
+        self,
+        request_iterator: AsyncIterator[DiscoveryRequest],
+        context: grpc.aio.ServicerContext[DiscoveryRequest, DiscoveryResponse],
+    ) -> AsyncIterator[DiscoveryResponse]:
+        """One node's stream: requests in, responses out, until either side ends it."""
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        end = object()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    queue.put_nowait(request)
+            finally:
+                queue.put_nowait(end)
+
+        reader = asyncio.create_task(read())
+        state = StreamState()
+        try:
+            while True:
+                item = await queue.get()
+                if item is end:
+                    return
+                if item is CHANGED:
+                    responses = self._on_change(state)
+                else:
+                    assert isinstance(item, DiscoveryRequest)
+                    if not state.node:
+                        if not item.node.id:
+                            await context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT,
+                                "the first request must carry a node id",
+                            )
+                        state.node = item.node.id
+                        self.streams[state.node] = state
+                        self.cache.watch(state.node, queue)
+                        log.info("node %s connected", state.node)
+                    responses = self._on_request(state, item)
+                for response in responses:
+                    yield response
+        finally:
+            reader.cancel()
+            if state.node:
+                self.cache.unwatch(state.node, queue)
+                if self.streams.get(state.node) is state:
+                    del self.streams[state.node]
+                log.info("node %s disconnected", state.node)
+
+    def _on_request(self, state: StreamState, request: DiscoveryRequest) -> list[DiscoveryResponse]:
+        ts = state.types.setdefault(request.type_url, TypeState())
+        ts.subscribed = True
+        ts.names = tuple(sorted(request.resource_names))
+        if request.response_nonce:
+            if request.response_nonce != ts.nonce:
+                return []  # stale: answers a response that a newer one replaced
+            ts.awaiting = False
+            if request.HasField("error_detail"):
+                ts.rejected, ts.error = ts.sent_version or "", request.error_detail.message
+                log.warning(
+                    "node %s rejected %s version %s: %s",
+                    state.node, request.type_url, ts.rejected, ts.error,
+                )  # fmt: skip
+            else:
+                ts.acked, ts.rejected, ts.error = request.version_info, "", ""
+            for listener in self.listeners:
+                listener(state.node, request.type_url, ts.sent_version or "", ts.error)
+        return self._pending(state, [request.type_url])
+
+    def _on_change(self, state: StreamState) -> list[DiscoveryResponse]:
+        return self._pending(state, list(state.types))
+
+    def _pending(self, state: StreamState, types: list[str]) -> list[DiscoveryResponse]:
+        snapshot = self.cache.get(state.node)
+        if snapshot is None:
+            return []
+        ordered = sorted(types, key=lambda t: ORDER.index(t) if t in ORDER else len(ORDER))
+        out = []
+        for type_url in ordered:
+            ts = state.types[type_url]
+            if not ts.subscribed or ts.awaiting:
+                continue
+            resources = snapshot.types.get(type_url)
+            version = resources.version if resources else ""
+            items = resources.items if resources else {}
+            names = ts.names if ts.names and type_url in (ENDPOINT, ROUTE) else ()
+            if (version, names) == (ts.sent_version, ts.sent_names):
+                continue  # already sent; a rejected version waits for a new one
+            chosen = [items[n] for n in (names or items) if n in items]
+            ts.nonce = str(next(self._nonces))
+            ts.sent_version, ts.sent_names, ts.awaiting = version, names, True
+            out.append(
+                DiscoveryResponse(
+                    version_info=version, resources=chosen, type_url=type_url, nonce=ts.nonce
+                )
+            )
+        return out
+
+
+async def serve(server: AdsServer, address: str) -> tuple[grpc.aio.Server, int]:
+    """Start a gRPC server with the ADS service on ``address`` (``host:port``, port 0 = any)."""
+    grpc_server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
+    port = grpc_server.add_insecure_port(address)
+    await grpc_server.start()
+    return grpc_server, port

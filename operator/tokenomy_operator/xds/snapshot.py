@@ -1,0 +1,101 @@
+"""Per-node snapshots of xDS resources, versioned by content, with change notification.
+
+Modelled on go-control-plane's snapshot cache: the operator sets a snapshot
+per node (a pod's sidecar, or an Envoy); streams serving that node are woken
+when it changes. Versions are content hashes per type, so setting the same
+content again changes nothing and wakes nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from google.protobuf.any_pb2 import Any as AnyProto
+
+
+@dataclass(frozen=True)
+class TypeResources:
+    """One type's resources in a snapshot."""
+
+    version: str
+    """Content hash of the resources (names and bytes)."""
+    items: Mapping[str, AnyProto]
+    """Resources by name."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one node should have, by type URL."""
+
+    types: Mapping[str, TypeResources] = field(default_factory=dict)
+
+    def version(self, type_url: str) -> str:
+        """The version of a type, ``""`` when the snapshot has none of it."""
+        resources = self.types.get(type_url)
+        return resources.version if resources else ""
+
+
+def make_snapshot(resources: Mapping[str, Mapping[str, AnyProto]]) -> Snapshot:
+    """A snapshot from resources by type URL and name, each type versioned by its content."""
+    types = {}
+    for type_url, items in resources.items():
+        digest = hashlib.sha256()
+        for name in sorted(items):
+            digest.update(name.encode() + b"\0" + items[name].SerializeToString(deterministic=True))
+        types[type_url] = TypeResources(digest.hexdigest()[:16], dict(sorted(items.items())))
+    return Snapshot(types)
+
+
+class SnapshotCache:
+    """Snapshots by node id, and the queues of the streams watching each node."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, Snapshot] = {}
+        self._watchers: dict[str, set[asyncio.Queue[object]]] = {}
+
+    def get(self, node: str) -> Snapshot | None:
+        """The node's snapshot, if any."""
+        return self._snapshots.get(node)
+
+    def set(self, node: str, snapshot: Snapshot) -> bool:
+        """Put a snapshot in place; wakes the node's streams only if any type's version changed."""
+        previous = self._snapshots.get(node)
+        self._snapshots[node] = snapshot
+        changed = previous is None or any(
+            previous.version(t) != snapshot.version(t) for t in {*previous.types, *snapshot.types}
+        )
+        if changed:
+            self._notify(node)
+        return changed
+
+    def drop(self, node: str) -> None:
+        """Forget a node (its pod was deleted)."""
+        if self._snapshots.pop(node, None) is not None:
+            self._notify(node)
+
+    def nodes(self) -> list[str]:
+        """Nodes that have a snapshot."""
+        return sorted(self._snapshots)
+
+    def watch(self, node: str, queue: asyncio.Queue[object]) -> None:
+        """Have ``queue`` told whenever the node's snapshot changes."""
+        self._watchers.setdefault(node, set()).add(queue)
+
+    def unwatch(self, node: str, queue: asyncio.Queue[object]) -> None:
+        """Stop telling ``queue``."""
+        watchers = self._watchers.get(node)
+        if watchers is not None:
+            watchers.discard(queue)
+            if not watchers:
+                del self._watchers[node]
+
+    def _notify(self, node: str) -> None:
+        for queue in self._watchers.get(node, ()):
+            queue.put_nowait(CHANGED)
+
+
+CHANGED = object()
+"""The message a watching stream's queue receives when its node's snapshot changed."""
