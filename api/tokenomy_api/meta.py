@@ -235,6 +235,8 @@ class ObjectMeta(BaseModel):
     """Generation of the spec, set by the API server."""
     uid: str = ""
     """Unique id, set by the API server."""
+    creation_timestamp: str = ""
+    """When the object was created (RFC 3339), set by the API server."""
 
 
 def camel_path(loc: tuple[int | str, ...]) -> str:

@@ -8,13 +8,15 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
 from tokenomy_sidecar.app import Sidecar, SidecarSettings
-from tokenomy_sidecar.credentials import SECRETS_DIR
+from tokenomy_sidecar.credentials import SECRETS_DIR, Credentials
 from tokenomy_sidecar.runtime import ConfigRejectedError
 from tokenomy_sidecar.sources import FileSource
+from tokenomy_sidecar.xds_client import XdsSource
 
 log = logging.getLogger("tokenomy.sidecar")
 
@@ -26,14 +28,31 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _default_node_id() -> str:
+    namespace = os.environ.get("POD_NAMESPACE", "default")
+    name = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{namespace}/{name}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``sidecar``'s arguments."""
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--config",
         action="append",
-        required=True,
         metavar="PATH",
-        help="CostPolicy/ModelRoute/Secret YAML files or folders (repeatable); watched",
+        help="standalone: CostPolicy/ModelRoute/Secret YAML files or folders (repeatable); watched",
+    )
+    source.add_argument(
+        "--xds",
+        metavar="HOST:PORT",
+        default=os.environ.get("TOKENOMY_XDS_ADDRESS"),
+        help="in a cluster: the operator's xDS address (env TOKENOMY_XDS_ADDRESS)",
+    )
+    parser.add_argument(
+        "--node-id",
+        default=_default_node_id(),
+        help="this sidecar's xDS node id (default: POD_NAMESPACE/POD_NAME from the environment)",
     )
     parser.add_argument("--policy", metavar="NS/NAME", help="the CostPolicy to serve, if several")
     parser.add_argument(
@@ -66,20 +85,35 @@ async def serve(args: argparse.Namespace) -> int:
         pod_region=args.pod_region,
     )
     sidecar = Sidecar(settings)
-    source = FileSource(args.config, args.policy, sidecar.holder, sidecar.metrics, args.secrets_dir)
-    try:
-        config = source.load()
-    except ConfigRejectedError as error:
-        print(f"tokenomy sidecar: {error}", file=sys.stderr)
-        return 2
-    log.info("config %s of %s", config.version, config.policy.key)
+    source: FileSource | XdsSource
+    if args.config:
+        source = FileSource(
+            args.config, args.policy, sidecar.holder, sidecar.metrics, args.secrets_dir
+        )
+        try:
+            config = source.load()
+        except ConfigRejectedError as error:
+            print(f"tokenomy sidecar: {error}", file=sys.stderr)
+            return 2
+        log.info("config %s of %s", config.version, config.policy.key)
+        follow = source.watch
+    else:
+        # Serve at once: /readyz says 503 until the first config arrives.
+        source = XdsSource(
+            args.xds,
+            args.node_id,
+            sidecar.holder,
+            sidecar.metrics,
+            Credentials(directory=args.secrets_dir),
+        )
+        follow = source.run
     await sidecar.start()
     print(f"tokenomy sidecar: OpenAI API on {sidecar.api_url}/v1", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(source.watch())
+    watcher = asyncio.create_task(follow())
     await stop.wait()
     log.info("shutting down: draining in-flight requests")
     watcher.cancel()
