@@ -107,7 +107,7 @@ def test_single_unnamed_port_maps_to_the_only_slice_port() -> None:
 
 
 def pod(name: str, namespace: str = "ns", **labels: str) -> Pod:
-    return Pod(namespace, name, labels)
+    return Pod(namespace, name, labels, injected=True)
 
 
 def state_with(*docs: dict[str, Any], pods: tuple[Pod, ...] = ()) -> ClusterState:

@@ -32,7 +32,8 @@ class Pod:
     namespace: str
     name: str
     labels: Mapping[str, str]
-    created: str = ""
+    injected: bool = False
+    """Whether the pod carries a Tokenomy sidecar (the injection annotation)."""
 
     @property
     def node_id(self) -> str:
@@ -51,7 +52,7 @@ class PolicyStatus:
     version: str
     """Version of the config in force (the last good one when the spec is invalid)."""
     pods: tuple[str, ...]
-    """Node ids of the pods it selects."""
+    """Node ids of the selected pods that carry a sidecar."""
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,12 @@ class ClusterState:
         nodes: Mapping[str, str],
     ) -> dict[str, PolicyStatus]:
         out = {}
+        injected = {p.node_id for p in self.pods.values() if p.injected}
         for (namespace, name), body in self.policies.items():
             key = f"{namespace}/{name}"
             found = problems.get((COST_POLICY_KIND, key), [])
             config = configs.get(key)
-            pods = tuple(sorted(n for n, p in nodes.items() if p == key))
+            pods = tuple(sorted(n for n, p in nodes.items() if p == key and n in injected))
             generation = int((body.get("metadata") or {}).get("generation") or 0)
             if found:
                 kept = f" The last good config ({config.version}) stays in force." if config else ""

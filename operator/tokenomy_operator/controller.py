@@ -1,0 +1,176 @@
+"""The control loop: on any change, reconcile, push snapshots, write statuses.
+
+Changes arrive from kopf's watches (and from sidecars' ACKs and NACKs) as a
+poke; pokes within ``debounce`` seconds are handled together, so a burst of
+events costs one reconcile. Snapshots are rendered once per config version
+and shared by every pod of the policy; statuses are written only when they
+differ from what the resource already shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from tokenomy_api.clock import Clock, SystemClock
+from tokenomy_api.compiled import SidecarConfig
+from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_CONFIG_TYPE_URL
+from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
+from tokenomy_operator.status import Rollout, policy_status, route_status
+from tokenomy_operator.xds.resources import snapshot_for
+from tokenomy_operator.xds.server import AdsServer
+from tokenomy_operator.xds.snapshot import Snapshot, SnapshotCache
+
+log = logging.getLogger(__name__)
+
+
+class StatusWriter(Protocol):
+    """Where statuses and Events go (the Kubernetes API, or a list in tests)."""
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        """Merge-patch the status subresource of a Tokenomy resource."""
+        ...
+
+    async def event(
+        self, kind: str, namespace: str, name: str, type_: str, reason: str, message: str
+    ) -> None:
+        """Record an Event about a Tokenomy resource."""
+        ...
+
+
+class Controller:
+    """Owns the cluster state and turns it into snapshots and statuses."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        ads: AdsServer,
+        writer: StatusWriter,
+        clock: Clock | None = None,
+        debounce: float = 0.05,
+    ) -> None:
+        self.cache = cache
+        self.ads = ads
+        self.writer = writer
+        self.clock = clock or SystemClock()
+        self.debounce = debounce
+        self.state = ClusterState()
+        self._dirty = asyncio.Event()
+        self._rendered: dict[str, Snapshot] = {}
+        self._written: dict[tuple[str, str], dict[str, Any]] = {}
+        ads.listeners.append(lambda *_: self.poke())
+        self.synced: Callable[[Reconciliation], None] | None = None
+        """Called after every sync, for tests and metrics."""
+
+    def poke(self) -> None:
+        """Something changed; sync soon."""
+        self._dirty.set()
+
+    async def run(self) -> None:
+        """Sync after every burst of changes, until cancelled."""
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.debounce)
+            self._dirty.clear()
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("sync failed; retrying on the next change")
+                await asyncio.sleep(1)
+                self.poke()
+
+    def _snapshot(self, config: SidecarConfig) -> Snapshot:
+        snapshot = self._rendered.get(config.version)
+        if snapshot is None:
+            snapshot = self._rendered[config.version] = snapshot_for(config)
+        return snapshot
+
+    async def sync(self) -> Reconciliation:
+        """One reconcile: snapshots for every selected pod, then statuses."""
+        result = self.state.reconcile()
+        wanted = {}
+        for node, policy in result.nodes.items():
+            config = result.configs.get(policy)
+            if config is not None:
+                wanted[node] = self._snapshot(config)
+        for node in self.cache.nodes():
+            if node not in wanted:
+                self.cache.drop(node)
+        for node, snapshot in wanted.items():
+            self.cache.set(node, snapshot)
+        versions = {c.version for c in result.configs.values()}
+        self._rendered = {v: s for v, s in self._rendered.items() if v in versions}
+        now = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
+        for key, observed in result.policies.items():
+            namespace, name = key.split("/", 1)
+            previous = self.state.policies.get((namespace, name), {}).get("status") or {}
+            config = result.configs.get(key)
+            status = policy_status(observed, self._rollout(observed, config), previous, now)
+            await self._write("CostPolicy", COST_POLICY_PLURAL, namespace, name, status, previous)
+        for key, observed_route in result.routes.items():
+            namespace, name = key.split("/", 1)
+            previous = self.state.routes.get((namespace, name), {}).get("status") or {}
+            status = route_status(observed_route, previous, now)
+            await self._write("ModelRoute", MODEL_ROUTE_PLURAL, namespace, name, status, previous)
+        if self.synced is not None:
+            self.synced(result)
+        return result
+
+    def _rollout(self, observed: PolicyStatus, config: SidecarConfig | None) -> Rollout:
+        if config is None:
+            return Rollout(len(observed.pods), 0, 0)
+        current = self._snapshot(config).version(SIDECAR_CONFIG_TYPE_URL)
+        acknowledged = rejecting = 0
+        errors = set()
+        for node in observed.pods:
+            stream = self.ads.streams.get(node)
+            state = stream.types.get(SIDECAR_CONFIG_TYPE_URL) if stream else None
+            if state is None:
+                continue
+            if state.acked == current:
+                acknowledged += 1
+            elif state.rejected == current:
+                rejecting += 1
+                errors.add(state.error)
+        return Rollout(len(observed.pods), acknowledged, rejecting, tuple(sorted(errors)))
+
+    async def _write(
+        self,
+        kind: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        previous: Mapping[str, Any],
+    ) -> None:
+        key = (plural, f"{namespace}/{name}")
+        if self._written.get(key) == status or _same(previous, status):
+            return
+        await self.writer.patch_status(plural, namespace, name, status)
+        self._written[key] = status
+        for event in _transitions(previous, status):
+            await self.writer.event(kind, namespace, name, *event)
+
+
+def _same(previous: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    return all(previous.get(k) == v for k, v in status.items())
+
+
+def _transitions(
+    previous: Mapping[str, Any], status: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of an Event for every condition whose status changed."""
+    before = {c["type"]: c.get("status") for c in previous.get("conditions") or []}
+    out = []
+    for c in status.get("conditions") or []:
+        if before.get(c["type"]) != c["status"]:
+            kind = "Normal" if c["status"] == "True" else "Warning"
+            out.append((kind, c["reason"], f"{c['type']}: {c['message']}"))
+    return out

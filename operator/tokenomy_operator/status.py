@@ -1,0 +1,126 @@
+"""Status bodies for CostPolicies and ModelRoutes, as pure functions of what was observed.
+
+Conditions follow ``metav1.Condition``: ``lastTransitionTime`` moves only when
+a condition's status changes, so rewriting the same status is a no-op that
+the controller can skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tokenomy_operator.state import PolicyStatus, RouteStatus
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How the selected sidecars took a policy's current config."""
+
+    matched: int
+    acknowledged: int
+    rejecting: int
+    errors: tuple[str, ...] = ()
+    """Distinct NACK messages of sidecars rejecting the current version."""
+
+
+def condition(
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    """One condition; keeps the previous transition time when the status did not change."""
+    value = "True" if status else "False"
+    before = next((c for c in previous if c.get("type") == kind), None)
+    since = before["lastTransitionTime"] if before and before.get("status") == value else now
+    return {
+        "type": kind,
+        "status": value,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+        "reason": reason,
+        "message": message[:32768],
+    }
+
+
+def policy_status(
+    observed: PolicyStatus, rollout: Rollout, previous: Mapping[str, Any], now: str
+) -> dict[str, Any]:
+    """The ``status`` of a CostPolicy (spend and budget fields are not written here)."""
+    conditions = previous.get("conditions") or []
+    if rollout.rejecting:
+        applied = (
+            False,
+            "Rejected",
+            f"{rollout.rejecting} sidecar(s) rejected the config: " + "; ".join(rollout.errors),
+        )
+    elif rollout.acknowledged < rollout.matched:
+        applied = (
+            False,
+            "Pending",
+            f"{rollout.acknowledged} of {rollout.matched} sidecars run version {observed.version}",
+        )
+    else:
+        applied = (
+            True,
+            "AllAcknowledged",
+            f"{rollout.matched} sidecar(s) run version {observed.version}",
+        )
+    return {
+        "observedGeneration": observed.generation,
+        "configVersion": observed.version,
+        "sidecars": {
+            "matched": rollout.matched,
+            "acknowledged": rollout.acknowledged,
+            "rejecting": rollout.rejecting,
+        },
+        "conditions": [
+            condition(
+                "Ready",
+                observed.ready,
+                observed.reason,
+                observed.message,
+                observed.generation,
+                conditions,
+                now,
+            ),
+            condition(
+                "Applied", applied[0], applied[1], applied[2], observed.generation, conditions, now
+            ),
+        ],
+    }
+
+
+def route_status(observed: RouteStatus, previous: Mapping[str, Any], now: str) -> dict[str, Any]:
+    """The ``status`` of a ModelRoute."""
+    conditions = previous.get("conditions") or []
+    missing = [f"{tier}/{backend}" for tier, backend, count in observed.endpoints if count == 0]
+    resolved = (
+        (False, "NoEndpoints", "no ready endpoint for " + ", ".join(missing))
+        if missing
+        else (True, "Resolved", "every backend has a ready endpoint")
+    )
+    return {
+        "observedGeneration": observed.generation,
+        "backends": [
+            {"tier": tier, "name": backend, "endpoints": count}
+            for tier, backend, count in observed.endpoints
+        ],
+        "conditions": [
+            condition(
+                "Ready",
+                observed.ready,
+                observed.reason,
+                observed.message,
+                observed.generation,
+                conditions,
+                now,
+            ),
+            condition("ResolvedRefs", *resolved, observed.generation, conditions, now),
+        ],
+    }
