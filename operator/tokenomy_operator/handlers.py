@@ -1,0 +1,112 @@
+"""kopf handlers: every watched object goes into the controller's state, then a poke.
+
+Event handlers store no state on the objects (no annotations, no finalizers),
+so watching Pods never writes to Pods. The operator's own work happens in the
+controller's loop, started with the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from tokenomy_api.names import COST_POLICY_PLURAL, GROUP, MODEL_ROUTE_PLURAL, VERSION
+from tokenomy_operator.controller import Controller
+from tokenomy_operator.state import Pod
+
+log = logging.getLogger(__name__)
+
+INJECTED_ANNOTATION = "tokenomy.dev/injected"
+"""Set by the injection webhook on pods that got a sidecar."""
+
+
+def _key(body: kopf.Body) -> tuple[str, str]:
+    return body.metadata.namespace or "", body.metadata.name or ""
+
+
+def _store(table: dict[Any, Any], key: Any, event: kopf.RawEvent, value: Any) -> None:
+    if event["type"] == "DELETED":
+        table.pop(key, None)
+    else:
+        table[key] = value
+
+
+def register(controller: Controller) -> kopf.OperatorRegistry:
+    """A registry with the handlers feeding ``controller``."""
+    registry = kopf.OperatorRegistry()
+    state = controller.state
+
+    @kopf.on.event(GROUP, VERSION, COST_POLICY_PLURAL, registry=registry)
+    async def on_policy(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        _store(state.policies, _key(body), event, dict(body))
+        controller.poke()
+
+    @kopf.on.event(GROUP, VERSION, MODEL_ROUTE_PLURAL, registry=registry)
+    async def on_route(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        _store(state.routes, _key(body), event, dict(body))
+        controller.poke()
+
+    @kopf.on.event("", "v1", "pods", registry=registry)
+    async def on_pod(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        namespace, name = _key(body)
+        terminating = body.metadata.get("deletionTimestamp") is not None
+        pod = Pod(
+            namespace,
+            name,
+            dict(body.metadata.labels or {}),
+            injected=INJECTED_ANNOTATION in (body.metadata.annotations or {}),
+        )
+        previous = state.pods.get((namespace, name))
+        if event["type"] == "DELETED" or terminating:
+            state.pods.pop((namespace, name), None)
+        else:
+            state.pods[(namespace, name)] = pod
+        if previous != state.pods.get((namespace, name)):
+            controller.poke()  # status changes of a pod alone do not matter
+
+    @kopf.on.event("", "v1", "services", registry=registry)
+    async def on_service(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        _store(
+            state.services,
+            _key(body),
+            event,
+            {"metadata": dict(body.metadata), "spec": dict(body.spec)},
+        )
+        controller.poke()
+
+    @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", registry=registry)
+    async def on_slice(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        _store(state.slices, _key(body), event, dict(body))
+        controller.poke()
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def on_node(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        labels = dict(body.metadata.labels or {})
+        name = body.metadata.name or ""
+        if state.nodes.get(name) == labels and event["type"] != "DELETED":
+            return  # a node's heartbeats change its status, not its placement
+        _store(state.nodes, name, event, labels)
+        controller.poke()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = logging.WARNING
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="tokenomy.dev"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="tokenomy.dev"
+        )
+        settings.watching.server_timeout = 300
+
+    return registry
+
+
+async def run_until_stopped(
+    registry: kopf.OperatorRegistry, stop: asyncio.Event, **options: Any
+) -> None:
+    """Run kopf with our registry until ``stop`` is set."""
+    await kopf.operator(registry=registry, stop_flag=stop, **options)

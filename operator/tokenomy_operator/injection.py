@@ -1,0 +1,191 @@
+"""Sidecar injection: whether a new Pod gets a sidecar, and what changes if it does.
+
+Both are pure functions of the Pod, its namespace and the policies, like
+Istio's injection decision, so they are table-tested and golden-tested
+without a cluster. The webhook only calls them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenomy_api.compiled import SidecarConfig
+from tokenomy_api.costpolicy import CostPolicy
+
+INJECTED = "tokenomy.dev/injected"
+"""Annotation naming the policy a pod's sidecar serves; present, it makes injection idempotent."""
+OPT_OUT = "tokenomy.dev/inject"
+"""Label (or annotation) a pod sets to ``"false"`` to never get a sidecar."""
+CONTAINER = "tokenomy-sidecar"
+SECRETS_DIR = "/var/run/tokenomy/secrets"
+
+
+@dataclass(frozen=True)
+class InjectionSettings:
+    """What injected sidecars look like; every field has a default fit for most clusters."""
+
+    image: str = "tokenomy/sidecar:0.1.0"
+    """Sidecar image."""
+    xds_address: str = "tokenomy-operator.tokenomy-system.svc:15010"
+    """Where sidecars reach the operator's xDS server."""
+    listen_port: int = 15100
+    """Port of the OpenAI API on the pod's loopback."""
+    metrics_port: int = 15090
+    """Port of ``/metrics`` and the probes."""
+    native_sidecar: bool = True
+    """An init container with ``restartPolicy: Always`` (Kubernetes 1.29+): up first, down last."""
+    excluded_namespaces: tuple[str, ...] = (
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "tokenomy-system",
+    )
+    """Namespaces never injected."""
+    resources: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        }
+    )
+    """Sidecar resources."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to inject, which policy's config the sidecar serves, and why."""
+
+    inject: bool
+    reason: str
+    policy: str = ""
+
+
+def decide(
+    pod: Mapping[str, Any],
+    namespace: str,
+    policies: Sequence[CostPolicy],
+    settings: InjectionSettings,
+) -> Decision:
+    """Inject a Pod selected by a CostPolicy of its namespace, unless something says not to."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    if namespace in settings.excluded_namespaces:
+        return Decision(False, f"namespace {namespace} is excluded")
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        return Decision(False, "hostNetwork pods share the node's loopback")
+    if labels.get(OPT_OUT) == "false" or annotations.get(OPT_OUT) == "false":
+        return Decision(False, f"opted out with {OPT_OUT}=false")
+    if INJECTED in annotations:
+        return Decision(False, "already injected")
+    selecting = sorted(
+        (
+            p
+            for p in policies
+            if p.metadata.namespace == namespace and p.spec.selector.matches(labels)
+        ),
+        key=lambda p: (p.metadata.creation_timestamp, p.metadata.name),
+    )
+    if not selecting:
+        return Decision(False, "no CostPolicy selects the pod")
+    chosen = selecting[0].metadata.name
+    return Decision(True, f"selected by CostPolicy {chosen}", f"{namespace}/{chosen}")
+
+
+def secrets_of(config: SidecarConfig) -> list[str]:
+    """Names of the Secrets the sidecar needs: provider keys, embedder key, Redis password."""
+    names = {
+        b.credentials.name
+        for r in config.routes
+        for t in r.tiers
+        for b in t.backends
+        if b.credentials
+    }
+    for route in config.routes:
+        if route.embedding is not None and route.embedding.credentials is not None:
+            names.add(route.embedding.credentials.secret_ref.name)
+    redis = config.cache.store.redis
+    if redis is not None and redis.password_secret_ref is not None:
+        names.add(redis.password_secret_ref.name)
+    return sorted(names)
+
+
+def _sidecar(settings: InjectionSettings, secrets: list[str]) -> dict[str, Any]:
+    probe = {"httpGet": {"path": "/readyz", "port": settings.metrics_port}, "periodSeconds": 5}
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": settings.image,
+        "args": [
+            "sidecar",
+            "--xds",
+            settings.xds_address,
+            "--listen",
+            f"127.0.0.1:{settings.listen_port}",
+            "--metrics",
+            f"0.0.0.0:{settings.metrics_port}",
+            "--secrets-dir",
+            SECRETS_DIR,
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
+        "ports": [{"name": "tokenomy-metrics", "containerPort": settings.metrics_port}],
+        "readinessProbe": probe,
+        "startupProbe": {**copy.deepcopy(probe), "periodSeconds": 1, "failureThreshold": 60},
+        "resources": copy.deepcopy(dict(settings.resources)),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": f"tokenomy-secret-{s}", "mountPath": f"{SECRETS_DIR}/{s}", "readOnly": True}
+            for s in secrets
+        ],
+    }
+    if settings.native_sidecar:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def mutate(
+    pod: Mapping[str, Any],
+    decision: Decision,
+    config: SidecarConfig | None,
+    settings: InjectionSettings,
+) -> dict[str, Any]:
+    """The Pod with the sidecar added: a new object, the input untouched.
+
+    Provider keys are mounted into the sidecar only. Application containers get
+    ``OPENAI_BASE_URL`` (and ``OPENAI_API_BASE`` for older SDKs) pointing at
+    the sidecar, unless they set either themselves: that is the app's choice.
+    """
+    out = copy.deepcopy(dict(pod))
+    spec = out.setdefault("spec", {})
+    secrets = secrets_of(config) if config is not None else []
+    base_url = f"http://127.0.0.1:{settings.listen_port}/v1"
+    names = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
+    for container in spec.get("containers") or []:
+        env = container.setdefault("env", [])
+        if not {e.get("name") for e in env} & set(names):
+            env.extend({"name": name, "value": base_url} for name in names)
+    sidecar = _sidecar(settings, secrets)
+    if settings.native_sidecar:
+        spec["initContainers"] = [sidecar, *(spec.get("initContainers") or [])]
+    else:
+        spec["containers"] = [*(spec.get("containers") or []), sidecar]
+    spec["volumes"] = [
+        *(spec.get("volumes") or []),
+        *({"name": f"tokenomy-secret-{s}", "secret": {"secretName": s}} for s in secrets),
+    ]
+    annotations = out.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[INJECTED] = decision.policy
+    return out
