@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenomy_api.crd import REFERENCE_FILE, render_crds
+from tokenomy_api.crd import REFERENCE_FILE, render_crds, render_kustomization
 from tokenomy_api.crd_docs import render_reference
 
 
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("---\n".join(rendered.values()))
         return 0
     rendered[REFERENCE_FILE] = render_reference()
+    rendered["kustomization.yaml"] = render_kustomization()
     if args.check:
         drifted = [
             name

@@ -66,6 +66,8 @@ class Controller:
         ads.listeners.append(lambda *_: self.poke())
         self.synced: Callable[[Reconciliation], None] | None = None
         """Called after every sync, for tests and metrics."""
+        self.latest: Reconciliation | None = None
+        """The outcome of the last sync, which the injection webhook decides by."""
 
     def poke(self) -> None:
         """Something changed; sync soon."""
@@ -93,6 +95,7 @@ class Controller:
     async def sync(self) -> Reconciliation:
         """One reconcile: snapshots for every selected pod, then statuses."""
         result = self.state.reconcile()
+        self.latest = result
         wanted = {}
         for node, policy in result.nodes.items():
             config = result.configs.get(policy)

@@ -7,7 +7,6 @@ controller's loop, started with the operator.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -34,8 +33,10 @@ def _store(table: dict[Any, Any], key: Any, event: kopf.RawEvent, value: Any) ->
         table[key] = value
 
 
-def register(controller: Controller) -> kopf.OperatorRegistry:
-    """A registry with the handlers feeding ``controller``."""
+def register(
+    controller: Controller, webhook_server: kopf.WebhookServer | None = None
+) -> kopf.OperatorRegistry:
+    """A registry with the handlers feeding ``controller`` (and serving webhooks, if given)."""
     registry = kopf.OperatorRegistry()
     state = controller.state
 
@@ -101,12 +102,7 @@ def register(controller: Controller) -> kopf.OperatorRegistry:
             prefix="tokenomy.dev"
         )
         settings.watching.server_timeout = 300
+        if webhook_server is not None:
+            settings.admission.server = webhook_server
 
     return registry
-
-
-async def run_until_stopped(
-    registry: kopf.OperatorRegistry, stop: asyncio.Event, **options: Any
-) -> None:
-    """Run kopf with our registry until ``stop`` is set."""
-    await kopf.operator(registry=registry, stop_flag=stop, **options)

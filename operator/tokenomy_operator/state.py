@@ -73,6 +73,8 @@ class Reconciliation:
 
     configs: dict[str, SidecarConfig]
     """The config in force per policy key."""
+    parsed: list[CostPolicy]
+    """The policies that passed their schema, for the injection decision."""
     nodes: dict[str, str]
     """Policy key per node id of every selected pod."""
     policies: dict[str, PolicyStatus]
@@ -113,6 +115,7 @@ class ClusterState:
         nodes = self._assign(resources.policies)
         return Reconciliation(
             configs=configs,
+            parsed=resources.policies,
             nodes=nodes,
             policies=self._policy_statuses(problems, configs, nodes),
             routes=self._route_statuses(problems, endpoints),

@@ -1,0 +1,169 @@
+"""``tokenomy operator``: the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import kopf
+from kubernetes import client, config
+
+from tokenomy_operator.certs import generate, service_hosts
+from tokenomy_operator.controller import Controller
+from tokenomy_operator.handlers import register
+from tokenomy_operator.injection import InjectionSettings
+from tokenomy_operator.kube import KubeStatusWriter
+from tokenomy_operator.webhook import publish_ca
+from tokenomy_operator.webhook import register as register_webhook
+from tokenomy_operator.xds.server import AdsServer, serve
+from tokenomy_operator.xds.snapshot import SnapshotCache
+
+log = logging.getLogger("tokenomy.operator")
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``operator``'s arguments."""
+    here = os.environ.get("POD_NAMESPACE", "tokenomy-system")
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only these namespaces (repeatable); all by default",
+    )
+    parser.add_argument(
+        "--xds-listen", type=_address, default=("0.0.0.0", 15010), metavar="HOST:PORT"
+    )
+    parser.add_argument(
+        "--webhook-listen", type=_address, default=("0.0.0.0", 9443), metavar="HOST:PORT"
+    )
+    parser.add_argument(
+        "--webhook-service",
+        default="tokenomy-operator",
+        help="Service the API server calls the webhook through",
+    )
+    parser.add_argument(
+        "--webhook-namespace", default=here, help="namespace of that Service (env POD_NAMESPACE)"
+    )
+    parser.add_argument(
+        "--webhook-host",
+        action="append",
+        default=[],
+        help="extra certificate names (e.g. 127.0.0.1 outside a cluster)",
+    )
+    parser.add_argument(
+        "--webhook-configuration",
+        default="tokenomy-sidecar-injector",
+        help="MutatingWebhookConfiguration to put the CA into ('' to leave it alone)",
+    )
+    parser.add_argument(
+        "--no-webhook", action="store_true", help="do not serve the injection webhook"
+    )
+    parser.add_argument("--sidecar-image", default=InjectionSettings.image)
+    parser.add_argument(
+        "--xds-address",
+        default=f"tokenomy-operator.{here}.svc:15010",
+        help="where injected sidecars reach xDS",
+    )
+    parser.add_argument(
+        "--no-native-sidecar",
+        action="store_true",
+        help="inject a plain container (clusters before 1.29)",
+    )
+    parser.add_argument(
+        "--peering",
+        default="",
+        help="kopf peering name for leader election among replicas; standalone if empty",
+    )
+    parser.add_argument("--kubeconfig", help="outside a cluster: the kubeconfig to use")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def _kube(kubeconfig: str | None) -> client.ApiClient:
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf logs in from the same place
+        config.load_kube_config(config_file=kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+    return client.ApiClient()
+
+
+async def serve_operator(args: argparse.Namespace) -> int:
+    """Run the xDS server, the control loop and kopf until SIGTERM or SIGINT."""
+    api = _kube(args.kubeconfig)
+    cache = SnapshotCache()
+    ads = AdsServer(cache)
+    grpc_server, port = await serve(ads, f"{args.xds_listen[0]}:{args.xds_listen[1]}")
+    log.info("xDS (ADS) on port %d", port)
+    controller = Controller(cache, ads, KubeStatusWriter(api))
+    loop_task = asyncio.create_task(controller.run())
+
+    webhook_server = None
+    if not args.no_webhook:
+        hosts = [*service_hosts(args.webhook_service, args.webhook_namespace), *args.webhook_host]
+        certs = generate(hosts)
+        ca_path, cert_path, key_path = certs.write(
+            Path(tempfile.mkdtemp(prefix="tokenomy-webhook-"))
+        )
+        if args.webhook_configuration:
+            await publish_ca(api, args.webhook_configuration, certs.ca)
+        webhook_server = kopf.WebhookServer(
+            addr=args.webhook_listen[0],
+            port=args.webhook_listen[1],
+            certfile=str(cert_path),
+            pkeyfile=str(key_path),
+            cafile=str(ca_path),
+        )
+    registry = register(controller, webhook_server)
+    injection = InjectionSettings(
+        image=args.sidecar_image,
+        xds_address=args.xds_address,
+        native_sidecar=not args.no_native_sidecar,
+    )
+    if not args.no_webhook:
+        register_webhook(registry, controller, injection)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await kopf.operator(
+            registry=registry,
+            stop_flag=stop,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=not args.peering,
+            peering_name=args.peering or None,
+        )
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await grpc_server.stop(5)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the operator."""
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(serve_operator(args))

@@ -1,0 +1,108 @@
+"""manifests/ renders with kustomize, validates, and agrees with the code it deploys."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tokenomy_operator.controller import Controller
+from tokenomy_operator.handlers import register
+from tokenomy_operator.injection import InjectionSettings
+from tokenomy_operator.webhook import HANDLER_ID
+from tokenomy_operator.xds.server import AdsServer
+from tokenomy_operator.xds.snapshot import SnapshotCache
+
+from conftest import REPO
+
+
+def render(folder: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) is needed to render manifests/"
+    out = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "manifests" / folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return render("base")
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def test_base_renders_everything_the_operator_needs(base: list[dict[str, Any]]) -> None:
+    kinds = sorted(d["kind"] for d in base)
+    assert kinds == sorted(
+        ["CustomResourceDefinition"] * 2
+        + [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Service",
+            "MutatingWebhookConfiguration",
+        ]
+    )
+
+
+def test_built_in_kinds_validate(base: list[dict[str, Any]]) -> None:
+    for doc in base:
+        kubernetes_validate.validate(doc, "1.35.0", strict=True)
+
+
+def test_webhook_points_at_the_handler_and_never_blocks(base: list[dict[str, Any]]) -> None:
+    [hook] = one(base, "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["clientConfig"]["service"]["path"] == f"/{HANDLER_ID}"
+    assert hook["failurePolicy"] == "Ignore"
+    excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert set(InjectionSettings().excluded_namespaces) == set(excluded)
+    service = one(base, "Service")
+    assert hook["clientConfig"]["service"]["name"] == service["metadata"]["name"]
+    assert {p["port"] for p in service["spec"]["ports"]} == {15010, 443}
+
+
+def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules
+    )
+
+
+def test_rbac_covers_every_watch_and_write(base: list[dict[str, Any]]) -> None:
+    rules = one(base, "ClusterRole")["rules"]
+    registry = register(Controller(SnapshotCache(), AdsServer(SnapshotCache()), writer=None))  # type: ignore[arg-type]
+    for handler in registry._watching.get_all_handlers():
+        selector = handler.selector
+        for verb in ("list", "watch"):
+            assert allowed(rules, selector.group or "", selector.any_name, verb), (selector, verb)
+    for resource in ("costpolicies/status", "modelroutes/status"):
+        assert allowed(rules, "tokenomy.dev", resource, "patch")
+    assert allowed(rules, "events.k8s.io", "events", "create")
+    [webhook_rule] = [r for r in rules if "mutatingwebhookconfigurations" in r["resources"]]
+    assert webhook_rule["resourceNames"] == ["tokenomy-sidecar-injector"]
+    # Nothing is written to Pods, nothing reads Secrets.
+    assert not any(
+        v in r["verbs"]
+        for r in rules
+        if "pods" in r["resources"]
+        for v in ("create", "update", "patch", "delete")
+    )
+    assert not any("secrets" in r["resources"] for r in rules)
+
+
+def test_monitoring_renders() -> None:
+    [monitor] = render("monitoring")
+    assert monitor["kind"] == "PodMonitor"
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "tokenomy-metrics"

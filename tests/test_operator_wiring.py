@@ -1,0 +1,72 @@
+"""The operator's edges that need no cluster: webhook TLS, handler registration, the CLI."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+
+from tokenomy_operator.certs import generate, service_hosts
+from tokenomy_operator.controller import Controller
+from tokenomy_operator.handlers import register
+from tokenomy_operator.injection import InjectionSettings
+from tokenomy_operator.webhook import HANDLER_ID
+from tokenomy_operator.webhook import register as register_webhook
+from tokenomy_operator.xds.server import AdsServer
+from tokenomy_operator.xds.snapshot import SnapshotCache
+
+
+def test_certificate_names_and_chain() -> None:
+    hosts = [*service_hosts("tokenomy-operator", "tokenomy-system"), "127.0.0.1"]
+    certs = generate(hosts)
+    cert = x509.load_pem_x509_certificate(certs.cert)
+    ca = x509.load_pem_x509_certificate(certs.ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "tokenomy-operator.tokenomy-system.svc" in sans.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert cert.issuer == ca.subject
+    cert.verify_directly_issued_by(ca)
+
+
+async def test_a_client_trusting_the_ca_completes_a_tls_handshake(tmp_path: Path) -> None:
+    certs = generate(["tokenomy-operator.tokenomy-system.svc", "127.0.0.1"])
+    ca, cert, key = certs.write(tmp_path)
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(cert, key)
+    app = web.Application()
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        trusting = ssl.create_default_context(cafile=str(ca))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{port}/", ssl=trusting) as response:
+                assert await response.text() == "ok"
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await session.get(f"https://127.0.0.1:{port}/", ssl=ssl.create_default_context())
+    finally:
+        await runner.cleanup()
+
+
+def test_handlers_watch_what_the_operator_needs() -> None:
+    controller = Controller(SnapshotCache(), AdsServer(SnapshotCache()), writer=None)  # type: ignore[arg-type]
+    registry = register(controller)
+    register_webhook(registry, controller, InjectionSettings())
+    watched = {h.selector.any_name for h in registry._watching.get_all_handlers()}
+    assert watched == {"costpolicies", "modelroutes", "pods", "services", "endpointslices", "nodes"}
+    [mutator] = registry._webhooks.get_all_handlers()
+    assert mutator.id == HANDLER_ID
+    assert set(mutator.operations) == {"CREATE"}
+    assert mutator.ignore_failures is True
