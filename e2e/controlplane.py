@@ -1,0 +1,201 @@
+"""A real etcd and kube-apiserver on loopback, started the way envtest starts them."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pki import Authority, service_account_keys
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def build() -> Path:
+    """The folder with kube-apiserver and etcd, built once per machine by e2e/build.sh."""
+    out = subprocess.run(
+        ["bash", str(HERE / "build.sh")], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"e2e/build.sh failed:\n{out.stderr[-4000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class ControlPlane:
+    """etcd + kube-apiserver; ``kubeconfig(user, groups)`` gives credentials for anyone."""
+
+    folder: Path
+    url: str = ""
+    client_ca: Authority = field(default_factory=lambda: Authority.create("tokenomy-e2e-client-ca"))
+    server_ca: Authority = field(default_factory=lambda: Authority.create("tokenomy-e2e-server-ca"))
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, bin_dir: Path) -> None:
+        etcd_client, etcd_peer, etcd_metrics, secure = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        )
+        data = self.folder / "etcd"
+        log = (self.folder / "etcd.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    str(bin_dir / "etcd"), "--data-dir", str(data), "--name", "default",
+                    "--listen-client-urls", f"http://127.0.0.1:{etcd_client}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{etcd_client}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+                    "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer}",
+                    "--listen-metrics-urls", f"http://127.0.0.1:{etcd_metrics}",
+                    "--unsafe-no-fsync",
+                ],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+        cert, key = self.server_ca.issue("kube-apiserver", hosts=("127.0.0.1", "localhost"))
+        (self.folder / "serving.crt").write_bytes(cert)
+        (self.folder / "serving.key").write_bytes(key)
+        (self.folder / "client-ca.crt").write_bytes(self.client_ca.pem)
+        sa_key, sa_pub = service_account_keys(self.folder)
+        log = (self.folder / "apiserver.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    str(bin_dir / "kube-apiserver"),
+                    f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+                    "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                    f"--secure-port={secure}",
+                    f"--tls-cert-file={self.folder / 'serving.crt'}",
+                    f"--tls-private-key-file={self.folder / 'serving.key'}",
+                    f"--client-ca-file={self.folder / 'client-ca.crt'}",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    f"--service-account-key-file={sa_pub}",
+                    f"--service-account-signing-key-file={sa_key}",
+                    "--service-cluster-ip-range=10.0.0.0/24",
+                    "--authorization-mode=RBAC",
+                    "--disable-admission-plugins=ServiceAccount",
+                    "--allow-privileged=true",
+                ],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        )  # fmt: skip
+        self.url = f"https://127.0.0.1:{secure}"
+        self._wait_ready()
+
+    def _context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=self.server_ca.pem.decode())
+        cert, key = self.client_ca.issue("admin", organizations=("system:masters",), client=True)
+        (self.folder / "admin.crt").write_bytes(cert)
+        (self.folder / "admin.key").write_bytes(key)
+        context.load_cert_chain(self.folder / "admin.crt", self.folder / "admin.key")
+        return context
+
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        context = self._context()
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"a control-plane process exited:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", context=context, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError as error:
+                last = str(error)
+            time.sleep(0.2)
+        raise TimeoutError(f"kube-apiserver not ready: {last}\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            (self.folder / n).read_text(errors="replace")[-3000:]
+            for n in ("etcd.log", "apiserver.log")
+            if (self.folder / n).exists()
+        )
+
+    def kubeconfig(
+        self, user: str = "admin", groups: tuple[str, ...] = ("system:masters",)
+    ) -> Path:
+        """A kubeconfig with a client certificate for ``user`` in ``groups``."""
+        cert, key = self.client_ca.issue(user, organizations=groups, client=True)
+        b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "e2e",
+                    "cluster": {
+                        "server": self.url,
+                        "certificate-authority-data": b64(self.server_ca.pem),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
+                }
+            ],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
+            "current-context": "e2e",
+        }
+        path = self.folder / f"kubeconfig-{user.replace(':', '_')}"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+def start_control_plane() -> ControlPlane:
+    plane = ControlPlane(Path(tempfile.mkdtemp(prefix="tokenomy-e2e-")))
+    plane.start(build())
+    return plane
+
+
+def kubectl(
+    kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("kubectl")
+    assert binary, "kubectl is needed for the e2e tests"
+    result = subprocess.run(
+        [binary, "--kubeconfig", str(kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "KUBECTL_EXTERNAL_DIFF": ""},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+    return result
