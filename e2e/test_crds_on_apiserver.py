@@ -54,11 +54,13 @@ def test_examples_apply_and_print_columns(crds: Path) -> None:
         "SIDECARS",
         "AGE",
     ]
-    assert "support-agent" in table and "2000" in table
+    assert "support-agent" in table
+    assert "2000" in table
     short = kubectl(crds, "get", "cpol,mroute", "-n", "support").stdout
     assert "modelroute.tokenomy.dev/support-chat" in short
     category = kubectl(crds, "get", "tokenomy", "-n", "support").stdout
-    assert "support-agent" in category and "support-chat" in category
+    assert "support-agent" in category
+    assert "support-chat" in category
 
 
 @pytest.mark.parametrize(
