@@ -1,4 +1,4 @@
-"""Shared paths and fixtures: stand-in models, sidecars and a real Redis."""
+"""Fixtures: stand-in models, sidecars and a real Redis (their handles live in support.py)."""
 
 from __future__ import annotations
 
@@ -7,52 +7,26 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 import pytest_asyncio
-import yaml
-from aiohttp import web
 
 from tokenomy_api.clock import Clock
 from tokenomy_sidecar.app import Sidecar, SidecarSettings
 from tokenomy_sidecar.sources import FileSource
-from tokenomy_standin.server import Standin, StandinSettings
+from tokenomy_standin.server import StandinSettings
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
-INVALID = EXAMPLES / "invalid"
-CRDS = REPO / "crds"
-
-
-class RunningStandin:
-    """A stand-in model server on a free port."""
-
-    def __init__(self, settings: StandinSettings) -> None:
-        self.settings = settings
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-        self.port = 0
-
-    async def start(self, port: int = 0) -> None:
-        self.runner = web.AppRunner(Standin(self.settings).app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port or self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-
-StandinFactory = Callable[..., Awaitable[RunningStandin]]
+from support import (
+    LiveSidecar,
+    RunningStandin,
+    SidecarFactory,
+    StandinFactory,
+    free_port,
+    write_yaml,
+)
 
 
 @pytest_asyncio.fixture
@@ -69,45 +43,6 @@ async def standin() -> AsyncIterator[StandinFactory]:
     yield make
     for running in started:
         await running.stop()
-
-
-def write_yaml(folder: Path, name: str, *docs: dict[str, Any]) -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    return path
-
-
-@dataclass
-class LiveSidecar:
-    """A running sidecar, the folder its config files are in, and their source."""
-
-    sidecar: Sidecar
-    source: FileSource
-    folder: Path
-    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        """Base URL of its OpenAI API, as an SDK wants it."""
-        return self.sidecar.api_url + "/v1"
-
-    def client(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        """The official SDK pointed at the sidecar, with no retries of its own."""
-        client = openai.AsyncOpenAI(base_url=self.url, api_key="unused", max_retries=0, **kwargs)
-        self.clients.append(client)
-        return client
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of a metric's samples whose labels include ``labels``."""
-        total = 0.0
-        for family in self.sidecar.metrics.registry.collect():
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    total += sample.value
-        return total
-
-
-SidecarFactory = Callable[..., Awaitable[LiveSidecar]]
 
 
 @pytest_asyncio.fixture
@@ -136,21 +71,12 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
         await live.sidecar.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server on a free port, for the session; stopped afterwards."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail(
-            "redis-server is not installed; .ci/run installs it (apt-get install redis-server)"
-        )
+        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
     port = free_port()
     folder = tempfile.mkdtemp()
     process = subprocess.Popen(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import EXAMPLES, INVALID, REPO
+from support import EXAMPLES, INVALID, REPO
 
 
 def tokenomy(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:

@@ -17,8 +17,8 @@ import yaml
 from tokenomy_api.crd import CRDS as CRD_SPECS
 from tokenomy_api.crd import crd_manifest, render_crds
 
-from conftest import CRDS, EXAMPLES, INVALID, REPO
 from helpers import CEL, cel_failures, expectations, with_defaults
+from support import CRDS, EXAMPLES, INVALID, REPO
 
 KUBERNETES_VERSIONS = ["1.34.0", "1.35.0"]
 MANIFESTS = {spec.kind: crd_manifest(spec) for spec in CRD_SPECS}

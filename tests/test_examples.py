@@ -10,8 +10,8 @@ from tokenomy_api.compiler import compile_configs
 from tokenomy_api.crd import CRDS, openapi_schema
 from tokenomy_api.loader import load_resources
 
-from conftest import EXAMPLES, INVALID
 from helpers import expectations
+from support import EXAMPLES, INVALID
 
 INVALID_FILES = sorted(INVALID.glob("*.yaml"))
 

@@ -24,8 +24,8 @@ from tokenomy_operator.injection import (
     mutate,
 )
 
-from conftest import EXAMPLES
 from helpers import policy
+from support import EXAMPLES
 
 GOLDEN = Path(__file__).parent / "golden" / "injection"
 SETTINGS = InjectionSettings()

@@ -17,7 +17,7 @@ from tokenomy_operator.webhook import HANDLER_ID
 from tokenomy_operator.xds.server import AdsServer
 from tokenomy_operator.xds.snapshot import SnapshotCache
 
-from conftest import REPO
+from support import REPO
 
 
 def render(folder: str) -> list[dict[str, Any]]:
@@ -105,4 +105,4 @@ def test_rbac_covers_every_watch_and_write(base: list[dict[str, Any]]) -> None:
 def test_monitoring_renders() -> None:
     [monitor] = render("monitoring")
     assert monitor["kind"] == "PodMonitor"
-    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "tokenomy-metrics"
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "tkn-metrics"

@@ -12,8 +12,8 @@ from tokenomy_sidecar.local_embedder import MiniLM
 from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.stages.semantic_cache import context_partition, question
 
-from conftest import LiveSidecar, RunningStandin, SidecarFactory, StandinFactory
 from helpers import backend, policy_doc, route_doc
+from support import LiveSidecar, RunningStandin, SidecarFactory, StandinFactory
 
 
 def unit(*values: float) -> np.ndarray:

@@ -17,8 +17,8 @@ from tokenomy_api.clock import SystemClock
 from tokenomy_sidecar.runtime import ConfigHolder, ConfigRejectedError, default_store_factory
 from tokenomy_sidecar.sources import compile_files
 
-from conftest import EXAMPLES, SidecarFactory, StandinFactory, free_port, write_yaml
 from helpers import backend, policy_doc, route_doc
+from support import EXAMPLES, SidecarFactory, StandinFactory, free_port, write_yaml
 
 USER = [{"role": "user", "content": "hi"}]
 

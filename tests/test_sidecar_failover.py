@@ -8,8 +8,8 @@ import aiohttp
 import openai
 import pytest
 
-from conftest import LiveSidecar, RunningStandin, SidecarFactory, StandinFactory
 from helpers import backend, policy_doc, route_doc
+from support import LiveSidecar, RunningStandin, SidecarFactory, StandinFactory
 
 USER = [{"role": "user", "content": "hello"}]
 

@@ -29,9 +29,9 @@ from tokenomy_sidecar.app import Sidecar, SidecarSettings
 from tokenomy_sidecar.credentials import Credentials
 from tokenomy_sidecar.xds_client import XdsSource
 
-from conftest import StandinFactory
 from harness_envoy import envoy_binary, static_bootstrap
 from helpers import backend, policy, route
+from support import StandinFactory
 
 NODE = "default/agent-7f9c"
 

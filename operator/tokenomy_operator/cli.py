@@ -166,4 +166,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # kopf reports every handler run at INFO; for event handlers that is noise.
+    logging.getLogger("kopf.objects").setLevel(
+        max(logging.WARNING, logging.getLevelName(args.log_level))
+    )
     return asyncio.run(serve_operator(args))

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import kopf
+from kubernetes import client
 
 from tokenomy_api.names import COST_POLICY_PLURAL, GROUP, MODEL_ROUTE_PLURAL, VERSION
 from tokenomy_operator.controller import Controller
@@ -92,6 +93,12 @@ def register(
         _store(state.nodes, name, event, labels)
         controller.poke()
 
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # Our own registry has none of kopf's default login handlers: reuse the
+        # official client's configuration, already loaded (in-cluster or kubeconfig).
+        return connection_info(client.Configuration.get_default_copy())
+
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
@@ -106,3 +113,17 @@ def register(
             settings.admission.server = webhook_server
 
     return registry
+
+
+def connection_info(config: client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials from the official client's loaded configuration."""
+    scheme, _, token = (config.api_key.get("authorization") or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        scheme=scheme or None,
+        token=token or None,
+    )

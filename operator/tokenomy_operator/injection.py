@@ -135,7 +135,8 @@ def _sidecar(settings: InjectionSettings, secrets: list[str]) -> dict[str, Any]:
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
         ],
-        "ports": [{"name": "tokenomy-metrics", "containerPort": settings.metrics_port}],
+        # Port names are at most 15 characters.
+        "ports": [{"name": "tkn-metrics", "containerPort": settings.metrics_port}],
         "readinessProbe": probe,
         "startupProbe": {**copy.deepcopy(probe), "periodSeconds": 1, "failureThreshold": 60},
         "resources": copy.deepcopy(dict(settings.resources)),

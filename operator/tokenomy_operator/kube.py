@@ -45,7 +45,7 @@ class KubeStatusWriter:
         """Record an Event; failing to record one is logged, never fatal."""
         now = datetime.datetime.now(datetime.UTC)
         body = client.EventsV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            metadata=client.V1ObjectMeta(generate_name=f"{name}-", namespace=namespace),
             event_time=now,
             action="Reconcile",
             reason=reason,
@@ -61,5 +61,9 @@ class KubeStatusWriter:
             await asyncio.to_thread(self.events.create_namespaced_event, namespace, body)
         except ApiException as error:
             log.warning(
-                "could not record an Event on %s %s/%s: %s", kind, namespace, name, error.reason
+                "could not record an Event on %s %s/%s: %s",
+                kind,
+                namespace,
+                name,
+                error.body or error.reason,
             )

@@ -35,7 +35,8 @@ def register(
     )
     def inject(body: kopf.Body, patch: kopf.Patch, warnings: list[str], **_: Any) -> None:
         pod = dict(body)
-        namespace = body.metadata.namespace or (body.get("request") or {}).get("namespace") or ""
+        # The API server sets the request's namespace on the object before admission.
+        namespace = body.metadata.namespace or ""
         latest = controller.latest
         if latest is None:
             warnings.append("tokenomy: the operator has not synced yet; pod left unchanged")

@@ -1,0 +1,310 @@
+"""Scenarios 2-5: the operator as a process, with manifests/' RBAC, against a real API server.
+
+The API server calls the operator's webhook over TLS; the stored Pod has the
+sidecar; a sidecar process started as that Pod would gets its config over
+xDS; requests from the openai SDK flow; status says Applied; changes reach
+the sidecar; an invalid change is refused with the field named while
+traffic keeps its old version.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from controlplane import ControlPlane, free_port, kubectl
+
+REPO = Path(__file__).resolve().parent.parent
+NS = "shop"
+OPERATOR_USER = "system:serviceaccount:tokenomy-system:tokenomy-operator"
+
+
+def wait(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def tokenomy(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokenomy_cli.main", *args],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def get(admin: Path, *args: str) -> dict[str, Any]:
+    return json.loads(kubectl(admin, "get", "-o", "json", *args).stdout)
+
+
+class Cluster:
+    """Everything one module's scenarios share."""
+
+    def __init__(self, plane: ControlPlane, admin: Path) -> None:
+        self.plane, self.admin = plane, admin
+        self.folder = plane.folder / "operator-e2e"
+        self.folder.mkdir(exist_ok=True)
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.xds, self.webhook = free_port(), free_port()
+
+    def start(self) -> None:
+        admin = self.admin
+        kubectl(admin, "apply", "--server-side", "-k", str(REPO / "crds"))
+        kubectl(
+            admin,
+            "wait",
+            "--for=condition=Established",
+            "crd/costpolicies.tokenomy.dev",
+            "crd/modelroutes.tokenomy.dev",
+            "--timeout=60s",
+        )
+        for namespace in ("tokenomy-system", NS):
+            kubectl(admin, "create", "namespace", namespace, check=False)
+        kubectl(
+            admin,
+            "apply",
+            "-n",
+            "tokenomy-system",
+            "-f",
+            str(REPO / "manifests" / "base" / "rbac.yaml"),
+        )
+        hook = yaml.safe_load((REPO / "manifests" / "base" / "webhook.yaml").read_text())
+        # No cluster network here: the API server calls the operator on loopback.
+        hook["webhooks"][0]["clientConfig"] = {"url": f"https://127.0.0.1:{self.webhook}/inject"}
+        kubectl(admin, "apply", "-f", "-", stdin=yaml.safe_dump(hook))
+        for name, port in (("small", free_port()), ("large", free_port())):
+            self.processes.append(
+                tokenomy(
+                    "standin", "--port", str(port), "--name", name, log=self.folder / f"{name}.log"
+                )
+            )
+            setattr(self, f"{name}_port", port)
+        operator_config = self.plane.kubeconfig(
+            OPERATOR_USER, ("system:serviceaccounts", "system:serviceaccounts:tokenomy-system")
+        )
+        self.operator = tokenomy(
+            "operator", "--kubeconfig", str(operator_config),
+            "--xds-listen", f"127.0.0.1:{self.xds}", "--xds-address", f"127.0.0.1:{self.xds}",
+            "--webhook-listen", f"127.0.0.1:{self.webhook}", "--webhook-host", "127.0.0.1",
+            "--webhook-namespace", "tokenomy-system", "--log-level", "INFO",
+            log=self.folder / "operator.log",
+        )  # fmt: skip
+        self.processes.append(self.operator)
+        wait(lambda: port_open(self.xds) and port_open(self.webhook), 60, "the operator's ports")
+        wait(
+            lambda: get(admin, "mutatingwebhookconfiguration", "tokenomy-sidecar-injector")[
+                "webhooks"
+            ][0]["clientConfig"].get("caBundle"),
+            30,
+            "the caBundle",
+        )
+
+    def operator_log(self) -> str:
+        return (self.folder / "operator.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(plane: ControlPlane, admin: Path) -> Iterator[Cluster]:
+    running = Cluster(plane, admin)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+def resources(cluster: Cluster, **policy_spec: Any) -> str:
+    route = {
+        "apiVersion": "tokenomy.dev/v1alpha1",
+        "kind": "ModelRoute",
+        "metadata": {"name": "chat", "namespace": NS},
+        "spec": {
+            "model": "chat",
+            "tiers": [
+                {
+                    "name": "small",
+                    "backends": [
+                        {
+                            "name": "s",
+                            "model": "small",
+                            "url": f"http://127.0.0.1:{cluster.small_port}/v1",
+                            "price": {"input": "0.15", "output": "0.60"},
+                        }
+                    ],
+                },  # type: ignore[attr-defined]
+                {
+                    "name": "large",
+                    "backends": [
+                        {
+                            "name": "l",
+                            "model": "large",
+                            "url": f"http://127.0.0.1:{cluster.large_port}/v1",
+                            "price": {"input": "2.50", "output": "10"},
+                        }
+                    ],
+                },  # type: ignore[attr-defined]
+            ],
+        },
+    }
+    policy = {
+        "apiVersion": "tokenomy.dev/v1alpha1",
+        "kind": "CostPolicy",
+        "metadata": {"name": "agent", "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "routes": ["chat"], **policy_spec},
+    }
+    return yaml.safe_dump_all([route, policy])
+
+
+def pod(name: str, namespace: str = NS, **labels: str) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"containers": [{"name": "app", "image": "example/agent:1"}]},
+        }
+    )
+
+
+def policy_status(cluster: Cluster) -> dict[str, Any]:
+    status: dict[str, Any] = get(cluster.admin, "costpolicy", "agent", "-n", NS).get("status") or {}
+    return status
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
+    admin = cluster.admin
+    kubectl(admin, "apply", "-f", "-", stdin=resources(cluster))
+    wait(
+        lambda: condition(policy_status(cluster), "Ready").get("status") == "True", 30, "Ready=True"
+    )
+
+    # Scenario 3: the real API server calls the webhook; the stored Pod has the sidecar.
+    kubectl(admin, "apply", "-f", "-", stdin=pod("agent-1", app="agent"))
+    stored = get(admin, "pod", "agent-1", "-n", NS)
+    assert [c["name"] for c in stored["spec"].get("initContainers", [])] == ["tokenomy-sidecar"], (
+        cluster.operator_log()[-3000:]
+    )
+    assert stored["metadata"]["annotations"]["tokenomy.dev/injected"] == f"{NS}/agent"
+    env = {e["name"]: e.get("value") for e in stored["spec"]["containers"][0]["env"]}
+    assert env["OPENAI_BASE_URL"] == "http://127.0.0.1:15100/v1"
+    kubectl(
+        admin,
+        "apply",
+        "-f",
+        "-",
+        stdin=pod("opted-out", app="agent", **{"tokenomy.dev/inject": "false"}),
+    )
+    assert "initContainers" not in get(admin, "pod", "opted-out", "-n", NS)["spec"]
+    kubectl(admin, "apply", "-f", "-", stdin=pod("system", namespace="kube-system", app="agent"))
+    assert "initContainers" not in get(admin, "pod", "system", "-n", "kube-system")["spec"]
+
+    # Scenario 4: a sidecar started as that Pod would gets its config over xDS and serves.
+    listen, metrics = free_port(), free_port()
+    sidecar = tokenomy(
+        "sidecar", "--xds", f"127.0.0.1:{cluster.xds}", "--node-id", f"{NS}/agent-1",
+        "--listen", f"127.0.0.1:{listen}", "--metrics", f"127.0.0.1:{metrics}",
+        log=cluster.folder / "sidecar.log",
+    )  # fmt: skip
+    cluster.processes.append(sidecar)
+
+    def ready_version() -> str:
+        import urllib.request  # noqa: PLC0415
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=1) as r:
+                return str(json.loads(r.read())["version"])
+        except OSError:
+            return ""
+
+    first_version = wait(ready_version, 30, "the sidecar's first config")
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{listen}/v1", api_key="unused", max_retries=0
+    )
+    answers = [
+        client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}]
+        )
+        for _ in range(2)
+    ]
+    assert answers[0].parse().choices[0].message.content == "large answers: hi"
+    assert [a.headers["x-tokenomy-cache"] for a in answers] == ["miss", "exact"]
+    status = wait(
+        lambda: (
+            (s := policy_status(cluster)) and condition(s, "Applied").get("status") == "True" and s
+        ),
+        30,
+        "Applied=True",
+    )
+    assert status["sidecars"] == {"matched": 1, "acknowledged": 1, "rejecting": 0}
+    assert status["configVersion"] == first_version
+
+    # Scenario 5: a change reaches the sidecar as a new version within a second.
+    changed_at = time.monotonic()
+    kubectl(admin, "apply", "-f", "-", stdin=resources(cluster, output={"maxTokens": 64}))
+    second_version = wait(
+        lambda: (v := ready_version()) != first_version and v, 10, "the new version"
+    )
+    assert time.monotonic() - changed_at < 5  # kubectl's own start-up is most of it; see README
+    # An invalid change that passes the schema: Ready=False names the field, traffic keeps its version.
+    kubectl(
+        admin,
+        "apply",
+        "-f",
+        "-",
+        stdin=resources(cluster, cascade={"enabled": True, "tiers": ["small", "medium"]}),
+    )
+    ready = wait(
+        lambda: (c := condition(policy_status(cluster), "Ready")).get("status") == "False" and c,
+        30,
+        "Ready=False",
+    )
+    assert ready["reason"] == "InvalidSpec"
+    assert 'spec.cascade.tiers[1]: ModelRoute "chat" has no tier "medium"' in ready["message"]
+    time.sleep(0.5)
+    assert ready_version() == second_version
+    assert (
+        client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "still?"}]
+        )
+        .choices[0]
+        .message.content
+        == "large answers: still?"
+    )
+    events = kubectl(
+        admin, "get", "events", "-n", NS, "--field-selector", "involvedObject.name=agent"
+    ).stdout
+    assert "InvalidSpec" in events, cluster.operator_log()[-3000:]
+    assert "Traceback" not in cluster.operator_log()

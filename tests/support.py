@@ -1,0 +1,94 @@
+"""What tests share: paths, and handles on live stand-ins and sidecars (fixtures in conftest)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import yaml
+from aiohttp import web
+
+from tokenomy_sidecar.app import Sidecar
+from tokenomy_sidecar.sources import FileSource
+from tokenomy_standin.server import Standin, StandinSettings
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+INVALID = EXAMPLES / "invalid"
+CRDS = REPO / "crds"
+
+
+class RunningStandin:
+    """A stand-in model server on a free port."""
+
+    def __init__(self, settings: StandinSettings) -> None:
+        self.settings = settings
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+        self.port = 0
+
+    async def start(self, port: int = 0) -> None:
+        self.runner = web.AppRunner(Standin(self.settings).app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port or self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+StandinFactory = Callable[..., Awaitable[RunningStandin]]
+
+
+def write_yaml(folder: Path, name: str, *docs: dict[str, Any]) -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
+
+
+@dataclass
+class LiveSidecar:
+    """A running sidecar, the folder its config files are in, and their source."""
+
+    sidecar: Sidecar
+    source: FileSource
+    folder: Path
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Base URL of its OpenAI API, as an SDK wants it."""
+        return self.sidecar.api_url + "/v1"
+
+    def client(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        """The official SDK pointed at the sidecar, with no retries of its own."""
+        client = openai.AsyncOpenAI(base_url=self.url, api_key="unused", max_retries=0, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples whose labels include ``labels``."""
+        total = 0.0
+        for family in self.sidecar.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
+
+
+SidecarFactory = Callable[..., Awaitable[LiveSidecar]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
