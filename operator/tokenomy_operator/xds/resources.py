@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from envoy.config.cluster.v3.circuit_breaker_pb2 import CircuitBreakers
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.cluster.v3.outlier_detection_pb2 import OutlierDetection
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
@@ -25,6 +26,20 @@ from envoy.config.endpoint.v3.endpoint_components_pb2 import (
     LocalityLbEndpoints,
 )
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.route.v3.route_components_pb2 import (
+    HeaderMatcher,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2 import PreviousHostsPredicate
+from envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2 import (
+    PreviousPrioritiesConfig,
+)
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
@@ -32,8 +47,9 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from tokenomy_api import xds_type
 from tokenomy_api.compiled import CompiledTier, SidecarConfig
+from tokenomy_api.meta import parse_duration
 from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
-from tokenomy_operator.xds.server import CLUSTER, ENDPOINT
+from tokenomy_operator.xds.server import CLUSTER, ENDPOINT, ROUTE
 from tokenomy_operator.xds.snapshot import Snapshot, make_snapshot
 
 
@@ -110,6 +126,11 @@ def cluster(name: str, tier: CompiledTier, timeout_seconds: float) -> Cluster:
             base_ejection_time=Duration(seconds=1),
             max_ejection_percent=UInt32Value(value=100),
         ),
+        # Envoy allows 3 concurrent retries per cluster by default: when a
+        # backend dies with many requests in flight, the rest would fail.
+        "circuit_breakers": CircuitBreakers(
+            thresholds=[CircuitBreakers.Thresholds(max_retries=UInt32Value(value=1024))]
+        ),
     }
     if all(_is_ip(h) for h in hosts):
         return Cluster(
@@ -124,6 +145,101 @@ def cluster(name: str, tier: CompiledTier, timeout_seconds: float) -> Cluster:
     return Cluster(type=Cluster.STRICT_DNS, load_assignment=load_assignment(name, tier), **common)
 
 
+MODEL_HEADER = "x-tokenomy-model"
+"""Header an Envoy-egress client sets to pick a route (Envoy cannot read the JSON body)."""
+TIER_HEADER = "x-tokenomy-tier"
+"""Header an Envoy-egress client sets to pick a tier; the route's default tier otherwise."""
+RETRY_ON = "connect-failure,refused-stream,reset,gateway-error,retriable-status-codes"
+
+
+def _retry_policy(attempts: int) -> RetryPolicy:
+    """Retry on a failed connection, reset, 502-504 and 429, on other hosts and priorities.
+
+    Without previous_priorities and previous_hosts, failover after an endpoint
+    moved between priorities lost requests for up to a second (DESIGN.md).
+    """
+    priorities = AnyProto()
+    priorities.Pack(PreviousPrioritiesConfig(update_frequency=2))
+    hosts = AnyProto()
+    hosts.Pack(PreviousHostsPredicate())
+    return RetryPolicy(
+        retry_on=RETRY_ON,
+        retriable_status_codes=[429],
+        num_retries=UInt32Value(value=max(1, attempts - 1)),
+        retry_priority=RetryPolicy.RetryPriority(
+            name="envoy.retry_priorities.previous_priorities", typed_config=priorities
+        ),
+        retry_host_predicate=[
+            RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts", typed_config=hosts
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
+
+
+def _header(name: str, value: str) -> HeaderMatcher:
+    return HeaderMatcher(name=name, string_match=StringMatcher(exact=value))
+
+
+def route_configuration(config: SidecarConfig) -> RouteConfiguration:
+    """Envoy routes for the policy, named after it, for an Envoy used as the egress proxy.
+
+    ``x-tokenomy-model`` picks the route and ``x-tokenomy-tier`` the tier; a
+    request without them goes to the first route's default tier.
+    """
+    routes = []
+    for route in config.routes:
+        retry = _retry_policy(route.retry.attempts)
+        timeout = Duration(seconds=max(1, int(_seconds(route.retry.timeout))))
+        for tier in route.tiers:
+            routes.append(
+                Route(
+                    match=RouteMatch(
+                        prefix="/",
+                        headers=[
+                            _header(MODEL_HEADER, route.model),
+                            _header(TIER_HEADER, tier.name),
+                        ],
+                    ),
+                    route=RouteAction(
+                        cluster=cluster_name(config, route.name, tier.name),
+                        timeout=timeout,
+                        retry_policy=retry,
+                    ),
+                )
+            )
+        routes.append(
+            Route(
+                match=RouteMatch(prefix="/", headers=[_header(MODEL_HEADER, route.model)]),
+                route=RouteAction(
+                    cluster=cluster_name(config, route.name, route.default_tier),
+                    timeout=timeout,
+                    retry_policy=retry,
+                ),
+            )
+        )
+    first = config.routes[0]
+    routes.append(
+        Route(
+            match=RouteMatch(prefix="/"),
+            route=RouteAction(
+                cluster=cluster_name(config, first.name, first.default_tier),
+                timeout=Duration(seconds=max(1, int(_seconds(first.retry.timeout)))),
+                retry_policy=_retry_policy(first.retry.attempts),
+            ),
+        )
+    )
+    return RouteConfiguration(
+        name=config.policy.key,
+        virtual_hosts=[VirtualHost(name="tokenomy", domains=["*"], routes=routes)],
+    )
+
+
+def _seconds(duration: str) -> float:
+    return parse_duration(duration).total_seconds()
+
+
 def snapshot_for(config: SidecarConfig) -> Snapshot:
     """Every resource a node of this policy should have."""
     clusters: dict[str, AnyProto] = {}
@@ -131,7 +247,7 @@ def snapshot_for(config: SidecarConfig) -> Snapshot:
     for route in config.routes:
         for tier in route.tiers:
             name = cluster_name(config, route.name, tier.name)
-            built = cluster(name, tier, 30.0)
+            built = cluster(name, tier, _seconds(route.retry.timeout))
             clusters[name] = _pack(built)
             if built.type == Cluster.EDS:
                 assignments[name] = _pack(load_assignment(name, tier))
@@ -139,6 +255,7 @@ def snapshot_for(config: SidecarConfig) -> Snapshot:
     resources: Mapping[str, Mapping[str, AnyProto]] = {
         CLUSTER: clusters,
         ENDPOINT: assignments,
+        ROUTE: {config.policy.key: _pack(route_configuration(config))} if config.routes else {},
         SIDECAR_CONFIG_TYPE_URL: {config.policy.key: tokenomy},
     }
     return make_snapshot(resources)
