@@ -65,7 +65,7 @@ class Cluster:
         self.folder = plane.folder / "operator-e2e"
         self.folder.mkdir(exist_ok=True)
         self.processes: list[subprocess.Popen[bytes]] = []
-        self.xds, self.webhook = free_port(), free_port()
+        self.xds, self.webhook, self.metrics = free_port(), free_port(), free_port()
 
     def start(self) -> None:
         admin = self.admin
@@ -107,6 +107,7 @@ class Cluster:
             "--xds-listen", f"127.0.0.1:{self.xds}", "--xds-address", f"127.0.0.1:{self.xds}",
             "--webhook-listen", f"127.0.0.1:{self.webhook}", "--webhook-host", "127.0.0.1",
             "--webhook-namespace", "tokenomy-system", "--log-level", "INFO",
+            "--metrics-listen", f"127.0.0.1:{self.metrics}",
             log=self.folder / "operator.log",
         )  # fmt: skip
         self.processes.append(self.operator)
@@ -308,3 +309,9 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     ).stdout
     assert "InvalidSpec" in events, cluster.operator_log()[-3000:]
     assert "Traceback" not in cluster.operator_log()
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics}/metrics", timeout=5) as r:
+        exposition = r.read().decode()
+    assert 'tokenomy_operator_xds_replies_total{result="ack",type="SidecarConfig"}' in exposition
+    assert 'tokenomy_operator_policies{ready="false"} 1.0' in exposition

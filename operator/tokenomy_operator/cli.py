@@ -19,6 +19,7 @@ from tokenomy_operator.controller import Controller
 from tokenomy_operator.handlers import register
 from tokenomy_operator.injection import InjectionSettings
 from tokenomy_operator.kube import KubeStatusWriter
+from tokenomy_operator.metrics import serve_metrics
 from tokenomy_operator.webhook import publish_ca
 from tokenomy_operator.webhook import register as register_webhook
 from tokenomy_operator.xds.server import AdsServer, serve
@@ -71,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-webhook", action="store_true", help="do not serve the injection webhook"
     )
+    parser.add_argument(
+        "--metrics-listen",
+        type=_address,
+        default=("0.0.0.0", 8080),
+        metavar="HOST:PORT",
+        help="/metrics and /healthz",
+    )
     parser.add_argument("--sidecar-image", default=InjectionSettings.image)
     parser.add_argument(
         "--xds-address",
@@ -114,6 +122,7 @@ async def serve_operator(args: argparse.Namespace) -> int:
     log.info("xDS (ADS) on port %d", port)
     controller = Controller(cache, ads, KubeStatusWriter(api))
     loop_task = asyncio.create_task(controller.run())
+    metrics_runner = await serve_metrics(controller.metrics, *args.metrics_listen)
 
     webhook_server = None
     if not args.no_webhook:
@@ -158,6 +167,7 @@ async def serve_operator(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task
         await grpc_server.stop(5)
+        await metrics_runner.cleanup()
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_api.compiled import SidecarConfig
 from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_CONFIG_TYPE_URL
+from tokenomy_operator.metrics import OperatorMetrics
 from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
 from tokenomy_operator.status import Rollout, policy_status, route_status
 from tokenomy_operator.xds.resources import snapshot_for
@@ -53,12 +54,15 @@ class Controller:
         writer: StatusWriter,
         clock: Clock | None = None,
         debounce: float = 0.05,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.cache = cache
         self.ads = ads
         self.writer = writer
         self.clock = clock or SystemClock()
         self.debounce = debounce
+        self.metrics = metrics or OperatorMetrics()
+        ads.listeners.append(self.metrics.xds_reply)
         self.state = ClusterState()
         self._dirty = asyncio.Event()
         self._rendered: dict[str, Snapshot] = {}
@@ -94,7 +98,8 @@ class Controller:
 
     async def sync(self) -> Reconciliation:
         """One reconcile: snapshots for every selected pod, then statuses."""
-        result = self.state.reconcile()
+        with self.metrics.reconcile.time():
+            result = self.state.reconcile()
         self.latest = result
         wanted = {}
         for node, policy in result.nodes.items():
@@ -106,6 +111,12 @@ class Controller:
                 self.cache.drop(node)
         for node, snapshot in wanted.items():
             self.cache.set(node, snapshot)
+        m = self.metrics
+        m.nodes.set(len(self.ads.streams))
+        m.snapshots.set(len(wanted))
+        ready = sum(1 for p in result.policies.values() if p.ready)
+        m.policies.labels("true").set(ready)
+        m.policies.labels("false").set(len(result.policies) - ready)
         versions = {c.version for c in result.configs.values()}
         self._rendered = {v: s for v, s in self._rendered.items() if v in versions}
         now = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC).strftime(
