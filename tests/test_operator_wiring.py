@@ -11,6 +11,7 @@ from aiohttp import web
 from cryptography import x509
 
 from tokenomy_operator.certs import generate, service_hosts
+from tokenomy_operator.cli import native_sidecars_supported
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.handlers import register
 from tokenomy_operator.injection import InjectionSettings
@@ -70,3 +71,18 @@ def test_handlers_watch_what_the_operator_needs() -> None:
     assert mutator.id == HANDLER_ID
     assert set(mutator.operations) == {"CREATE"}
     assert mutator.ignore_failures is True
+
+
+@pytest.mark.parametrize(
+    ("major", "minor", "native"),
+    [
+        ("1", "28", False),
+        ("1", "29", True),
+        ("1", "35", True),
+        ("1", "30+", True),
+        ("1", "", False),
+        ("2", "0", True),
+    ],
+)
+def test_native_sidecars_from_the_server_version(major: str, minor: str, native: bool) -> None:
+    assert native_sidecars_supported(major, minor) is native

@@ -86,9 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where injected sidecars reach xDS",
     )
     parser.add_argument(
-        "--no-native-sidecar",
-        action="store_true",
-        help="inject a plain container (clusters before 1.29)",
+        "--native-sidecar",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="init container with restartPolicy: Always (auto: if the API server is 1.29+)",
     )
     parser.add_argument(
         "--peering",
@@ -111,6 +112,20 @@ def _kube(kubeconfig: str | None) -> client.ApiClient:
         except config.ConfigException:
             config.load_kube_config()
     return client.ApiClient()
+
+
+async def _native_sidecars(api: client.ApiClient) -> bool:
+    """Whether the API server knows native sidecars (Kubernetes 1.29 and later)."""
+    info = await asyncio.to_thread(client.VersionApi(api).get_code)
+    return native_sidecars_supported(info.major, info.minor)
+
+
+def native_sidecars_supported(major: str, minor: str) -> bool:
+    """``1.29`` and later; minors like ``29+`` (some providers) count too."""
+    digits = "".join(ch for ch in minor if ch.isdigit())
+    return (major == "1" and bool(digits) and int(digits) >= 29) or (
+        major.isdigit() and int(major) > 1
+    )
 
 
 async def serve_operator(args: argparse.Namespace) -> int:
@@ -144,7 +159,9 @@ async def serve_operator(args: argparse.Namespace) -> int:
     injection = InjectionSettings(
         image=args.sidecar_image,
         xds_address=args.xds_address,
-        native_sidecar=not args.no_native_sidecar,
+        native_sidecar=await _native_sidecars(api)
+        if args.native_sidecar == "auto"
+        else args.native_sidecar == "yes",
     )
     if not args.no_webhook:
         register_webhook(registry, controller, injection)
