@@ -48,7 +48,7 @@ def port_open(port: int) -> bool:
 def tokenomy(*args: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tokenomy_cli.main", *args],
-        stdout=log.open("wb"),
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
 
@@ -99,6 +99,10 @@ class Cluster:
                 )
             )
             setattr(self, f"{name}_port", port)
+        self.start_operator()
+
+    def start_operator(self) -> None:
+        """The operator as the tokenomy-operator ServiceAccount user; appends to operator.log."""
         operator_config = self.plane.kubeconfig(
             OPERATOR_USER, ("system:serviceaccounts", "system:serviceaccounts:tokenomy-system")
         )
@@ -113,12 +117,17 @@ class Cluster:
         self.processes.append(self.operator)
         wait(lambda: port_open(self.xds) and port_open(self.webhook), 60, "the operator's ports")
         wait(
-            lambda: get(admin, "mutatingwebhookconfiguration", "tokenomy-sidecar-injector")[
+            lambda: get(self.admin, "mutatingwebhookconfiguration", "tokenomy-sidecar-injector")[
                 "webhooks"
             ][0]["clientConfig"].get("caBundle"),
             30,
             "the caBundle",
         )
+
+    def stop_operator(self) -> None:
+        self.operator.terminate()
+        assert self.operator.wait(timeout=30) == 0, self.operator_log()[-4000:]
+        self.processes.remove(self.operator)
 
     def operator_log(self) -> str:
         return (self.folder / "operator.log").read_text(errors="replace")
@@ -315,3 +324,68 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
         exposition = r.read().decode()
     assert 'tokenomy_operator_xds_replies_total{result="ack",type="SidecarConfig"}' in exposition
     assert 'tokenomy_operator_policies{ready="false"} 1.0' in exposition
+
+
+def start_sidecar(cluster: Cluster, pod_name: str) -> tuple[int, Any]:
+    """A sidecar process as the injected Pod would run it; returns its API port and a version probe."""
+    listen, probe_port = free_port(), free_port()
+    cluster.processes.append(
+        tokenomy(
+            "sidecar",
+            "--xds",
+            f"127.0.0.1:{cluster.xds}",
+            "--node-id",
+            f"{NS}/{pod_name}",
+            "--listen",
+            f"127.0.0.1:{listen}",
+            "--metrics",
+            f"127.0.0.1:{probe_port}",
+            log=cluster.folder / f"sidecar-{pod_name}.log",
+        )
+    )
+
+    def version() -> str:
+        import urllib.request  # noqa: PLC0415
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/readyz", timeout=1) as r:
+                return str(json.loads(r.read())["version"])
+        except OSError:
+            return ""
+
+    return listen, version
+
+
+def test_operator_restart_and_policy_deletion(cluster: Cluster) -> None:
+    """Scenarios 6 and 7."""
+    admin = cluster.admin
+    kubectl(admin, "apply", "-f", "-", stdin=resources(cluster))
+    kubectl(admin, "apply", "-f", "-", stdin=pod("agent-2", app="agent"))
+    listen, version = start_sidecar(cluster, "agent-2")
+    before = wait(version, 30, "the sidecar's config")
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{listen}/v1", api_key="unused", max_retries=0
+    )
+
+    def ask(text: str) -> Any:
+        return client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": text}]
+        )
+
+    # Scenario 7: the operator restarts; the sidecar keeps serving and converges on the same version.
+    cluster.stop_operator()
+    assert ask("while away").parse().choices[0].message.content == "large answers: while away"
+    cluster.start_operator()
+    wait(lambda: condition(policy_status(cluster), "Applied").get("status") == "True"
+         and policy_status(cluster)["sidecars"]["acknowledged"] == 2, 60, "both sidecars acknowledged again")  # fmt: skip
+    assert version() == before
+    assert ask("after restart").headers["x-tokenomy-cache"] == "miss"
+
+    # Scenario 6: the policy is deleted; nothing holds it back, and the sidecar passes requests through.
+    kubectl(admin, "delete", "costpolicy", "agent", "-n", NS, "--wait=true", "--timeout=30s")
+    after = wait(lambda: (v := version()) != before and v, 30, "the pass-through config")
+    assert after
+    served = [ask("no policy") for _ in range(2)]
+    assert [r.headers["x-tokenomy-cache"] for r in served] == ["bypass", "bypass"]
+    assert served[0].parse().choices[0].message.content == "large answers: no policy"
+    assert "Traceback" not in cluster.operator_log()

@@ -356,3 +356,27 @@ def test_config_round_trips_and_refuses_a_tampered_version() -> None:
 def test_money_survives_the_round_trip_exactly() -> None:
     config = compile_one(policy(budget={"amount": "1234.567890123"}))
     assert dump(SidecarConfig.from_json(config.to_json()))["budget"]["amount"] == "1234.567890123"
+
+
+def test_pass_through_keeps_routes_and_drops_every_optimisation() -> None:
+    config = compile_one(
+        policy(
+            cache={"semantic": {"enabled": True}},
+            cascade={"enabled": True},
+            output={"maxTokens": 10},
+            budget={"amount": "5"},
+            routing={"complexity": {"enabled": True}},
+        ),
+        route(embedding={"provider": "local"}),
+    )
+    plain = config.pass_through()
+    assert [r.model_dump() for r in plain.routes] == [
+        r.model_copy(update={"cascade_tiers": []}).model_dump() for r in config.routes
+    ]
+    assert (plain.cache.exact.enabled, plain.cache.semantic.enabled) == (False, False)
+    assert plain.cascade_confidence is None
+    assert plain.routing.complexity is False
+    assert plain.output.max_tokens is None
+    assert plain.budget is None
+    assert plain.version != config.version
+    assert SidecarConfig.from_json(plain.to_json()) == plain  # a valid, self-consistent config

@@ -331,3 +331,21 @@ async def test_sidecar_keeps_serving_while_the_operator_is_away_and_reconnects()
         task.cancel()
         await grpc_server.stop(None)
         await sidecar.stop()
+
+
+async def test_deleted_policy_turns_the_sidecar_into_a_pass_through(ads: Any) -> None:
+    server, cache, address = ads
+    sidecar, _, task = await start_sidecar(address)
+    try:
+        with_cache = config()
+        cache.set(NODE, snapshot_for(with_cache))
+        await wait_for(lambda: sidecar.holder.current is not None)
+        assert sidecar.holder.current.config.cache.exact.enabled
+        cache.drop(NODE)
+        await wait_for(lambda: not sidecar.holder.current.config.cache.exact.enabled)
+        assert sidecar.holder.current.config == with_cache.pass_through()
+        state = server.streams[NODE].types[SIDECAR_CONFIG_TYPE_URL]
+        await wait_for(lambda: state.sent_version == "" and not state.awaiting)  # empty, ACKed
+    finally:
+        task.cancel()
+        await sidecar.stop()

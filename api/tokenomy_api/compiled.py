@@ -177,6 +177,31 @@ class SidecarConfig(ApiModel):
         """The route applications reach by calling ``model``."""
         return next((r for r in self.routes if r.model == model), None)
 
+    def pass_through(self) -> SidecarConfig:
+        """This config with every optimisation off: the same routes, each to its default tier.
+
+        What a sidecar serves when its policy is deleted: requests keep flowing
+        exactly as the app sent them, to the backends they went to before.
+        """
+        body = self.model_copy(
+            update={
+                "routes": [r.model_copy(update={"cascade_tiers": []}) for r in self.routes],
+                "cache": Cache.model_validate(
+                    {"exact": {"enabled": False}, "semantic": {"enabled": False}}
+                ),
+                "cascade_confidence": None,
+                "routing": CompiledRouting(
+                    complexity=False, complexity_model="builtin", domains=[]
+                ),
+                "prompt": Prompt(),
+                "output": Output(),
+                "batching": Batching(),
+                "tools": Tools(),
+                "budget": None,
+            }
+        )
+        return body.model_copy(update={"version": content_version(dump(body))})
+
     def to_json(self) -> bytes:
         """The canonical bytes of this config: what travels and what is hashed."""
         return canonical_json(dump(self))

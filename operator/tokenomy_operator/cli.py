@@ -183,7 +183,11 @@ async def serve_operator(args: argparse.Namespace) -> int:
         loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task
-        await grpc_server.stop(5)
+        # Streams never end on their own: a short grace, then they are cut and
+        # sidecars reconnect elsewhere. grpc.aio may surface the cut as a
+        # CancelledError from its own loop; that is the shutdown, not a failure.
+        with contextlib.suppress(asyncio.CancelledError):
+            await grpc_server.stop(1)
         await metrics_runner.cleanup()
     return 0
 

@@ -105,8 +105,10 @@ class XdsSource:
                 raise ConfigRejectedError(f"expected one SidecarConfig, got {len(configs)}")
             if configs:
                 self.holder.apply(configs[0], self.credentials)
-            else:
-                log.warning("the operator has no config for this pod; keeping the last good one")
+            elif self.holder.current is not None:
+                # The policy is gone: keep the routes, drop the optimisations.
+                log.warning("no policy governs this pod any more; passing requests through")
+                self.holder.apply(self.holder.current.config.pass_through(), self.credentials)
         except (ValueError, ValidationError, ConfigRejectedError) as error:
             message = " ".join(str(error).split())
             log.error("refusing config version %s: %s", response.version_info, message)

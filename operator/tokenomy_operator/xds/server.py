@@ -29,7 +29,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
 from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
-from tokenomy_operator.xds.snapshot import CHANGED, SnapshotCache
+from tokenomy_operator.xds.snapshot import CHANGED, Snapshot, SnapshotCache
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return self._pending(state, list(state.types))
 
     def _pending(self, state: StreamState, types: list[str]) -> list[DiscoveryResponse]:
+        # A node whose snapshot was dropped (its policy deleted) gets empty
+        # responses for what it had, so it stops using stale resources; a node
+        # that never had one waits.
         snapshot = self.cache.get(state.node)
-        if snapshot is None:
+        if snapshot is None and not any(ts.sent_version for ts in state.types.values()):
             return []
+        snapshot = snapshot or Snapshot()
         ordered = sorted(types, key=lambda t: ORDER.index(t) if t in ORDER else len(ORDER))
         out = []
         for type_url in ordered:
