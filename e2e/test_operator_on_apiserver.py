@@ -28,13 +28,15 @@ NS = "shop"
 OPERATOR_USER = "system:serviceaccount:tokenomy-system:tokenomy-operator"
 
 
-def wait(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+def wait(
+    predicate: Any, timeout: float = 30.0, what: str = "condition", interval: float = 0.1
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -281,13 +283,16 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     assert status["sidecars"] == {"matched": 1, "acknowledged": 1, "rejecting": 0}
     assert status["configVersion"] == first_version
 
-    # Scenario 5: a change reaches the sidecar as a new version within a second.
-    changed_at = time.monotonic()
+    # Scenario 5: a change reaches the sidecar as a new version within a second of
+    # the API server accepting it (kubectl's own start-up is not counted).
     kubectl(admin, "apply", "-f", "-", stdin=resources(cluster, output={"maxTokens": 64}))
+    accepted = time.monotonic()
     second_version = wait(
-        lambda: (v := ready_version()) != first_version and v, 10, "the new version"
+        lambda: (v := ready_version()) != first_version and v, 10, "the new version", interval=0.01
     )
-    assert time.monotonic() - changed_at < 5  # kubectl's own start-up is most of it; see README
+    took = time.monotonic() - accepted
+    print(f"policy change to sidecar serving the new version: {took * 1000:.0f} ms")
+    assert took < 1.0
     # An invalid change that passes the schema: Ready=False names the field, traffic keeps its version.
     kubectl(
         admin,
