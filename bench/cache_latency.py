@@ -21,52 +21,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
-from harness import free_port, load, start, tokenomy
+from harness import bench_resources, free_port, load, start, tokenomy
 
 QUESTION = "My new card has not arrived yet, what should I do?"
 PARAPHRASE = "my new card still hasn't arrived, what do I do?"
 
 
 def write_config(folder: Path, upstream: int) -> Path:
-    route = {
-        "apiVersion": "tokenomy.dev/v1alpha1",
-        "kind": "ModelRoute",
-        "metadata": {"name": "chat", "namespace": "bench"},
-        "spec": {
-            "model": "chat",
-            "tiers": [
-                {
-                    "name": "only",
-                    "backends": [
-                        {
-                            "name": "up",
-                            "model": "standin",
-                            "url": f"http://127.0.0.1:{upstream}/v1",
-                            "price": {"input": "2.50", "output": "10"},
-                        }
-                    ],
-                }
-            ],
-            "embedding": {"provider": "local"},
-        },
-    }
     policy = {
-        "apiVersion": "tokenomy.dev/v1alpha1",
-        "kind": "CostPolicy",
-        "metadata": {"name": "bench", "namespace": "bench"},
-        "spec": {
-            "selector": {},
-            "routes": ["chat"],
-            "cache": {
-                "semantic": {"enabled": True, "threshold": 0.8},
-                "store": {"maxEntries": 1_000_000},
-            },
-        },
+        "cache": {
+            "semantic": {"enabled": True, "threshold": 0.8},
+            "store": {"maxEntries": 1_000_000},
+        }
     }
-    path = folder / "cache.yaml"
-    path.write_text(yaml.safe_dump_all([route, policy]))
-    return path
+    return bench_resources(folder, upstream, policy, embedding={"provider": "local"})
 
 
 async def serve(config: str, port: int, entries: int) -> None:

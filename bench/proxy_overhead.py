@@ -20,42 +20,13 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from harness import Proc, envoy_binary, free_port, load, start, tokenomy
+from harness import Proc, bench_resources, envoy_binary, free_port, load, start, tokenomy
 
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "How do I reset my card PIN?"}]}
 
 
 def sidecar_config(folder: Path, upstream: int) -> Path:
-    route = {
-        "apiVersion": "tokenomy.dev/v1alpha1",
-        "kind": "ModelRoute",
-        "metadata": {"name": "chat", "namespace": "bench"},
-        "spec": {
-            "model": "chat",
-            "tiers": [
-                {
-                    "name": "only",
-                    "backends": [
-                        {
-                            "name": "upstream",
-                            "model": "standin",
-                            "url": f"http://127.0.0.1:{upstream}/v1",
-                            "price": {"input": "2.50", "output": "10"},
-                        }
-                    ],
-                }
-            ],
-        },
-    }
-    policy = {
-        "apiVersion": "tokenomy.dev/v1alpha1",
-        "kind": "CostPolicy",
-        "metadata": {"name": "bench", "namespace": "bench"},
-        "spec": {"selector": {}, "routes": ["chat"], "cache": {"exact": {"enabled": False}}},
-    }
-    path = folder / "sidecar.yaml"
-    path.write_text(yaml.safe_dump_all([route, policy]))
-    return path
+    return bench_resources(folder, upstream, {"cache": {"exact": {"enabled": False}}})
 
 
 def envoy_config(folder: Path, port: int, upstream: int) -> Path:

@@ -166,15 +166,31 @@ class ControlPlane:
         return path
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(list(reversed(self.processes)))
         self.processes.clear()
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate, wait, and kill what does not stop: nothing is left running."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def install_crds(admin: Path, *namespaces: str) -> None:
+    """Apply the generated CRDs, wait until they serve, and create ``namespaces``."""
+    kubectl(admin, "apply", "--server-side", "-k", str(HERE.parent / "crds"))
+    kubectl(
+        admin, "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/costpolicies.tokenomy.dev", "crd/modelroutes.tokenomy.dev",
+    )  # fmt: skip
+    for namespace in namespaces:
+        kubectl(admin, "create", "namespace", namespace, check=False)
 
 
 def start_control_plane() -> ControlPlane:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tokenomy_operator.certs import subject_alt_names
 
 PEM = serialization.Encoding.PEM
 
@@ -69,13 +70,9 @@ class Authority:
             )
         )
         if hosts:
-            sans: list[x509.GeneralName] = []
-            for host in hosts:
-                try:
-                    sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-                except ValueError:
-                    sans.append(x509.DNSName(host))
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(subject_alt_names(hosts)), critical=False
+            )
         cert = builder.sign(self.key, hashes.SHA256())
         return cert.public_bytes(PEM), key.private_bytes(
             PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

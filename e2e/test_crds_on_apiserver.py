@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import kubectl
+from controlplane import install_crds, kubectl
 
 REPO = Path(__file__).resolve().parent.parent
 INVALID = sorted((REPO / "examples" / "invalid").glob("*.yaml"))
@@ -20,17 +20,7 @@ def header(path: Path, key: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def crds(admin: Path) -> Path:
-    kubectl(admin, "apply", "--server-side", "-k", str(REPO / "crds"))
-    kubectl(
-        admin,
-        "wait",
-        "--for=condition=Established",
-        "crd/costpolicies.tokenomy.dev",
-        "crd/modelroutes.tokenomy.dev",
-        "--timeout=60s",
-    )
-    for namespace in ("support", "invalid-examples"):
-        kubectl(admin, "create", "namespace", namespace, check=False)
+    install_crds(admin, "support", "invalid-examples")
     time.sleep(1)  # discovery catches up with the new CRDs
     return admin
 

@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from controlplane import ControlPlane, free_port, kubectl
+from controlplane import ControlPlane, free_port, install_crds, kubectl, stop_all
 
 REPO = Path(__file__).resolve().parent.parent
 NS = "shop"
@@ -71,17 +71,7 @@ class Cluster:
 
     def start(self) -> None:
         admin = self.admin
-        kubectl(admin, "apply", "--server-side", "-k", str(REPO / "crds"))
-        kubectl(
-            admin,
-            "wait",
-            "--for=condition=Established",
-            "crd/costpolicies.tokenomy.dev",
-            "crd/modelroutes.tokenomy.dev",
-            "--timeout=60s",
-        )
-        for namespace in ("tokenomy-system", NS):
-            kubectl(admin, "create", "namespace", namespace, check=False)
+        install_crds(admin, "tokenomy-system", NS)
         kubectl(
             admin,
             "apply",
@@ -135,13 +125,7 @@ class Cluster:
         return (self.folder / "operator.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(self.processes)
 
 
 @pytest.fixture(scope="module")

@@ -72,12 +72,7 @@ def generate(hosts: Sequence[str], days: int = 365) -> WebhookCerts:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
+    sans = subject_alt_names(hosts)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(hosts[0]))
@@ -96,6 +91,17 @@ def generate(hosts: Sequence[str], days: int = 365) -> WebhookCerts:
         cert=cert.public_bytes(pem),
         key=key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
+
+
+def subject_alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    """IP addresses as IP SANs, everything else as DNS names."""
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    return sans
 
 
 def service_hosts(service: str, namespace: str) -> list[str]:
