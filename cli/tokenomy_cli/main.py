@@ -27,6 +27,7 @@ class Subcommand(Protocol):
 SUBCOMMANDS: dict[str, str] = {
     "compile": "tokenomy_cli.compile_cmd",
     "crds": "tokenomy_cli.crds_cmd",
+    "eval": "tokenomy_eval.cli",
     "operator": "tokenomy_operator.cli",
     "sidecar": "tokenomy_sidecar.cli",
     "standin": "tokenomy_standin.cli",
@@ -36,6 +37,7 @@ SUBCOMMANDS: dict[str, str] = {
 _HELP: dict[str, str] = {
     "compile": "compile CostPolicy and ModelRoute YAML into sidecar configs (JSON)",
     "crds": "write or check the CRD manifests generated from the API types",
+    "eval": "offline evaluation on data with known outcomes (routing so far)",
     "operator": "run the control plane: watch the CRDs, serve xDS, inject sidecars, write status",
     "sidecar": "run the OpenAI-compatible sidecar proxy from CostPolicy/ModelRoute YAML",
     "standin": "run a stand-in OpenAI-compatible model server (for trying things out)",

@@ -1,0 +1,1 @@
+"""Offline evaluation: how much routing and caching save, at what quality, on real data."""

@@ -1,0 +1,125 @@
+"""Evaluation data: one query a row, each model's score on it, and what each call costs.
+
+Formats read: the documented JSONL (one object a line:
+``{"prompt": str, "scores": {model: 0..1}, "costs": {model: usd}?,
+"tokens": {model: {"input": int, "output": int}}?}``), RouteLLM's response
+CSVs (MMLU folder of per-subject files, GSM8K with responses), and
+RouterBench-style CSVs (``prompt``, one score column per model,
+``<model>|model_response``, ``<model>|total_cost``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+csv.field_size_limit(1 << 30)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One evaluation query."""
+
+    prompt: str
+    scores: dict[str, float]
+    """Quality of each model's answer, 0..1 (1 = correct)."""
+    costs: dict[str, Decimal] = field(default_factory=dict)
+    """What each model's call cost, when the data says."""
+    tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """(input, output) tokens per model, when known, for pricing with a table."""
+
+
+def _bool(text: str) -> float:
+    return 1.0 if text.strip().lower() in ("true", "1", "1.0") else 0.0
+
+
+def estimate_tokens(text: str) -> int:
+    """Roughly 4 characters a token for English (OpenAI's rule of thumb)."""
+    return max(1, round(len(text) / 4))
+
+
+def _contaminated(folder: Path) -> set[str]:
+    path = folder / "contaminated_prompts.jsonl"
+    if not path.exists():
+        return set()
+    return {
+        json.loads(line)["eval_prompt"] for line in path.read_text().splitlines() if line.strip()
+    }
+
+
+def load_routellm(path: Path, weak: str, strong: str) -> list[Query]:
+    """RouteLLM response CSVs (a file, or a folder of them); contaminated prompts dropped."""
+    folder = path if path.is_dir() else path.parent
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    skip = _contaminated(folder)
+    out = []
+    for file in files:
+        with file.open(newline="") as f:
+            for row in csv.DictReader(f):
+                prompt = row["prompt"]
+                if prompt in skip:
+                    continue
+                tokens = {}
+                for model in (weak, strong):
+                    response = row.get(f"{model}_response")
+                    output = estimate_tokens(response) if response else 1
+                    tokens[model] = (estimate_tokens(prompt), output)
+                out.append(
+                    Query(
+                        prompt, {weak: _bool(row[weak]), strong: _bool(row[strong])}, tokens=tokens
+                    )
+                )
+    return out
+
+
+def load_jsonl(path: Path) -> list[Query]:
+    """The documented JSONL format."""
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        try:
+            out.append(
+                Query(
+                    prompt=item["prompt"],
+                    scores={m: float(s) for m, s in item["scores"].items()},
+                    costs={m: Decimal(str(c)) for m, c in (item.get("costs") or {}).items()},
+                    tokens={
+                        m: (int(t["input"]), int(t["output"]))
+                        for m, t in (item.get("tokens") or {}).items()
+                    },
+                )
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{path}:{number}: {error!r} (see tokenomy_eval.dataset for the format)"
+            ) from None
+    return out
+
+
+def load_routerbench(path: Path, models: Sequence[str]) -> list[Query]:
+    """RouterBench-style CSV: a score column per model and ``<model>|total_cost``."""
+    out = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            costs = {
+                m: Decimal(row[f"{m}|total_cost"]) for m in models if row.get(f"{m}|total_cost")
+            }
+            out.append(Query(row["prompt"], {m: float(row[m]) for m in models}, costs=costs))
+    return out
+
+
+def split(
+    queries: Iterable[Query], test_share: float = 0.5, seed: int = 0
+) -> tuple[list[Query], list[Query]]:
+    """A fixed-seed shuffle split: (train, test). Nothing is tuned on the test part."""
+    items = list(queries)
+    random.Random(seed).shuffle(items)
+    cut = int(len(items) * (1 - test_share))
+    return items[:cut], items[cut:]

@@ -1,0 +1,1 @@
+"""Routing: which tier a request starts on. The offline evaluation scores this same code."""

@@ -1,0 +1,209 @@
+"""Offline routing evaluation: RouteLLM's metrics, loaders, and the complexity model."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokenomy_eval import metrics
+from tokenomy_eval.dataset import Query, load_jsonl, load_routellm, load_routerbench, split
+from tokenomy_eval.routing import Price, choose_threshold, evaluate
+from tokenomy_sidecar.routing.complexity import ComplexityModel, features
+
+WEAK = np.array([1.0, 0.0, 1.0, 0.0])
+STRONG = np.array([1.0, 1.0, 1.0, 0.0])
+CHEAP = np.full(4, 1.0)
+DEAR = np.full(4, 10.0)
+
+
+def test_curve_follows_the_scores() -> None:
+    c = metrics.curve([0.1, 0.9, 0.2, 0.3], WEAK, STRONG, CHEAP, DEAR, steps=4)
+    # 0 %: all weak; 25 %: query 1 (the one weak gets wrong) goes strong; 100 %: all strong.
+    assert list(c.quality) == [0.5, 0.75, 0.75, 0.75, 0.75]
+    assert list(c.cost) == [4.0, 13.0, 22.0, 31.0, 40.0]
+
+
+def test_random_and_perfect_baselines() -> None:
+    r = metrics.random_curve(WEAK, STRONG, CHEAP, DEAR, steps=4)
+    assert r.quality[0] == 0.5
+    assert r.quality[-1] == 0.75
+    assert metrics.apgr(r, 0.5, 0.75) == pytest.approx(0.5)
+    assert metrics.cpt(r, 0.5, 0.75, 0.5) == pytest.approx(0.5)
+    perfect = metrics.curve(
+        metrics.perfect_scores(WEAK, STRONG), WEAK, STRONG, CHEAP, DEAR, steps=4
+    )
+    assert metrics.cpt(perfect, 0.5, 0.75, 1.0) == pytest.approx(0.25)
+    reduction, share = metrics.cost_reduction_at(perfect, 0.75, 40.0, fraction=1.0)
+    assert (reduction, share) == (pytest.approx(1 - 13 / 40), 0.25)
+
+
+def test_cost_reduction_when_nothing_reaches_the_target() -> None:
+    c = metrics.curve([0, 0, 0, 0], WEAK, np.zeros(4), CHEAP, DEAR, steps=4)
+    assert metrics.cost_reduction_at(c, 1.0, 40.0) == (0.0, 1.0)
+
+
+def test_choose_threshold_is_the_highest_cut_that_reaches_the_target() -> None:
+    scores = np.array([0.1, 0.9, 0.2, 0.3])
+    assert choose_threshold(scores, WEAK, STRONG, fraction=1.0) == 0.9
+    assert choose_threshold(scores, WEAK, STRONG, fraction=0.5) == 0.9
+    assert choose_threshold(scores, np.zeros(4), STRONG, fraction=1.0) == 0.1
+
+
+def test_features_are_normalised_hashed_ngrams() -> None:
+    indices, values = features("Hello hello world")
+    assert len(indices) == 4  # hello, world, "hello hello", "hello world"
+    assert float(np.linalg.norm(values)) == pytest.approx(1.0)
+    assert len(features("")[0]) == 0
+
+
+def toy(n: int, seed: int) -> list[Query]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        hard = rng.random() < 0.4
+        words = rng.sample(["alpha", "beta", "gamma", "delta", "omega"], 2)
+        prompt = " ".join([*words, "integral proof" if hard else "greeting"])
+        out.append(
+            Query(
+                prompt,
+                {"weak": 0.0 if hard else 1.0, "strong": 1.0},
+                tokens={"weak": (10, 5), "strong": (10, 5)},
+            )
+        )
+    return out
+
+
+def test_complexity_model_learns_and_round_trips(tmp_path: Path) -> None:
+    queries = toy(300, 1)
+    model = ComplexityModel.empty(1 << 12).fit(
+        [q.prompt for q in queries], [1 - q.scores["weak"] for q in queries]
+    )
+    assert model.score("beta gamma integral proof") > 0.8
+    assert model.score("beta gamma greeting") < 0.2
+    model.save(tmp_path / "m.npz")
+    again = ComplexityModel.load(tmp_path / "m.npz")
+    assert again.score("alpha integral proof") == pytest.approx(model.score("alpha integral proof"))
+
+
+def test_evaluate_beats_random_on_learnable_data() -> None:
+    train, test = toy(400, 2), toy(200, 3)
+    prices = {
+        "weak": Price(Decimal("0.1"), Decimal("0.1")),
+        "strong": Price(Decimal(10), Decimal(30)),
+    }
+    rows = {r.name: r for r in evaluate(train, test, "weak", "strong", prices)}
+    router, randomly = rows["complexity router"], rows["random router"]
+    assert router.quality >= 0.95
+    assert router.cost_reduction > randomly.cost_reduction + 0.2
+    # A router that separates the classes matches the perfect one: PGR 1 from the hard share on.
+    assert router.apgr == pytest.approx(rows["perfect router"].apgr, abs=0.02)
+    assert router.apgr > randomly.apgr + 0.2
+
+
+def test_missing_price_is_a_clear_error() -> None:
+    queries = [Query("q", {"weak": 1.0, "strong": 1.0})]
+    with pytest.raises(ValueError, match="pass --price strong=IN/OUT"):
+        evaluate(queries * 10, queries, "weak", "strong", {"weak": Price(Decimal(1), Decimal(1))})
+
+
+def test_loaders(tmp_path: Path) -> None:
+    folder = tmp_path / "mmlu"
+    folder.mkdir()
+    (folder / "mmlu_x.csv").write_text(
+        'prompt,W,S\n"Q one\nA. yes",True,False\nQ two,False,True\nleaked,True,True\n'
+    )
+    (folder / "contaminated_prompts.jsonl").write_text(
+        json.dumps({"eval_prompt": "leaked", "train_prompt": "t"}) + "\n"
+    )
+    queries = load_routellm(folder, "W", "S")
+    assert [(q.prompt, q.scores) for q in queries] == [
+        ("Q one\nA. yes", {"W": 1.0, "S": 0.0}),
+        ("Q two", {"W": 0.0, "S": 1.0}),
+    ]
+
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text(
+        json.dumps({"prompt": "p", "scores": {"a": 1, "b": 0.5}, "costs": {"a": 0.002}})
+        + "\n\n"
+        + '{"prompt": "x"}\n'
+    )
+    with pytest.raises(ValueError, match=r"q.jsonl:3: KeyError\('scores'\)"):
+        load_jsonl(jsonl)
+    jsonl.write_text(
+        json.dumps({"prompt": "p", "scores": {"a": 1, "b": 0.5}, "costs": {"a": 0.002}}) + "\n"
+    )
+    [query] = load_jsonl(jsonl)
+    assert query.costs == {"a": Decimal("0.002")}
+
+    bench = tmp_path / "rb.csv"
+    bench.write_text(
+        "prompt,a,b,a|model_response,a|total_cost,b|total_cost\nhi,1,0.5,yo,0.001,0.03\n"
+    )
+    [row] = load_routerbench(bench, ["a", "b"])
+    assert row.scores == {"a": 1.0, "b": 0.5}
+    assert row.costs == {"a": Decimal("0.001"), "b": Decimal("0.03")}
+
+
+def test_split_is_fixed_by_its_seed() -> None:
+    queries = toy(50, 4)
+    assert split(queries, 0.5, 7) == split(queries, 0.5, 7)
+    train, test = split(queries, 0.2, 0)
+    assert (len(train), len(test)) == (40, 10)
+    assert {q.prompt for q in train + test} == {q.prompt for q in queries}
+
+
+def test_eval_command(tmp_path: Path) -> None:
+    data = tmp_path / "toy.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "prompt": q.prompt,
+                    "scores": q.scores,
+                    "tokens": {m: {"input": 10, "output": 5} for m in q.scores},
+                }
+            )
+            for q in toy(300, 5)
+        )
+    )
+    base = [
+        sys.executable,
+        "-m",
+        "tokenomy_cli.main",
+        "eval",
+        "routing",
+        "--data",
+        str(data),
+        "--format",
+        "jsonl",
+        "--weak",
+        "weak",
+        "--strong",
+        "strong",
+    ]
+    ok = subprocess.run(
+        [*base, "--price", "weak=0.1/0.1", "--price", "strong=10/30"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "| complexity router |" in ok.stdout
+    assert "| perfect router |" in ok.stdout
+    missing = subprocess.run(
+        [*base, "--price", "weak=0.1/0.1"], capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 2
+    assert "pass --price strong=IN/OUT" in missing.stderr
+    bad = subprocess.run(
+        [*base, "--price", "weak=cheap"], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2
+    assert "is not MODEL=INPUT/OUTPUT" in bad.stderr
