@@ -83,6 +83,12 @@ class ComplexityModel:
                 self.bias -= step * error
         return self
 
+    @classmethod
+    def average(cls, models: Sequence[ComplexityModel]) -> ComplexityModel:
+        """One model whose logit is the mean of the models' logits (a linear ensemble)."""
+        weights = np.mean([m.weights for m in models], axis=0).astype(np.float32)
+        return cls(weights, float(np.mean([m.bias for m in models])))
+
     def save(self, path: Path) -> None:
         """Write the model as a compressed .npz."""
         with path.open("wb") as f:
