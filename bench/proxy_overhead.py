@@ -22,6 +22,8 @@ from pathlib import Path
 import yaml
 from harness import Proc, bench_resources, envoy_binary, free_port, load, start, tokenomy
 
+from harness_envoy import http_listener, static_cluster
+
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "How do I reset my card PIN?"}]}
 
 
@@ -30,77 +32,21 @@ def sidecar_config(folder: Path, upstream: int) -> Path:
 
 
 def envoy_config(folder: Path, port: int, upstream: int) -> Path:
+    routes = {
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "60s"}}
+                ],
+            }
+        ]
+    }
     config = {
         "static_resources": {
-            "listeners": [
-                {
-                    "name": "bench",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                                        "stat_prefix": "bench",
-                                        "route_config": {
-                                            "virtual_hosts": [
-                                                {
-                                                    "name": "all",
-                                                    "domains": ["*"],
-                                                    "routes": [
-                                                        {
-                                                            "match": {"prefix": "/"},
-                                                            "route": {
-                                                                "cluster": "upstream",
-                                                                "timeout": "60s",
-                                                            },
-                                                        }
-                                                    ],
-                                                }
-                                            ]
-                                        },
-                                        "http_filters": [
-                                            {
-                                                "name": "envoy.filters.http.router",
-                                                "typed_config": {
-                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                                                },
-                                            }
-                                        ],
-                                    },
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "upstream",
-                    "type": "STATIC",
-                    "load_assignment": {
-                        "cluster_name": "upstream",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": upstream,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
+            "listeners": [http_listener("bench", port, route_config=routes)],
+            "clusters": [static_cluster("upstream", upstream)],
         }
     }
     path = folder / "envoy.yaml"

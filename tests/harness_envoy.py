@@ -41,3 +41,49 @@ def static_bootstrap(snapshot: Snapshot) -> dict[str, Any]:
             cluster.load_assignment.CopyFrom(assignment)
         clusters.append(MessageToDict(cluster, preserving_proto_field_name=True))
     return {"static_resources": {"clusters": clusters}}
+
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def socket_address(port: int) -> dict[str, Any]:
+    """A loopback address in Envoy's config shape."""
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def static_cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
+    """A STATIC cluster with one loopback endpoint."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket_address(port)}}]}],
+        },
+        **extra,
+    }
+
+
+def http_listener(name: str, port: int, **routing: Any) -> dict[str, Any]:
+    """A loopback HTTP listener whose routes are ``route_config`` or ``rds`` (as given)."""
+    manager = {
+        "@type": HCM,
+        "stat_prefix": name,
+        **routing,
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "name": name,
+        "address": socket_address(port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }

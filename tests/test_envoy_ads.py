@@ -26,7 +26,7 @@ from tokenomy_operator.xds.resources import MODEL_HEADER, snapshot_for
 from tokenomy_operator.xds.server import CLUSTER, AdsServer, serve
 from tokenomy_operator.xds.snapshot import SnapshotCache, make_snapshot
 
-from harness_envoy import envoy_binary
+from harness_envoy import envoy_binary, http_listener, socket_address, static_cluster
 from helpers import backend, policy, route
 from support import RunningStandin, StandinFactory, free_port
 
@@ -34,25 +34,20 @@ NODE = "e2e/envoy"
 
 
 def bootstrap(xds_port: int, listen: int, admin: int, route_name: str) -> dict[str, Any]:
-    hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "egress",
-        "rds": {
-            "route_config_name": route_name,
-            "config_source": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
+    """Envoy fed by our ADS: clusters over CDS/EDS, the listener's routes over RDS."""
+    rds = {
+        "route_config_name": route_name,
+        "config_source": {"ads": {}, "resource_api_version": "V3"},
+    }
+    http2 = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
     }
     return {
         "node": {"id": NODE, "cluster": "egress"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "admin": {"address": socket_address(admin)},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",
@@ -64,53 +59,11 @@ def bootstrap(xds_port: int, listen: int, admin: int, route_name: str) -> dict[s
         },
         "static_resources": {
             "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
+                static_cluster(
+                    "xds", xds_port, connect_timeout="1s", typed_extension_protocol_options=http2
+                )
             ],
-            "listeners": [
-                {
-                    "name": "egress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
+            "listeners": [http_listener("egress", listen, rds=rds)],
         },
     }
 

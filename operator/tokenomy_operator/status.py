@@ -48,6 +48,21 @@ def condition(
     }
 
 
+def _ready(
+    observed: PolicyStatus | RouteStatus, previous: Sequence[Mapping[str, Any]], now: str
+) -> dict[str, Any]:
+    """``Ready``: the spec compiles, or the field and reason why not."""
+    return condition(
+        "Ready",
+        observed.ready,
+        observed.reason,
+        observed.message,
+        observed.generation,
+        previous,
+        now,
+    )
+
+
 def policy_status(
     observed: PolicyStatus, rollout: Rollout, previous: Mapping[str, Any], now: str
 ) -> dict[str, Any]:
@@ -80,15 +95,7 @@ def policy_status(
             "rejecting": rollout.rejecting,
         },
         "conditions": [
-            condition(
-                "Ready",
-                observed.ready,
-                observed.reason,
-                observed.message,
-                observed.generation,
-                conditions,
-                now,
-            ),
+            _ready(observed, conditions, now),
             condition(
                 "Applied", applied[0], applied[1], applied[2], observed.generation, conditions, now
             ),
@@ -112,15 +119,7 @@ def route_status(observed: RouteStatus, previous: Mapping[str, Any], now: str) -
             for tier, backend, count in observed.endpoints
         ],
         "conditions": [
-            condition(
-                "Ready",
-                observed.ready,
-                observed.reason,
-                observed.message,
-                observed.generation,
-                conditions,
-                now,
-            ),
+            _ready(observed, conditions, now),
             condition("ResolvedRefs", *resolved, observed.generation, conditions, now),
         ],
     }
