@@ -97,7 +97,7 @@ def test_routing_resolution() -> None:
         )
     )
     assert config.routing.complexity is True
-    assert [t.routing_threshold for t in config.routes[0].tiers] == [0.8, 0.5]
+    assert [t.routing_threshold for t in config.routes[0].tiers] == [0.8, None]
     assert config.routing.domains[0].keywords == ["refund", "chargeback"]
 
 

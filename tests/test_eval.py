@@ -13,8 +13,17 @@ import numpy as np
 import pytest
 
 from tokenomy_eval import metrics
+from tokenomy_eval.cascade import evaluate_cascade
 from tokenomy_eval.dataset import Query, load_jsonl, load_routellm, load_routerbench, split
-from tokenomy_eval.routing import Price, choose_threshold, evaluate
+from tokenomy_eval.routing import (
+    Pair,
+    choose_threshold,
+    decide,
+    evaluate,
+    fit_router,
+    price,
+    scores_for,
+)
 from tokenomy_sidecar.routing.complexity import ComplexityModel, features
 
 WEAK = np.array([1.0, 0.0, 1.0, 0.0])
@@ -95,8 +104,8 @@ def test_complexity_model_learns_and_round_trips(tmp_path: Path) -> None:
 def test_evaluate_beats_random_on_learnable_data() -> None:
     train, test = toy(400, 2), toy(200, 3)
     prices = {
-        "weak": Price(Decimal("0.1"), Decimal("0.1")),
-        "strong": Price(Decimal(10), Decimal(30)),
+        "weak": price("0.1", "0.1"),
+        "strong": price("10", "30"),
     }
     rows = {r.name: r for r in evaluate(train, test, "weak", "strong", prices)}
     router, randomly = rows["complexity router"], rows["random router"]
@@ -110,7 +119,7 @@ def test_evaluate_beats_random_on_learnable_data() -> None:
 def test_missing_price_is_a_clear_error() -> None:
     queries = [Query("q", {"weak": 1.0, "strong": 1.0})]
     with pytest.raises(ValueError, match="pass --price strong=IN/OUT"):
-        evaluate(queries * 10, queries, "weak", "strong", {"weak": Price(Decimal(1), Decimal(1))})
+        evaluate(queries * 10, queries, "weak", "strong", {"weak": price("1", "1")})
 
 
 def test_loaders(tmp_path: Path) -> None:
@@ -207,3 +216,74 @@ def test_eval_command(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "is not MODEL=INPUT/OUTPUT" in bad.stderr
+
+
+def with_answers(n: int, seed: int) -> list[Query]:
+    """Weak answers that show their work: wrong ones have a wrong calculation."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        right = rng.random() < 0.6
+        shown = a * b if right else a * b + rng.randint(1, 9)
+        answer = f"{a} * {b} = {shown}\n#### {shown}"
+        out.append(
+            Query(
+                f"What is {a} times {b}?",
+                {"weak": 1.0 if right else 0.0, "strong": 1.0},
+                tokens={"weak": (10, 8), "strong": (10, 8)},
+                answers={"weak": answer},
+            )
+        )
+    return out
+
+
+def test_cascade_escalates_the_answers_the_scorer_doubts() -> None:
+    prices = {"weak": price("0.1", "0.1"), "strong": price("10", "30")}
+    result = evaluate_cascade(with_answers(300, 1), with_answers(200, 2), "weak", "strong", prices)
+    assert result.row.quality >= 0.95
+    # Only wrong answers (about 40 %) need the strong model; a blind cascade would escalate all.
+    assert result.row.strong_share < 0.5
+    assert result.row.cost_reduction > 0.4
+    assert set(result.reasons) == {"confident", "low_confidence"}
+
+
+def test_cascade_needs_recorded_answers() -> None:
+    prices = {"weak": price("0.1", "0.1"), "strong": price("10", "30")}
+    with pytest.raises(ValueError, match="no recorded answer of weak"):
+        evaluate_cascade(toy(20, 1), toy(20, 2), "weak", "strong", prices)
+
+
+def test_eval_routing_uses_the_sidecars_decision() -> None:
+    train, test = toy(300, 6), toy(100, 7)
+    prices = {"weak": price("0.1", "0.1"), "strong": price("10", "30")}
+    pair = Pair("weak", "strong", prices["weak"], prices["strong"])
+    model = fit_router(train, pair, 0.95)
+    predictions = np.array([model.score(q.prompt) for q in test])
+    scores = scores_for(model, pair, test, predictions, cost_aware=True)
+    by_score = [bool(s >= model.cut) for s in scores]
+    assert by_score == [decide(model, pair, q, cost_aware=True) for q in test]
+    assert 0 < sum(by_score) < len(test)
+
+
+def test_eval_cache_on_labelled_queries(tmp_path: Path) -> None:
+    data = tmp_path / "intents.csv"
+    rows = [
+        ("How do I reset my card PIN?", "pin"),
+        ("I forgot the PIN of my card, how can I reset it?", "pin"),
+        ("Where is my new card? It has not arrived.", "delivery"),
+        ("My card still has not been delivered", "delivery"),
+    ]
+    data.write_text("text,category\n" + "".join(f'"{t}",{c}\n' for t, c in rows))
+    lookups = tmp_path / "lookups.csv"
+    lookups.write_text(
+        "text,category\nhow can I reset my PIN?,pin\nmy card has not arrived yet,delivery\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "tokenomy_cli.main", "eval", "cache",
+         "--labelled", str(data), "--lookups", str(lookups)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "| 0.70 | 100.0% | 0.0% |" in out.stdout
+    assert "Lowest threshold with wrong hits <= 2%: 0.500" in out.stdout

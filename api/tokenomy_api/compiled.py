@@ -90,8 +90,9 @@ class CompiledTier(ApiModel):
     """Backends the placement allows, at least one."""
     cascade_threshold: Fraction
     """Confidence below which the cascade escalates past this tier."""
-    routing_threshold: Fraction
-    """Predicted chance of a good answer complexity routing needs to start here."""
+    routing_threshold: Fraction | None = None
+    """Complexity score at or above which a request skips this tier; the model's own cut
+    when unset."""
 
 
 class CompiledDomain(ApiModel):
@@ -136,7 +137,9 @@ class CompiledRouting(ApiModel):
     complexity: bool
     """Whether complexity routing is on."""
     complexity_model: str
-    """``builtin`` or the ConfigMap of a trained model."""
+    """``builtin`` or the name of a trained model in the sidecar's models directory."""
+    cost_aware: bool = True
+    """Whether complexity scores are divided by the request's relative cost."""
     domains: list[CompiledDomain]
     """Domain routes, checked in order."""
 

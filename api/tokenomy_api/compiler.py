@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenomy_api.compiled import (
@@ -181,6 +182,7 @@ def _compile_policy(
         "routing": CompiledRouting(
             complexity=spec.routing.complexity.enabled,
             complexity_model=spec.routing.complexity.model,
+            cost_aware=spec.routing.complexity.cost_aware,
             domains=[
                 CompiledDomain(
                     name=d.name,
@@ -244,7 +246,10 @@ def _check_tier_references(policy: CostPolicy, route: ModelRoute, problem: Probl
         check(f"spec.routing.domains[{i}].tier", domain.tier)
 
 
-def _threshold(per_tier: Sequence[TierThreshold], tier: str, default: float) -> float:
+_T = TypeVar("_T", float, float | None)
+
+
+def _threshold(per_tier: Sequence[TierThreshold], tier: str, default: _T) -> float | _T:
     return next((t.threshold for t in per_tier if t.tier == tier), default)
 
 

@@ -187,9 +187,16 @@ class ComplexityRouting(ApiModel):
     enabled: bool = False
     """Whether complexity routing is on."""
     model: Annotated[str, Field(min_length=1, max_length=253)] = "builtin"
-    """``builtin``, or a ConfigMap holding a model from ``tokenomy router train``."""
-    threshold: Fraction = 0.5
-    """Predicted chance of a good answer a cheaper tier needs, unless a tier has its own."""
+    """``builtin``, or the name of a model from ``tokenomy router train`` (a ConfigMap key
+    mounted into the sidecar's models directory)."""
+    threshold: Fraction | None = None
+    """Score at or above which a request skips a cheaper tier, unless a tier has its own;
+    the score is the predicted chance that the reference tier answers better (divided by
+    the request's relative cost when ``costAware``). Unset: the cut calibrated into the
+    model when it was trained (for 95 % of the reference tier's quality)."""
+    cost_aware: bool = True
+    """Weigh the predicted gain against what this request costs compared with an average
+    one, so long prompts stay on a cheaper tier more readily."""
     per_tier: list[TierThreshold] = Field(default_factory=list, max_length=8)
     """Thresholds for particular tiers."""
 

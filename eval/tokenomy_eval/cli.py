@@ -1,58 +1,87 @@
-"""``tokenomy eval routing``: score the complexity router on data with known outcomes."""
+"""``tokenomy eval``: routing, cascading and the semantic cache, scored on known outcomes."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from decimal import Decimal, InvalidOperation
+from collections.abc import Sequence
+from decimal import InvalidOperation
 from pathlib import Path
 
+from tokenomy_api.modelroute import Price
+from tokenomy_eval import cache
+from tokenomy_eval.cascade import evaluate_cascade
 from tokenomy_eval.dataset import Query, load_jsonl, load_routellm, load_routerbench, split
-from tokenomy_eval.routing import Price, evaluate
+from tokenomy_eval.routing import Row, evaluate, price
+from tokenomy_sidecar.local_embedder import MiniLM
+
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+STRONG = "gpt-4-1106-preview"
 
 
-def _price(text: str) -> tuple[str, Price]:
+def parse_price(text: str) -> tuple[str, Price]:
+    """``MODEL=IN/OUT`` (USD per million tokens; ``MODEL=P`` for both)."""
     model, _, numbers = text.rpartition("=")
     try:
         given, _, output = numbers.partition("/")
-        return model, Price(Decimal(given), Decimal(output or given))
-    except InvalidOperation:
+        return model, price(given, output or given)
+    except (InvalidOperation, ValueError):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not MODEL=INPUT/OUTPUT (USD per million tokens)"
         ) from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``eval``'s arguments."""
-    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
-    routing = sub.add_parser(
-        "routing", help="cost and quality of complexity routing between two models"
-    )
-    data = routing.add_mutually_exclusive_group(required=True)
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, model pair and price arguments shared by routing, cascade and router train."""
+    data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", type=Path, help="one data set, split by --seed into train and test")
     data.add_argument("--train", type=Path, help="training file (with --test)")
-    routing.add_argument("--test", type=Path, help="test file (with --train)")
-    routing.add_argument(
+    parser.add_argument("--test", type=Path, help="test file (with --train)")
+    parser.add_argument(
         "--format", choices=["routellm", "jsonl", "routerbench"], default="routellm"
     )
-    routing.add_argument("--weak", default="mistralai/Mixtral-8x7B-Instruct-v0.1")
-    routing.add_argument("--strong", default="gpt-4-1106-preview")
-    routing.add_argument(
+    parser.add_argument("--weak", default=WEAK, help=f"the cheaper model (default {WEAK})")
+    parser.add_argument("--strong", default=STRONG, help=f"the stronger model (default {STRONG})")
+    parser.add_argument(
         "--price",
-        type=_price,
+        type=parse_price,
         action="append",
         default=[],
         metavar="MODEL=IN/OUT",
         help="list price in USD per million tokens, for data without costs",
     )
-    routing.add_argument("--test-share", type=float, default=0.5)
-    routing.add_argument("--seed", type=int, default=0)
-    routing.add_argument(
+    parser.add_argument("--test-share", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
         "--quality", type=float, default=0.95, help="share of the strong model's quality to keep"
     )
 
 
-def _load(path: Path, fmt: str, weak: str, strong: str) -> list[Query]:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``eval``'s arguments."""
+    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    routing = sub.add_parser("routing", help="complexity routing between two models")
+    add_data_arguments(routing)
+    routing.add_argument(
+        "--no-cost-aware", dest="cost_aware", action="store_false",
+        help="rank by predicted gain alone, not gain per relative cost",
+    )  # fmt: skip
+    cascade = sub.add_parser(
+        "cascade", help="cascade on the weak model's recorded answer, beside routing"
+    )
+    add_data_arguments(cascade)
+    cache = sub.add_parser("cache", help="semantic cache hit rate and wrong hits per threshold")
+    kind = cache.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--labelled", type=Path, help="CSV of text,category (as Banking77)")
+    kind.add_argument("--pairs", type=Path, help="JSON[.gz] of {text_a,text_b,label} (as QQP)")
+    cache.add_argument("--lookups", type=Path, help="labelled CSV to look up (default: half)")
+    cache.add_argument("--limit", type=int, default=10_000, help="pairs sampled; 0 for all")
+    cache.add_argument("--target", type=float, default=0.02, help="wrong-hit share to stay under")
+    cache.add_argument("--seed", type=int, default=0)
+
+
+def load(path: Path, fmt: str, weak: str, strong: str) -> list[Query]:
+    """Queries from a file in one of the supported formats."""
     if fmt == "jsonl":
         return load_jsonl(path)
     if fmt == "routerbench":
@@ -60,29 +89,83 @@ def _load(path: Path, fmt: str, weak: str, strong: str) -> list[Query]:
     return load_routellm(path, weak, strong)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print the comparison table, or one line saying what is wrong (exit 2)."""
-    try:
-        if args.data is not None:
-            train_set, test_set = split(
-                _load(args.data, args.format, args.weak, args.strong), args.test_share, args.seed
-            )
+def train_and_test(args: argparse.Namespace) -> tuple[list[Query], list[Query]]:
+    """The train and test queries the arguments name."""
+    if args.data is not None:
+        return split(
+            load(args.data, args.format, args.weak, args.strong), args.test_share, args.seed
+        )
+    if args.test is None:
+        raise ValueError("--train needs --test")
+    return (
+        load(args.train, args.format, args.weak, args.strong),
+        load(args.test, args.format, args.weak, args.strong),
+    )
+
+
+def table(rows: Sequence[Row]) -> str:
+    """Rows as the README's Markdown table."""
+    lines = [
+        "| router | cost reduction | strong calls | quality vs strong | CPT(50%) | APGR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [f"{r.cost_reduction:.1%}", f"{r.strong_share:.1%}", f"{r.quality:.1%}"]
+        lines.append(f"| {r.name} | {' | '.join(cells)} | {r.cpt50:.1%} | {r.apgr:.3f} |")
+    return "\n".join(lines)
+
+
+def _models(args: argparse.Namespace, train_set: list[Query], test_set: list[Query]) -> str:
+    sizes = f"train {len(train_set):,} / test {len(test_set):,} queries"
+    return f"{sizes}; weak {args.weak}, strong {args.strong}"
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    model = MiniLM()
+    if args.pairs is not None:
+        similarity, correct = cache.pairs(model, args.pairs, args.limit, args.seed)
+        title = f"{args.pairs.name}: one side of each pair against the other"
+    else:
+        data = cache.read_labelled(args.labelled)
+        if args.lookups is not None:
+            stored, lookups = data, cache.read_labelled(args.lookups)
         else:
-            if args.test is None:
-                raise ValueError("--train needs --test")
-            train_set = _load(args.train, args.format, args.weak, args.strong)
-            test_set = _load(args.test, args.format, args.weak, args.strong)
-        rows = evaluate(
-            train_set, test_set, args.weak, args.strong, dict(args.price), fraction=args.quality
+            stored, lookups = cache.split_labelled(data, args.seed)
+        similarity, correct = cache.labelled(model, stored, lookups)
+        title = f"{args.labelled.name}: {len(stored[0]):,} queries cached"
+    print(cache.report(title, similarity, correct, args.target))
+    print("\nembedder: all-MiniLM-L6-v2 (the sidecar's local embedder)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the comparison, or one line saying what is wrong (exit 2)."""
+    try:
+        if args.what == "cache":
+            return _run_cache(args)
+        train_set, test_set = train_and_test(args)
+        prices = dict(args.price)
+        rows = []
+        if args.what == "cascade":
+            result = evaluate_cascade(
+                train_set, test_set, args.weak, args.strong, prices, fraction=args.quality
+            )
+            rows.append(result.row)
+        rows += evaluate(
+            train_set,
+            test_set,
+            args.weak,
+            args.strong,
+            prices,
+            fraction=args.quality,
+            cost_aware=getattr(args, "cost_aware", True),
         )
     except (OSError, ValueError, KeyError) as error:
         print(f"tokenomy eval: {error}", file=sys.stderr)
         return 2
-    sizes = f"train {len(train_set):,} / test {len(test_set):,} queries"
-    print(f"{sizes}; weak {args.weak}, strong {args.strong}", end="\n\n")
-    print("| router | cost reduction | strong calls | quality vs strong | CPT(50%) | APGR |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        cells = [f"{r.cost_reduction:.1%}", f"{r.strong_share:.1%}", f"{r.quality:.1%}"]
-        print(f"| {r.name} | {' | '.join(cells)} | {r.cpt50:.1%} | {r.apgr:.3f} |")
+    print(_models(args, train_set, test_set), end="\n\n")
+    print(table(rows))
+    if args.what == "cascade":
+        why = ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items()))
+        print(f"\ncascade verdicts on the test split: {why}")
     return 0

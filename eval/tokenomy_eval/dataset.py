@@ -2,7 +2,7 @@
 
 Formats read: the documented JSONL (one object a line:
 ``{"prompt": str, "scores": {model: 0..1}, "costs": {model: usd}?,
-"tokens": {model: {"input": int, "output": int}}?}``), RouteLLM's response
+"tokens": {model: {"input": int, "output": int}}?, "answers": {model: str}?}``), RouteLLM's response
 CSVs (MMLU folder of per-subject files, GSM8K with responses), and
 RouterBench-style CSVs (``prompt``, one score column per model,
 ``<model>|model_response``, ``<model>|total_cost``).
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+from tokenomy_sidecar.routing.decision import estimate_tokens
+
 csv.field_size_limit(1 << 30)
 
 
@@ -32,15 +34,12 @@ class Query:
     """What each model's call cost, when the data says."""
     tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
     """(input, output) tokens per model, when known, for pricing with a table."""
+    answers: dict[str, str] = field(default_factory=dict)
+    """Each model's answer, when recorded (what a cascade judges)."""
 
 
 def _bool(text: str) -> float:
     return 1.0 if text.strip().lower() in ("true", "1", "1.0") else 0.0
-
-
-def estimate_tokens(text: str) -> int:
-    """Roughly 4 characters a token for English (OpenAI's rule of thumb)."""
-    return max(1, round(len(text) / 4))
 
 
 def _contaminated(folder: Path) -> set[str]:
@@ -64,16 +63,15 @@ def load_routellm(path: Path, weak: str, strong: str) -> list[Query]:
                 prompt = row["prompt"]
                 if prompt in skip:
                     continue
-                tokens = {}
+                tokens, answers = {}, {}
                 for model in (weak, strong):
                     response = row.get(f"{model}_response")
                     output = estimate_tokens(response) if response else 1
                     tokens[model] = (estimate_tokens(prompt), output)
-                out.append(
-                    Query(
-                        prompt, {weak: _bool(row[weak]), strong: _bool(row[strong])}, tokens=tokens
-                    )
-                )
+                    if response:
+                        answers[model] = response
+                scores = {weak: _bool(row[weak]), strong: _bool(row[strong])}
+                out.append(Query(prompt, scores, tokens=tokens, answers=answers))
     return out
 
 
@@ -94,6 +92,7 @@ def load_jsonl(path: Path) -> list[Query]:
                         m: (int(t["input"]), int(t["output"]))
                         for m, t in (item.get("tokens") or {}).items()
                     },
+                    answers={m: str(a) for m, a in (item.get("answers") or {}).items()},
                 )
             )
         except (KeyError, TypeError, ValueError) as error:
@@ -111,7 +110,11 @@ def load_routerbench(path: Path, models: Sequence[str]) -> list[Query]:
             costs = {
                 m: Decimal(row[f"{m}|total_cost"]) for m in models if row.get(f"{m}|total_cost")
             }
-            out.append(Query(row["prompt"], {m: float(row[m]) for m in models}, costs=costs))
+            answers = {
+                m: row[f"{m}|model_response"] for m in models if row.get(f"{m}|model_response")
+            }
+            scores = {m: float(row[m]) for m in models}
+            out.append(Query(row["prompt"], scores, costs=costs, answers=answers))
     return out
 
 

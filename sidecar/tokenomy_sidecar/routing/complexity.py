@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,17 +42,23 @@ def features(
 
 @dataclass
 class ComplexityModel:
-    """Weights and bias of the logistic regression."""
+    """Weights and bias of the logistic regression, and what routing needs to use it."""
 
     weights: npt.NDArray[np.float32]
     bias: float = 0.0
+    cut: float = 0.5
+    """Score at or above which a request skips the cheaper tier, calibrated at training."""
+    mean_input_tokens: float = 0.0
+    """Average input tokens of the training prompts: what "an average request" costs."""
+    mean_output_tokens: float = 0.0
+    """Average output tokens of the training answers; also the output guess per request."""
 
     @classmethod
     def empty(cls, buckets: int = BUCKETS) -> ComplexityModel:
         return cls(np.zeros(buckets, dtype=np.float32))
 
     def score(self, text: str) -> float:
-        """Probability that the cheaper tier's answer is not good enough."""
+        """Probability that the stronger tier answers better than the cheaper one."""
         indices, values = features(text, len(self.weights))
         z = float(self.weights[indices] @ values) + self.bias
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
@@ -65,7 +72,7 @@ class ComplexityModel:
         l2: float = 1e-5,
         seed: int = 0,
     ) -> ComplexityModel:
-        """Stochastic gradient descent on log loss; labels are 1 where the cheaper tier failed."""
+        """Stochastic gradient descent on log loss; labels are 1 where the stronger tier won."""
         rows = [features(t, len(self.weights)) for t in texts]
         y = np.asarray(labels, dtype=np.float32)
         rng = np.random.default_rng(seed)
@@ -91,11 +98,17 @@ class ComplexityModel:
 
     def save(self, path: Path) -> None:
         """Write the model as a compressed .npz."""
+        meta = [self.bias, self.cut, self.mean_input_tokens, self.mean_output_tokens]
         with path.open("wb") as f:
-            np.savez_compressed(f, weights=self.weights, bias=np.array([self.bias]))
+            np.savez_compressed(f, weights=self.weights, meta=np.array(meta))
 
     @classmethod
     def load(cls, path: Path) -> ComplexityModel:
-        """Read a model written by :meth:`save`."""
-        with np.load(path) as data:
-            return cls(data["weights"].astype(np.float32), float(data["bias"][0]))
+        """Read a model written by :meth:`save`; a file that is not one raises ValueError."""
+        try:
+            with np.load(path) as data:
+                weights = data["weights"].astype(np.float32)
+                bias, cut, mean_in, mean_out = (float(v) for v in data["meta"])
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{path} is not a complexity model: {error}") from None
+        return cls(weights, bias, cut, mean_in, mean_out)

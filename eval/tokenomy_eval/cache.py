@@ -1,0 +1,152 @@
+"""``tokenomy eval cache``: what the semantic cache costs in answer quality.
+
+Lookups go through the sidecar's own index (:class:`SemanticIndex`, HNSW)
+with the sidecar's local embedder (all-MiniLM-L6-v2 in numpy). Two kinds of
+data:
+
+- ``--labelled FILE``: queries with an intent label (CSV with ``text`` and
+  ``category``, as Banking77). The file's queries fill the cache; the
+  ``--lookups`` file's queries look up their nearest entry (without it, a
+  fixed-seed half of FILE does). A hit is correct when the intents match.
+- ``--pairs FILE``: labelled pairs (JSON list, optionally gzipped, of
+  ``{text_a, text_b, label}``, as GPTCache's QQP set). One side is cached,
+  the other looks it up; a hit is correct when the pair is a duplicate.
+
+For each threshold: hit rate and the share of hits that serve a wrong
+answer, and the lowest threshold that keeps wrong hits under the target.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from tokenomy_api.clock import SystemClock
+from tokenomy_sidecar.local_embedder import MiniLM
+from tokenomy_sidecar.semantic_index import SemanticIndex
+
+THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.98)
+
+Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Point:
+    """The cache at one threshold."""
+
+    threshold: float
+    hit_rate: float
+    wrong_share: float
+    """Share of hits that served a wrong answer."""
+
+
+def embed_all(model: MiniLM, texts: list[str], batch: int = 64) -> npt.NDArray[np.float32]:
+    """Embed in batches of similar length, so padding stays small."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), model.dimensions), dtype=np.float32)
+    for start in range(0, len(order), batch):
+        chunk = order[start : start + batch]
+        out[chunk] = model.embed([texts[i] for i in chunk])
+    return out
+
+
+def point(similarity: Floats, correct: Bools, threshold: float) -> Point:
+    """Hit rate and wrong-hit share when answers at or above ``threshold`` are served."""
+    hit = similarity >= threshold
+    hits = int(hit.sum())
+    wrong = int((hit & ~correct).sum())
+    return Point(threshold, hits / len(similarity), wrong / hits if hits else 0.0)
+
+
+def sweep(similarity: Floats, correct: Bools) -> list[Point]:
+    """The cache at each of THRESHOLDS."""
+    return [point(similarity, correct, t) for t in THRESHOLDS]
+
+
+def lowest_safe(similarity: Floats, correct: Bools, target: float) -> Point | None:
+    """The lowest threshold (0.005 steps) whose wrong-hit share is at most ``target``."""
+    for t in np.arange(0.50, 1.0001, 0.005):
+        p = point(similarity, correct, round(float(t), 3))
+        if p.hit_rate and p.wrong_share <= target:
+            return p
+    return None
+
+
+def read_labelled(path: Path) -> tuple[list[str], list[str]]:
+    """(texts, labels) from a CSV with ``text`` and ``category`` columns."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"text", "category"} <= rows[0].keys():
+        raise ValueError(f"{path}: needs the columns text and category (has {', '.join(rows[0])})")
+    return [r["text"] for r in rows], [r["category"] for r in rows]
+
+
+def labelled(
+    model: MiniLM, cached: tuple[list[str], list[str]], lookups: tuple[list[str], list[str]]
+) -> tuple[Floats, Bools]:
+    """Each lookup's best similarity in the cache, and whether that entry has its label."""
+    texts, labels = cached
+    index = SemanticIndex(max_entries=len(texts), clock=SystemClock())
+    entries = [str(i).encode() for i in range(len(texts))]
+    index.bulk_load("eval", embed_all(model, texts), entries, ttl=1e9)
+    similarity = np.zeros(len(lookups[0]))
+    correct = np.zeros(len(lookups[0]), dtype=bool)
+    for i, vector in enumerate(embed_all(model, lookups[0])):
+        found = index.search("eval", vector)
+        assert found is not None  # the index is not empty
+        similarity[i] = found[0]
+        correct[i] = labels[int(found[1])] == lookups[1][i]
+    return similarity, correct
+
+
+def split_labelled(
+    data: tuple[list[str], list[str]], seed: int
+) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
+    """A fixed-seed half of the queries to cache, the other half to look up."""
+    order = list(range(len(data[0])))
+    random.Random(seed).shuffle(order)
+    half = len(order) // 2
+
+    def pick(indices: list[int]) -> tuple[list[str], list[str]]:
+        return [data[0][i] for i in indices], [data[1][i] for i in indices]
+
+    return pick(order[:half]), pick(order[half:])
+
+
+def pairs(model: MiniLM, path: Path, limit: int, seed: int) -> tuple[Floats, Bools]:
+    """Similarity of each pair's two sides, and whether the pair is a duplicate."""
+    raw = path.read_bytes()
+    data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    if limit and limit < len(data):
+        data = random.Random(seed).sample(data, limit)
+    a = embed_all(model, [d["text_a"] for d in data])
+    b = embed_all(model, [d["text_b"] for d in data])
+    return (a * b).sum(1).astype(np.float64), np.array([int(d["label"]) == 1 for d in data])
+
+
+def report(title: str, similarity: Floats, correct: Bools, target: float) -> str:
+    """The sweep as a Markdown table, and the safe threshold."""
+    lines = [f"### {title} ({len(similarity):,} lookups)", ""]
+    lines += ["| threshold | hit rate | wrong hits (share of hits) |", "|---|---|---|"]
+    lines += [
+        f"| {p.threshold:.2f} | {p.hit_rate:.1%} | {p.wrong_share:.1%} |"
+        for p in sweep(similarity, correct)
+    ]
+    safe = lowest_safe(similarity, correct, target)
+    lines.append("")
+    if safe is None:
+        lines.append(f"No threshold keeps wrong hits at or under {target:.0%}.")
+    else:
+        lines.append(
+            f"Lowest threshold with wrong hits <= {target:.0%}: {safe.threshold:.3f} "
+            f"(hit rate {safe.hit_rate:.1%}, wrong {safe.wrong_share:.1%})"
+        )
+    return "\n".join(lines)
