@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, str] = {
     "crds": "tokenomy_cli.crds_cmd",
     "eval": "tokenomy_eval.cli",
     "operator": "tokenomy_operator.cli",
+    "router": "tokenomy_eval.router_cli",
     "sidecar": "tokenomy_sidecar.cli",
     "standin": "tokenomy_standin.cli",
 }
@@ -37,8 +38,9 @@ SUBCOMMANDS: dict[str, str] = {
 _HELP: dict[str, str] = {
     "compile": "compile CostPolicy and ModelRoute YAML into sidecar configs (JSON)",
     "crds": "write or check the CRD manifests generated from the API types",
-    "eval": "offline evaluation on data with known outcomes (routing so far)",
+    "eval": "score routing, cascading and the semantic cache on data with known outcomes",
     "operator": "run the control plane: watch the CRDs, serve xDS, inject sidecars, write status",
+    "router": "train the complexity model or the cascade's answer scorer on your outcomes",
     "sidecar": "run the OpenAI-compatible sidecar proxy from CostPolicy/ModelRoute YAML",
     "standin": "run a stand-in OpenAI-compatible model server (for trying things out)",
 }

@@ -157,7 +157,7 @@ class Pair:
         )
 
 
-def _pair(queries: Sequence[Query], weak: str, strong: str, prices: Mapping[str, Price]) -> Pair:
+def pair_for(queries: Sequence[Query], weak: str, strong: str, prices: Mapping[str, Price]) -> Pair:
     """Prices from the table, or per token from the recorded costs when there is no table."""
 
     def of(model: str) -> Price:
@@ -254,7 +254,7 @@ def evaluate(
     The baselines' rows are the best point of their curve on the test split
     (an upper bound for them); the router's row is what its cut did.
     """
-    pair = _pair([*train_set, *test_set], weak, strong, prices)
+    pair = pair_for([*train_set, *test_set], weak, strong, prices)
     model = fit_router(train_set, pair, fraction, cost_aware)
     wq = np.array([q.scores[weak] for q in test_set])
     sq = np.array([q.scores[strong] for q in test_set])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.proxy import Proxy, not_found
+from tokenomy_sidecar.routing.models import ModelFiles
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime, default_store_factory
 from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.stages.backend_choice import HealthTracker
@@ -41,6 +43,8 @@ class SidecarSettings:
     """Time in-flight requests get to finish after SIGTERM."""
     upstream_connections: int = 1000
     """Connections to backends at most, across all of them."""
+    models_dir: Path | None = None
+    """Where trained routing models (``tokenomy router train``) are read from by name."""
 
 
 class Sidecar:
@@ -57,7 +61,9 @@ class Sidecar:
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
         self.rng = rng or random.Random()
-        self.holder = ConfigHolder(default_store_factory(self.clock))
+        self.holder = ConfigHolder(
+            default_store_factory(self.clock), ModelFiles(self.settings.models_dir)
+        )
         self.holder.listeners.append(self._on_config)
         self.health = HealthTracker()
         self.semantic = SemanticIndex(max_entries=10_000, clock=self.clock)

@@ -18,6 +18,8 @@ from tokenomy_sidecar.runtime import ConfigRejectedError
 from tokenomy_sidecar.sources import FileSource
 from tokenomy_sidecar.xds_client import XdsSource
 
+MODELS_DIR = Path("/etc/tokenomy/models")
+
 log = logging.getLogger("tokenomy.sidecar")
 
 
@@ -71,8 +73,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="region of this pod, for nearest-region placement (env TOKENOMY_POD_REGION)",
     )
     parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=MODELS_DIR,
+        help="trained routing models by name, as DIR/NAME[.npz] "
+        f"(default: the --config folder, else {MODELS_DIR})",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+
+
+def _models_dir(args: argparse.Namespace) -> Path:
+    if args.models_dir != MODELS_DIR or not args.config:
+        return Path(args.models_dir)
+    first = Path(args.config[0])
+    return first if first.is_dir() else first.parent
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -83,6 +99,7 @@ async def serve(args: argparse.Namespace) -> int:
         metrics_host=args.metrics[0],
         metrics_port=args.metrics[1],
         pod_region=args.pod_region,
+        models_dir=_models_dir(args),
     )
     sidecar = Sidecar(settings)
     source: FileSource | XdsSource

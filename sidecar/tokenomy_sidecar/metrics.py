@@ -52,6 +52,27 @@ class Metrics:
             [*ROUTE_LABELS, "lever"],
             registry=r,
         )
+        self.overspend = Counter(
+            "tokenomy_overspend_usd",
+            "USD requests cost beyond what the reference tier would have charged for the same "
+            "answer (a cascade that tried a cheaper tier, then escalated), by lever.",
+            [*ROUTE_LABELS, "lever"],
+            registry=r,
+        )
+        self.route_decisions = Counter(
+            "tokenomy_route_decisions",
+            "Starting tier chosen for requests that missed the cache, by how: domain, "
+            "complexity, default.",
+            [*ROUTE_LABELS, "tier", "kind"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "tokenomy_escalations",
+            "Cascade answers passed over, by the tier that gave them and why: low_confidence, "
+            "truncated, refusal, format, unjudged, error.",
+            [*ROUTE_LABELS, "tier", "reason"],
+            registry=r,
+        )
         self.cache_lookups = Counter(
             "tokenomy_cache_lookups",
             "Cache lookups by kind (exact, semantic) and result (hit, miss, bypass, error).",

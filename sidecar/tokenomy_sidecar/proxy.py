@@ -1,10 +1,11 @@
 """The OpenAI-compatible HTTP API of the sidecar, and the pipeline behind it.
 
 Stages run in DESIGN.md's order: identify the route and partition, trim and
-cap, exact cache, choose the tier (the route's default until routing lands),
-choose backends, call upstream, meter and store. An unexpected error in a
-stage before the upstream call sends the request, as the client wrote it, to
-the route's default tier: a broken optimisation never breaks a request.
+cap, exact and semantic cache, choose the starting tier (domain rules,
+complexity routing), cascade (try cheaper tiers, judge, escalate), choose
+backends, call upstream, meter and store. An unexpected error in a stage
+before the upstream call sends the request, as the client wrote it, to the
+route's default tier: a broken optimisation never breaks a request.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -21,7 +23,8 @@ import orjson
 from aiohttp import web
 
 from tokenomy_api.clock import Clock
-from tokenomy_api.compiled import CompiledRoute, CompiledTier
+from tokenomy_api.compiled import CompiledDomain, CompiledRoute, CompiledTier
+from tokenomy_api.costpolicy import Confidence
 from tokenomy_api.meta import parse_duration
 from tokenomy_api.modelroute import Embedding, Price
 from tokenomy_sidecar.embedders import (
@@ -33,7 +36,17 @@ from tokenomy_sidecar.embedders import (
 )
 from tokenomy_sidecar.errors import ApiError, error_response
 from tokenomy_sidecar.metrics import Metrics
-from tokenomy_sidecar.request import ChatRequest, parse_chat, parse_json_object
+from tokenomy_sidecar.request import ChatRequest, message_text, parse_chat, parse_json_object
+from tokenomy_sidecar.routing.confidence import (
+    DEFAULT_VERIFIER_PROMPT,
+    Verdict,
+    content,
+    format_problem,
+    judge,
+    parse_verdict,
+    verifier_messages,
+)
+from tokenomy_sidecar.routing.decision import Complexity, decide, estimate_tokens, walk
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime
 from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.sse import (
@@ -47,6 +60,7 @@ from tokenomy_sidecar.sse import (
 from tokenomy_sidecar.stages import identify, semantic_cache
 from tokenomy_sidecar.stages.backend_choice import HealthTracker, rank
 from tokenomy_sidecar.stages.cache_key import exact_key
+from tokenomy_sidecar.stages.cascade import VERIFIER_MAX_TOKENS, client_answer, pick, trial_body
 from tokenomy_sidecar.stages.metering import Usage, cost, savings, usd
 from tokenomy_sidecar.stages.trim import cap_output, trim_prompt
 from tokenomy_sidecar.stages.upstream import Reply, Upstream
@@ -75,6 +89,12 @@ class Exchange:
     vector: Vectors | None = None
     """The question's embedding, computed once for lookup and store."""
     semantic_partition: str = ""
+    reason: str = "default"
+    """Why the answering tier was chosen (``x-tokenomy-route-reason``)."""
+    lever: str = "tier"
+    """Savings lever for metrics: ``tier`` (default tier), ``routing`` or ``cascade``."""
+    spent: Decimal = Decimal(0)
+    """What every call for this request cost, cascade tries and verifier calls included."""
 
 
 def _tier(route: CompiledRoute, name: str) -> CompiledTier:
@@ -111,6 +131,7 @@ class Proxy:
         self.pod_region = pod_region
         self.max_body_bytes = max_body_bytes
         self._embedders: dict[tuple[str, str], Embedder] = {}
+        self._examples: dict[tuple[str, str], dict[str, Vectors]] = {}
 
     # --- request intake --------------------------------------------------------
 
@@ -192,7 +213,6 @@ class Proxy:
             stage = "trim"
             trim_prompt(x.chat.body, config.prompt)
             cap_output(x.chat.body, config.output)
-            stage = "route"
             x.tier = _tier(x.route, x.route.default_tier)
             if config.cache.exact.enabled and (x.decision.lookup or x.decision.store):
                 stage = "cache_key"
@@ -202,7 +222,12 @@ class Proxy:
             if entry is not None:
                 return entry, "exact", 1.0
             stage = "semantic_cache"
-            return await self._semantic_lookup(x)
+            hit = await self._semantic_lookup(x)
+            if hit is not None:
+                return hit
+            stage = "route"
+            await self._decide(x)
+            return None
         except Exception:
             log.exception("stage %s failed; sending the request to the default tier", stage)
             self.metrics.fail_open.labels(*x.labels, stage).inc()
@@ -212,6 +237,7 @@ class Proxy:
             x.vector = None
             x.semantic_partition = ""
             x.tier = _tier(x.route, x.route.default_tier)
+            x.reason, x.lever = f"fail-open ({stage})", "tier"
             return None
 
     async def _lookup(self, x: Exchange) -> bytes | None:
@@ -291,6 +317,142 @@ class Proxy:
         lookups.labels(*x.labels, "semantic", "hit").inc()
         return found[1], "semantic", found[0]
 
+    # --- routing and cascade -----------------------------------------------------
+
+    async def _decide(self, x: Exchange) -> None:
+        """Choose the starting tier: domain rules, then complexity, else the default."""
+        config = x.runtime.config
+        routing = config.routing
+        question = semantic_cache.question(x.chat.body)
+        similarity = None
+        if question is not None and x.route.embedding is not None:
+            examples = await self._domain_vectors(x)
+            if examples:
+                vector = await self._embed(x)
+                if vector is not None:
+                    scores = {name: float((m @ vector).max()) for name, m in examples.items()}
+                    similarity = functools.partial(_similarity, scores)
+        complexity = None
+        model = x.runtime.complexity
+        if routing.complexity and model is not None:
+            prompt = "\n".join(message_text(m) for m in x.chat.body.get("messages") or [])
+            complexity = Complexity(
+                gain=model.score(question or prompt),
+                cut=model.cut,
+                input_tokens=estimate_tokens(prompt),
+                output_tokens=model.mean_output_tokens,
+                mean_input_tokens=model.mean_input_tokens,
+            )
+        decision = decide(x.route, routing, question, similarity, complexity)
+        x.tier = _tier(x.route, decision.tier)
+        x.reason = decision.reason
+        if len(walk(x.route, decision.tier)) > 1:
+            x.lever = "cascade"
+        elif decision.kind != "default":
+            x.lever = "routing"
+        self.metrics.route_decisions.labels(*x.labels, decision.tier, decision.kind).inc()
+
+    async def _domain_vectors(self, x: Exchange) -> dict[str, Vectors]:
+        """Each domain's example embeddings, computed once per config version and route."""
+        key = (x.runtime.config.version, x.route.name)
+        cached = self._examples.get(key)
+        if cached is None:
+            cached = {}
+            for domain in x.runtime.config.routing.domains:
+                if domain.examples:
+                    vectors, _ = await self._embedder(x).embed(domain.examples)
+                    cached[domain.name] = vectors
+            self._examples[key] = cached
+        return cached
+
+    async def _cascade(
+        self, x: Exchange, request: web.Request, tiers: Sequence[str]
+    ) -> web.StreamResponse | None:
+        """Try the cheaper tiers in turn; the first answer judged good enough is served.
+
+        Returns None when every cheaper tier was passed over: ``x.tier`` is
+        then the last tier, which answers as usual (streamed if asked).
+        """
+        confidence = x.runtime.config.cascade_confidence
+        assert confidence is not None  # the compiler sets it whenever cascade tiers exist
+        question = semantic_cache.question(x.chat.body) or ""
+        trail = []
+        for name in tiers[:-1]:
+            x.tier = _tier(x.route, name)
+            kept: dict[str, Any] | None = None
+            reply: Reply | None = None
+            try:
+                verdict, kept, reply = await self._try_tier(x, x.tier, confidence, question)
+            except Exception as error:
+                # A tier that fails, or an answer that cannot be judged, escalates.
+                log.warning("cascade try on %s failed: %s", name, error)
+                verdict = Verdict(False, None, "error")
+            shown = f" {verdict.confidence:.2f}" if verdict.confidence is not None else ""
+            trail.append(f"{name} {verdict.reason}{shown}")
+            if verdict.accept and kept is not None and reply is not None:
+                x.reason = f"{x.reason}; cascade: {', '.join(trail)}"
+                return await self._serve_kept(x, request, reply, kept)
+            self.metrics.escalations.labels(*x.labels, name, verdict.reason).inc()
+        x.tier = _tier(x.route, tiers[-1])
+        x.reason = f"{x.reason}; cascade: {', '.join(trail)} -> {tiers[-1]}"
+        return None
+
+    async def _try_tier(
+        self, x: Exchange, tier: CompiledTier, confidence: Confidence, question: str
+    ) -> tuple[Verdict, dict[str, Any] | None, Reply]:
+        """One cascade try: ask the tier, judge its answer; every call is metered."""
+        reply = await self._send(x, tier, trial_body(x.chat.body, confidence), stream=False)
+        completion = _json_object(reply.body) if reply.status == 200 else None
+        usage = Usage.from_openai(completion.get("usage") if completion else None)
+        self._meter(x, reply, usage, final=False)
+        if completion is None:
+            return Verdict(False, None, "error"), None, reply
+        choice, value = pick(completion, confidence, question, x.runtime.scorer)
+        if confidence.method == "verifier":
+            value = await self._verify(x, tier, confidence, question, content(choice))
+        checks = confidence.format_checks or confidence.method == "format"
+        problem = format_problem(choice, x.chat.body) if checks else None
+        verdict = judge(confidence.method, value, tier.cascade_threshold, problem)
+        return verdict, client_answer(completion, choice, x.chat.body), reply
+
+    async def _verify(
+        self, x: Exchange, tier: CompiledTier, confidence: Confidence, question: str, answer: str
+    ) -> float | None:
+        """Ask the same tier how likely its answer is right; None if it will not say."""
+        template = confidence.verifier_prompt or DEFAULT_VERIFIER_PROMPT
+        body = {
+            "messages": verifier_messages(template, question, answer),
+            "max_tokens": VERIFIER_MAX_TOKENS,
+            "temperature": 0,
+        }
+        reply = await self._send(x, tier, body, stream=False)
+        completion = _json_object(reply.body) if reply.status == 200 else None
+        self._meter(x, reply, Usage.from_openai(completion and completion.get("usage")), False)
+        if completion is None or not completion.get("choices"):
+            return None
+        return parse_verdict(content(completion["choices"][0]))
+
+    async def _serve_kept(
+        self, x: Exchange, request: web.Request, reply: Reply, completion: dict[str, Any]
+    ) -> web.StreamResponse:
+        """Serve the answer a cascade kept, as JSON or as the stream the client asked for."""
+        self._settle(x, reply, Usage.from_openai(completion.get("usage")))
+        await self._store(x, reply, completion)
+        x.headers = {**self._answer_headers(x, reply), "x-tokenomy-cost-usd": usd(x.spent)}
+        cache = x.headers["x-tokenomy-cache"]
+        if x.chat.stream:
+            response = web.StreamResponse(headers={**x.headers, **_SSE_HEADERS})
+            await response.prepare(request)
+            self._observe_first_byte(x, cache)
+            await response.write(b"".join(replay(completion, x.chat.client_wants_usage)))
+            await response.write_eof()
+        else:
+            body = orjson.dumps(completion)
+            response = web.Response(body=body, content_type="application/json", headers=x.headers)
+            self._observe_first_byte(x, cache)
+        self._observe_done(x, cache)
+        return response
+
     async def _store(self, x: Exchange, reply: Reply, completion: dict[str, Any]) -> None:
         cache = x.runtime.config.cache
         exact = bool(x.key)
@@ -351,33 +513,54 @@ class Proxy:
         self._observe_done(x, kind)
         return response
 
+    async def _send(
+        self,
+        x: Exchange,
+        tier: CompiledTier,
+        body: dict[str, Any],
+        stream: bool,
+        path: str = "/chat/completions",
+    ) -> Reply:
+        """Send a body to a tier's backends in placement order, within the retry budget."""
+        candidates = rank(
+            tier, x.runtime.config.placement, self.pod_region, self.health.endpoints,
+            self.clock.monotonic(), self.rng,
+        )  # fmt: skip
+        reply = await self.upstream.send(
+            candidates,
+            path,
+            body,
+            x.route.retry.attempts,
+            _seconds(x.route.retry.timeout),
+            x.runtime.credential,
+            stream,
+        )
+        self._count_failures(x, reply, tier.name)
+        return reply
+
+    def _answer_headers(self, x: Exchange, reply: Reply) -> dict[str, str]:
+        assert x.tier is not None
+        return {
+            "x-tokenomy-cache": "miss" if x.decision.lookup else "bypass",
+            "x-tokenomy-tier": x.tier.name,
+            "x-tokenomy-backend": reply.candidate.backend.name,
+            "x-tokenomy-route-reason": x.reason,
+        }
+
     async def _forward(self, x: Exchange, request: web.Request) -> web.StreamResponse:
         assert x.tier is not None
+        tiers = walk(x.route, x.tier.name)
+        if len(tiers) > 1:
+            kept = await self._cascade(x, request, tiers)
+            if kept is not None:
+                return kept
         body = x.chat.body
         if x.chat.stream:
             # Ask for usage so the stream can be metered; the extra chunk is
             # removed again if the client did not ask for it.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        config = x.runtime.config
-        candidates = rank(
-            x.tier, config.placement, self.pod_region, self.health.endpoints,
-            self.clock.monotonic(), self.rng,
-        )  # fmt: skip
-        reply = await self.upstream.send(
-            candidates,
-            "/chat/completions",
-            body,
-            x.route.retry.attempts,
-            _seconds(x.route.retry.timeout),
-            x.runtime.credential,
-            x.chat.stream,
-        )
-        self._count_failures(x, reply)
-        x.headers = {
-            "x-tokenomy-cache": "miss" if x.decision.lookup else "bypass",
-            "x-tokenomy-tier": x.tier.name,
-            "x-tokenomy-backend": reply.candidate.backend.name,
-        }
+        reply = await self._send(x, x.tier, body, x.chat.stream)
+        x.headers = self._answer_headers(x, reply)
         if reply.stream is not None:
             return await self._pipe(x, request, reply)
         usage = Usage()
@@ -462,24 +645,44 @@ class Proxy:
 
     # --- metering and observation ---------------------------------------------
 
-    def _meter(self, x: Exchange, reply: Reply, usage: Usage) -> Decimal:
+    def _meter(self, x: Exchange, reply: Reply, usage: Usage, final: bool = True) -> Decimal:
+        """Count one backend call's tokens and cost; the final one also settles the request.
+
+        Returns what the request has cost so far, every call included.
+        """
         backend = reply.candidate.backend
         tier = x.tier.name if x.tier else ""
         labels = (*x.labels, tier, backend.name)
         m = self.metrics
-        cache = x.headers.get("x-tokenomy-cache", "miss")
-        m.requests.labels(*labels, cache, str(reply.status)).inc()
         paid = cost(usage, backend.price)
         if usage.prompt or usage.completion:
             m.tokens.labels(*labels, "input").inc(usage.prompt)
             m.tokens.labels(*labels, "cached_input").inc(usage.cached)
             m.tokens.labels(*labels, "output").inc(usage.completion)
         m.money(m.cost, paid, *labels)
-        m.money(m.savings, savings(usage, paid, reference_price(x.route)), *x.labels, "tier")
-        return paid
+        x.spent += paid
+        if final:
+            self._settle(x, reply, usage)
+        return x.spent
 
-    def _count_failures(self, x: Exchange, reply: Reply) -> None:
+    def _settle(self, x: Exchange, reply: Reply, usage: Usage) -> None:
+        """Count the request once, with what it saved against the reference tier.
+
+        ``usage`` is the answer served; the reference tier is priced for the
+        same answer. A cascade that escalated can cost more than that: the
+        difference goes to the overspend counter, since counters cannot go down.
+        """
+        m = self.metrics
         tier = x.tier.name if x.tier else ""
+        cache = x.headers.get("x-tokenomy-cache", "miss")
+        m.requests.labels(
+            *x.labels, tier, reply.candidate.backend.name, cache, str(reply.status)
+        ).inc()
+        saved = savings(usage, x.spent, reference_price(x.route))
+        m.money(m.savings, saved, *x.labels, x.lever)
+        m.money(m.overspend, -saved, *x.labels, x.lever)
+
+    def _count_failures(self, x: Exchange, reply: Reply, tier: str) -> None:
         for backend, reason in reply.failures:
             self.metrics.upstream_errors.labels(*x.labels, tier, backend, reason).inc()
         if reply.failures:
@@ -513,18 +716,10 @@ class Proxy:
         chat = ChatRequest(body=body, model=model, stream=False, client_wants_usage=False)
         x = Exchange(runtime, route, chat, started, (policy.namespace, policy.name, route.name))
         x.tier = _tier(route, route.default_tier)
-        candidates = rank(
-            x.tier, runtime.config.placement, self.pod_region, self.health.endpoints,
-            self.clock.monotonic(), self.rng,
-        )  # fmt: skip
         try:
-            reply = await self.upstream.send(
-                candidates, "/embeddings", body, route.retry.attempts,
-                _seconds(route.retry.timeout), runtime.credential, stream=False,
-            )  # fmt: skip
+            reply = await self._send(x, x.tier, body, stream=False, path="/embeddings")
         except ApiError as error:
             return error.response()
-        self._count_failures(x, reply)
         x.headers = {"x-tokenomy-cache": "bypass"}
         usage = Usage()
         if reply.status == 200:
@@ -562,3 +757,15 @@ def _seconds(duration: str) -> float:
 async def not_found(request: web.Request) -> web.Response:
     """Unknown paths get an OpenAI-style 404."""
     return error_response(404, f"no endpoint {request.method} {request.path}", code="not_found")
+
+
+def _similarity(scores: dict[str, float], domain: CompiledDomain) -> float:
+    return scores.get(domain.name, 0.0)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

@@ -17,6 +17,9 @@ from tokenomy_api.compiled import CompiledBackend, CompiledRoute, SidecarConfig
 from tokenomy_api.costpolicy import CacheStore as StoreSpec
 from tokenomy_api.meta import SecretKeyRef
 from tokenomy_sidecar.credentials import Credentials
+from tokenomy_sidecar.routing.complexity import ComplexityModel
+from tokenomy_sidecar.routing.models import ModelFiles
+from tokenomy_sidecar.routing.scorer import AnswerScorer
 from tokenomy_sidecar.stores import CacheStore, MemoryStore, RedisStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,10 @@ class Runtime:
     store: CacheStore
     store_spec: StoreSpec
     credentials: Credentials
+    complexity: ComplexityModel | None = None
+    """The complexity model, when complexity routing is on."""
+    scorer: AnswerScorer | None = None
+    """The cascade's answer scorer, when its confidence method is ``scorer``."""
 
     def credential(self, backend: CompiledBackend) -> str | None:
         """The API key for a backend, if it has one."""
@@ -71,8 +78,9 @@ def default_store_factory(clock: Clock) -> StoreFactory:
 class ConfigHolder:
     """Holds the runtime in force and swaps it atomically."""
 
-    def __init__(self, store_factory: StoreFactory) -> None:
+    def __init__(self, store_factory: StoreFactory, models: ModelFiles | None = None) -> None:
         self.store_factory = store_factory
+        self.models = models or ModelFiles(None)
         self.current: Runtime | None = None
         self.listeners: list[Callable[[Runtime], None]] = []
         self.retired: list[CacheStore] = []
@@ -101,6 +109,7 @@ class ConfigHolder:
             raise ConfigRejectedError(
                 f"Secret keys not available: {', '.join(sorted(set(missing)))}"
             )
+        complexity, scorer = self._models(config)
         previous = self.current
         spec = config.cache.store
         if previous is not None and previous.store_spec == spec:
@@ -116,9 +125,28 @@ class ConfigHolder:
             store=store,
             store_spec=spec,
             credentials=credentials,
+            complexity=complexity,
+            scorer=scorer,
         )
         self.current = runtime
         log.info("config %s of %s in force", config.version, config.policy.key)
         for listener in self.listeners:
             listener(runtime)
         return runtime
+
+    def _models(self, config: SidecarConfig) -> tuple[ComplexityModel | None, AnswerScorer | None]:
+        try:
+            complexity = (
+                self.models.complexity(config.routing.complexity_model)
+                if config.routing.complexity
+                else None
+            )
+            confidence = config.cascade_confidence
+            scorer = (
+                self.models.scorer(confidence.scorer)
+                if confidence is not None and confidence.method == "scorer" and confidence.scorer
+                else None
+            )
+        except (OSError, ValueError) as error:
+            raise ConfigRejectedError(str(error)) from None
+        return complexity, scorer

@@ -20,6 +20,16 @@ FAULTS: tuple[str, ...] = ("500", "429", "drop", "mid-stream-drop", "slow")
 EMBEDDING_DIMENSIONS = 256
 
 
+@dataclass(frozen=True)
+class Scripted:
+    """A scripted answer to one question."""
+
+    replies: tuple[str, ...]
+    """The answer; with ``n`` > 1 samples, sample ``i`` is ``replies[i % len(replies)]``."""
+    logprob: float = -0.05
+    """Log-probability of every token of it."""
+
+
 @dataclass
 class StandinSettings:
     """How a stand-in behaves; tests change it between requests."""
@@ -36,6 +46,8 @@ class StandinSettings:
     """Fixed answer text; by default the answer names the server and echoes the question."""
     logprob: float = -0.05
     """Log-probability reported for every answer token when ``logprobs`` is asked for."""
+    script: dict[str, Scripted] = field(default_factory=dict)
+    """Answers by question (the last message's text), overriding ``reply`` and ``logprob``."""
     slow_seconds: float = 5.0
     """Extra latency of a ``slow`` fault."""
     faults: deque[str] = field(default_factory=deque)
@@ -60,12 +72,17 @@ def _message_text(message: Any) -> str:
     return ""
 
 
-def _answer(settings: StandinSettings, body: dict[str, Any]) -> str:
-    if settings.reply is not None:
-        return settings.reply
+def _answers(settings: StandinSettings, body: dict[str, Any], n: int) -> tuple[list[str], float]:
+    """The ``n`` sampled answers to a request, and their tokens' log-probability."""
     messages = body.get("messages") or []
     question = _message_text(messages[-1]) if messages else ""
-    return f"{settings.name} answers: {question}".strip()
+    scripted = settings.script.get(question)
+    if scripted is not None:
+        replies = scripted.replies
+        return [replies[i % len(replies)] for i in range(n)], scripted.logprob
+    if settings.reply is not None:
+        return [settings.reply] * n, settings.logprob
+    return [f"{settings.name} answers: {question}".strip()] * n, settings.logprob
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -129,31 +146,37 @@ class Standin:
             return pending
         if self.settings.latency:
             await asyncio.sleep(self.settings.latency)
-        words = _answer(self.settings, body).split()
+        n = body.get("n") if isinstance(body.get("n"), int) and not body.get("stream") else 1
+        texts, logprob = _answers(self.settings, body, max(1, n))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        finish = "stop"
-        if isinstance(limit, int) and len(words) > limit:
-            words, finish = words[:limit], "length"
         prompt = sum(count_tokens(_message_text(m)) for m in body.get("messages") or [])
         completion_id = f"chatcmpl-{self.settings.name}-{next(self._ids)}"
         model = body.get("model") or self.settings.name
-        if body.get("stream"):
-            return await self._stream(
-                request, body, completion_id, model, words, finish, prompt, pending
+        choices: list[dict[str, Any]] = []
+        for index, text in enumerate(texts):
+            words, finish = text.split(), "stop"
+            if isinstance(limit, int) and len(words) > limit:
+                words, finish = words[:limit], "length"
+            if body.get("stream"):
+                return await self._stream(
+                    request, body, completion_id, model, words, finish, prompt, pending, logprob
+                )
+            choices.append(
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": " ".join(words), "refusal": None},
+                    "finish_reason": finish,
+                    "logprobs": _logprobs(words, logprob) if body.get("logprobs") else None,
+                }
             )
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": " ".join(words), "refusal": None},
-            "finish_reason": finish,
-            "logprobs": _logprobs(words, self.settings.logprob) if body.get("logprobs") else None,
-        }
+        output = sum(len(c["message"]["content"].split()) for c in choices)
         payload = {
             "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [choice],
-            "usage": _usage(prompt, len(words)),
+            "choices": choices,
+            "usage": _usage(prompt, output),
         }
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
@@ -167,6 +190,7 @@ class Standin:
         finish: str,
         prompt: int,
         pending: str | None,
+        logprob: float,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -194,11 +218,7 @@ class Standin:
             if self.settings.chunk_interval:
                 await asyncio.sleep(self.settings.chunk_interval)
             text = (" " if n else "") + " ".join(piece)
-            more = (
-                {"logprobs": _logprobs(piece, self.settings.logprob)}
-                if body.get("logprobs")
-                else {}
-            )
+            more = {"logprobs": _logprobs(piece, logprob)} if body.get("logprobs") else {}
             await response.write(chunk({"content": text}, None, **more))
         await response.write(chunk({}, finish))
         if include_usage:

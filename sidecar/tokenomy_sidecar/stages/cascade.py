@@ -1,0 +1,67 @@
+"""Stage 5b: a cascade try — what to ask a cheaper tier, and which answer to judge.
+
+The proxy sends the request to a cheaper tier as built here (never
+streamed: the answer is judged whole before the client sees a byte), picks
+the choice to judge and its confidence with the policy's method, and hands
+the client an answer shaped like the one it asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from tokenomy_api.costpolicy import Confidence
+from tokenomy_sidecar.routing.confidence import agreement, content, logprob_confidence
+from tokenomy_sidecar.routing.scorer import AnswerScorer
+
+VERIFIER_MAX_TOKENS = 8
+
+
+def trial_body(body: Mapping[str, Any], confidence: Confidence) -> dict[str, Any]:
+    """The request as a cheaper tier gets it: whole (not streamed), with what judging needs."""
+    trial = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    if confidence.method == "logprobs":
+        trial["logprobs"] = True
+    if confidence.method == "agreement":
+        trial["n"] = confidence.samples
+    return trial
+
+
+def pick(
+    completion: Mapping[str, Any],
+    confidence: Confidence,
+    question: str,
+    scorer: AnswerScorer | None,
+) -> tuple[dict[str, Any], float | None]:
+    """The choice to judge and, for methods that need no further call, its confidence.
+
+    ``verifier`` and ``format`` return None: the verifier's call comes next,
+    and ``format`` judges by the format checks alone.
+    """
+    choices = [c for c in completion.get("choices") or [] if isinstance(c, dict)]
+    if not choices:
+        raise ValueError("the answer has no choices")
+    method = confidence.method
+    if method == "logprobs":
+        return choices[0], logprob_confidence(choices[0])
+    if method == "agreement":
+        index, share = agreement(choices)
+        return choices[index], share
+    if method == "scorer":
+        if scorer is None:
+            return choices[0], None
+        return choices[0], scorer.score(question, content(choices[0]))
+    return choices[0], None
+
+
+def client_answer(
+    completion: Mapping[str, Any], choice: Mapping[str, Any], request: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The kept answer as the client asked for it: one choice, logprobs only if it asked."""
+    kept = copy.deepcopy(dict(choice))
+    kept["index"] = 0
+    if not request.get("logprobs"):
+        kept["logprobs"] = None
+    return {**completion, "choices": [kept]}
