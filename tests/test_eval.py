@@ -25,6 +25,7 @@ from tokenomy_eval.routing import (
     scores_for,
 )
 from tokenomy_sidecar.routing.complexity import ComplexityModel, features
+from tokenomy_sidecar.routing.scorer import AnswerScorer
 
 WEAK = np.array([1.0, 0.0, 1.0, 0.0])
 STRONG = np.array([1.0, 1.0, 1.0, 0.0])
@@ -107,7 +108,7 @@ def test_evaluate_beats_random_on_learnable_data() -> None:
         "weak": price("0.1", "0.1"),
         "strong": price("10", "30"),
     }
-    rows = {r.name: r for r in evaluate(train, test, "weak", "strong", prices)}
+    rows = {r.name: r for r in evaluate(train, test, "weak", "strong", prices).rows}
     router, randomly = rows["complexity router"], rows["random router"]
     assert router.quality >= 0.95
     assert router.cost_reduction > randomly.cost_reduction + 0.2
@@ -287,3 +288,48 @@ def test_eval_cache_on_labelled_queries(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "| 0.70 | 100.0% | 0.0% |" in out.stdout
     assert "Lowest threshold with wrong hits <= 2%: 0.500" in out.stdout
+
+
+def test_plot_and_router_train_commands(tmp_path: Path) -> None:
+    data = tmp_path / "toy.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps({"prompt": q.prompt, "scores": q.scores, "answers": q.answers})
+            for q in with_answers(300, 8)
+        )
+    )
+    common = ["--format", "jsonl", "--weak", "weak", "--strong", "strong",
+              "--price", "weak=0.1/0.1", "--price", "strong=10/30"]  # fmt: skip
+    cli = [sys.executable, "-m", "tokenomy_cli.main"]
+    plot = tmp_path / "cascade.png"
+    out = subprocess.run(
+        [*cli, "eval", "cascade", "--data", str(data), *common, "--plot", str(plot)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "| cascade (weak answer judged) |" in out.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot.stat().st_size > 10_000  # axes, five curves and a legend, not an empty canvas
+
+    model = tmp_path / "router.npz"
+    out = subprocess.run(
+        [*cli, "router", "train", "--data", str(data), *common, "-o", str(model)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "complexity model from 300 outcomes" in out.stdout
+    assert ComplexityModel.load(model).mean_input_tokens > 0
+    scorer = tmp_path / "scorer.npz"
+    out = subprocess.run(
+        [*cli, "router", "train", "--scorer", "--data", str(data), *common, "-o", str(scorer)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert AnswerScorer.load(scorer).score("What is 2 times 3?", "2 * 3 = 6\n#### 6") > 0.5
+    data.write_text(data.read_text().splitlines()[0] + "\n")
+    few = subprocess.run(
+        [*cli, "router", "train", "--data", str(data), *common, "-o", str(model)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert few.returncode == 2
+    assert "1 outcomes are too few to train on" in few.stderr

@@ -61,6 +61,8 @@ class CascadeResult:
 
     row: Row
     reasons: dict[str, int]
+    curve: metrics.Curve
+    """Quality and cost as more answers escalate, in order of doubt."""
 
 
 def evaluate_cascade(
@@ -103,4 +105,4 @@ def evaluate_cascade(
         metrics.cpt(c, wq.mean(), sq.mean(), 0.5),
         metrics.apgr(c, wq.mean(), sq.mean()),
     )
-    return CascadeResult(row, reasons)
+    return CascadeResult(row, reasons, c)

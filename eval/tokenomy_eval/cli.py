@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
     routing = sub.add_parser("routing", help="complexity routing between two models")
     add_data_arguments(routing)
+    routing.add_argument("--plot", type=Path, help="draw cost against quality into this PNG")
     routing.add_argument(
         "--no-cost-aware", dest="cost_aware", action="store_false",
         help="rank by predicted gain alone, not gain per relative cost",
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cascade", help="cascade on the weak model's recorded answer, beside routing"
     )
     add_data_arguments(cascade)
+    cascade.add_argument("--plot", type=Path, help="draw cost against quality into this PNG")
     cache = sub.add_parser("cache", help="semantic cache hit rate and wrong hits per threshold")
     kind = cache.add_mutually_exclusive_group(required=True)
     kind.add_argument("--labelled", type=Path, help="CSV of text,category (as Banking77)")
@@ -145,13 +147,12 @@ def run(args: argparse.Namespace) -> int:
             return _run_cache(args)
         train_set, test_set = train_and_test(args)
         prices = dict(args.price)
-        rows = []
+        result = None
         if args.what == "cascade":
             result = evaluate_cascade(
                 train_set, test_set, args.weak, args.strong, prices, fraction=args.quality
             )
-            rows.append(result.row)
-        rows += evaluate(
+        evaluation = evaluate(
             train_set,
             test_set,
             args.weak,
@@ -164,8 +165,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"tokenomy eval: {error}", file=sys.stderr)
         return 2
     print(_models(args, train_set, test_set), end="\n\n")
-    print(table(rows))
-    if args.what == "cascade":
+    print(table(([result.row] if result else []) + evaluation.rows))
+    if result is not None:
         why = ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items()))
         print(f"\ncascade verdicts on the test split: {why}")
+    if args.plot is not None:
+        try:
+            # matplotlib is an optional extra: only --plot needs it.
+            from tokenomy_eval.plot import draw  # noqa: PLC0415
+        except ImportError:
+            print(
+                "tokenomy eval: --plot needs matplotlib: pip install 'tokenomy[plot]'",
+                file=sys.stderr,
+            )
+            return 2
+        data = args.data or args.test
+        title = f"{args.what} on {data.name}: {len(test_set):,} test queries (seed {args.seed})"
+        draw(args.plot, title, evaluation, result, args.quality)
+        print(f"\nplot: {args.plot}")
     return 0

@@ -239,6 +239,18 @@ class Row:
     apgr: float
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """The rows of the table, and each router's curve on the test split."""
+
+    rows: list[Row]
+    curves: dict[str, metrics.Curve]
+    strong_cost: float
+    """Cost of sending every test query to the strong model."""
+    strong_quality: float
+    """The strong model's mean score on the test split."""
+
+
 def evaluate(
     train_set: Sequence[Query],
     test_set: Sequence[Query],
@@ -248,7 +260,7 @@ def evaluate(
     default_output: int = 5,
     fraction: float = 0.95,
     cost_aware: bool = True,
-) -> list[Row]:
+) -> Evaluation:
     """The complexity router (cut from train) beside the random, cost-only and perfect routers.
 
     The baselines' rows are the best point of their curve on the test split
@@ -290,4 +302,4 @@ def evaluate(
                 metrics.apgr(by_calls[name], wq.mean(), sq.mean()),
             )
         )
-    return rows
+    return Evaluation(rows, curves, float(sc.sum()), float(sq.mean()))
