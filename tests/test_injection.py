@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tokenomy_api.compiler import compile_configs
+from tokenomy_api.costpolicy import Confidence
 from tokenomy_api.loader import load_resources
 from tokenomy_operator.injection import (
     CONTAINER,
@@ -21,6 +22,7 @@ from tokenomy_operator.injection import (
     Decision,
     InjectionSettings,
     decide,
+    models_of,
     mutate,
 )
 
@@ -147,3 +149,24 @@ def test_mutation_facts() -> None:
     assert decide(mutated, "support", load_resources([EXAMPLES]).policies, SETTINGS) == Decision(
         False, "already injected"
     )
+
+
+def test_trained_models_are_mounted_from_their_configmaps() -> None:
+    pod = yaml.safe_load((GOLDEN / "app-pod.input.yaml").read_text())
+    config = example_config()
+    assert models_of(config) == []  # the built-in model needs no mount
+    routing = config.routing.model_copy(update={"complexity_model": "my-router"})
+    confidence = Confidence(method="scorer", scorer="my-scorer")
+    trained = config.model_copy(update={"routing": routing, "cascade_confidence": confidence})
+    assert models_of(trained) == ["my-router", "my-scorer"]
+    mutated = mutate(pod, Decision(True, "", "support/support-agent"), trained, SETTINGS)
+    sidecar = mutated["spec"]["initContainers"][0]
+    assert {"name": "tokenomy-models", "mountPath": "/etc/tokenomy/models", "readOnly": True} in (
+        sidecar["volumeMounts"]
+    )
+    [volume] = [v for v in mutated["spec"]["volumes"] if v["name"] == "tokenomy-models"]
+    assert volume["projected"]["sources"] == [
+        {"configMap": {"name": n, "items": [{"key": "model.npz", "path": f"{n}.npz"}]}}
+        for n in ("my-router", "my-scorer")
+    ]
+    assert all("tokenomy-models" not in str(c) for c in mutated["spec"]["containers"])

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tokenomy_sidecar.routing.complexity import ComplexityModel
+from tokenomy_sidecar.routing.scorer import AnswerScorer
 from tokenomy_sidecar.runtime import ConfigRejectedError
 from tokenomy_standin.server import Scripted
 
@@ -281,3 +282,36 @@ async def test_openai_sdk_sees_an_ordinary_completion(
     assert answer.choices[0].logprobs is not None  # the client asked, so it keeps them
     assert answer.usage is not None
     assert answer.usage.completion_tokens == 1
+
+
+async def test_scorer_method_uses_the_trained_scorer(
+    standin: StandinFactory, sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    questions, answers, right = [], [], []
+    for a in range(2, 42):
+        for good in (True, False):
+            shown = a * 3 if good else a * 3 + 5
+            questions.append(f"What is {a} times 3?")
+            answers.append(f"{a} * 3 = {shown}\n#### {shown}")
+            right.append(1.0 if good else 0.0)
+    scorer = AnswerScorer.fit(questions, answers, right)
+    scorer.cut = 0.5
+    scorer.save(tmp_path / "checker.npz")
+    script = {
+        "What is 7 times 3?": Scripted(("7 * 3 = 21\n#### 21",)),
+        "What is 8 times 3?": Scripted(("8 * 3 = 29\n#### 29",)),
+    }
+    small = await standin(name="small", script=script)
+    large = await standin(name="large")
+    cascade = {
+        "enabled": True,
+        "confidence": {"method": "scorer", "scorer": "checker", "threshold": 0.5},
+    }
+    running = await sidecar(
+        route(small, large), policy_doc(namespace="default", cascade=cascade), models_dir=tmp_path
+    )
+    right_answer = await ask(running, "What is 7 times 3?")
+    assert right_answer.headers["x-tokenomy-tier"] == "small"
+    wrong_answer = await ask(running, "What is 8 times 3?")
+    assert wrong_answer.headers["x-tokenomy-tier"] == "large"
+    assert "small low_confidence" in wrong_answer.headers["x-tokenomy-route-reason"]

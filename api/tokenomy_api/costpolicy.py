@@ -165,7 +165,8 @@ class Confidence(ApiModel):
     verifier_prompt: Annotated[str, Field(max_length=8192)] | None = None
     """Prompt for ``verifier``; a built-in one when unset."""
     scorer: Annotated[str, Field(min_length=1, max_length=253)] | None = None
-    """ConfigMap holding the learned scorer for ``scorer``."""
+    """ConfigMap holding the learned scorer for ``scorer`` (``tokenomy router train
+    --scorer``) under the key ``model.npz``."""
     format_checks: bool = True
     """Also escalate on a truncated answer, a refusal or a ``response_format`` mismatch."""
 
@@ -187,8 +188,9 @@ class ComplexityRouting(ApiModel):
     enabled: bool = False
     """Whether complexity routing is on."""
     model: Annotated[str, Field(min_length=1, max_length=253)] = "builtin"
-    """``builtin``, or the name of a model from ``tokenomy router train`` (a ConfigMap key
-    mounted into the sidecar's models directory)."""
+    """``builtin``, or a ConfigMap holding a model from ``tokenomy router train`` under the
+    key ``model.npz``; injection mounts it into the sidecar (pods injected before the
+    policy named it need a restart)."""
     threshold: Fraction | None = None
     """Score at or above which a request skips a cheaper tier, unless a tier has its own;
     the score is the predicted chance that the reference tier answers better (divided by

@@ -21,6 +21,9 @@ OPT_OUT = "tokenomy.dev/inject"
 """Label (or annotation) a pod sets to ``"false"`` to never get a sidecar."""
 CONTAINER = "tokenomy-sidecar"
 SECRETS_DIR = "/var/run/tokenomy/secrets"
+MODELS_DIR = "/etc/tokenomy/models"
+MODEL_KEY = "model.npz"
+"""The ConfigMap key a trained routing model is read from."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,27 @@ def secrets_of(config: SidecarConfig) -> list[str]:
     return sorted(names)
 
 
-def _sidecar(settings: InjectionSettings, secrets: list[str]) -> dict[str, Any]:
+def models_of(config: SidecarConfig) -> list[str]:
+    """ConfigMaps holding trained models the policy names (the built-in model needs none)."""
+    names = set()
+    if config.routing.complexity and config.routing.complexity_model != "builtin":
+        names.add(config.routing.complexity_model)
+    confidence = config.cascade_confidence
+    if confidence is not None and confidence.method == "scorer" and confidence.scorer:
+        names.add(confidence.scorer)
+    return sorted(names)
+
+
+def _models_volume(models: list[str]) -> dict[str, Any]:
+    # One projected volume: each ConfigMap's model.npz appears as NAME.npz.
+    sources = [
+        {"configMap": {"name": m, "items": [{"key": MODEL_KEY, "path": f"{m}.npz"}]}}
+        for m in models
+    ]
+    return {"name": "tokenomy-models", "projected": {"sources": sources}}
+
+
+def _sidecar(settings: InjectionSettings, secrets: list[str], models: list[str]) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/readyz", "port": settings.metrics_port}, "periodSeconds": 5}
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -152,6 +175,10 @@ def _sidecar(settings: InjectionSettings, secrets: list[str]) -> dict[str, Any]:
             for s in secrets
         ],
     }
+    if models:
+        container["volumeMounts"].append(
+            {"name": "tokenomy-models", "mountPath": MODELS_DIR, "readOnly": True}
+        )
     if settings.native_sidecar:
         container["restartPolicy"] = "Always"
     return container
@@ -165,7 +192,8 @@ def mutate(
 ) -> dict[str, Any]:
     """The Pod with the sidecar added: a new object, the input untouched.
 
-    Provider keys are mounted into the sidecar only. Application containers get
+    Provider keys, and the ConfigMaps of trained routing models the policy
+    names, are mounted into the sidecar only. Application containers get
     ``OPENAI_BASE_URL`` (and ``OPENAI_API_BASE`` for older SDKs) pointing at
     the sidecar, unless they set either themselves: that is the app's choice.
     """
@@ -178,7 +206,8 @@ def mutate(
         env = container.setdefault("env", [])
         if not {e.get("name") for e in env} & set(names):
             env.extend({"name": name, "value": base_url} for name in names)
-    sidecar = _sidecar(settings, secrets)
+    models = models_of(config) if config is not None else []
+    sidecar = _sidecar(settings, secrets, models)
     if settings.native_sidecar:
         spec["initContainers"] = [sidecar, *(spec.get("initContainers") or [])]
     else:
@@ -186,6 +215,7 @@ def mutate(
     spec["volumes"] = [
         *(spec.get("volumes") or []),
         *({"name": f"tokenomy-secret-{s}", "secret": {"secretName": s}} for s in secrets),
+        *([_models_volume(models)] if models else []),
     ]
     annotations = out.setdefault("metadata", {}).setdefault("annotations", {})
     annotations[INJECTED] = decision.policy

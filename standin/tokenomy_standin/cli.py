@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-interval", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--chunks", type=int, default=8, help="content chunks per stream")
     parser.add_argument(
+        "--logprob", type=float, default=-0.05, help="log-probability of every answer token"
+    )
+    parser.add_argument(
         "--words",
         type=int,
         default=0,
@@ -30,6 +33,7 @@ async def _serve(args: argparse.Namespace) -> None:
         latency=args.latency,
         chunk_interval=args.chunk_interval,
         chunks=args.chunks,
+        logprob=args.logprob,
         reply=" ".join(f"w{i}" for i in range(args.words)) if args.words else None,
     )
     runner, url = await start(settings, args.host, args.port)

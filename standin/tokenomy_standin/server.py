@@ -39,7 +39,7 @@ class StandinSettings:
     latency: float = 0.0
     """Seconds before the response's first byte."""
     chunk_interval: float = 0.0
-    """Seconds between streamed chunks."""
+    """Seconds between streamed chunks; a whole (not streamed) answer takes ``chunks`` of them."""
     chunks: int = 8
     """Content chunks in a streamed answer (the answer's words are spread over them)."""
     reply: str | None = None
@@ -169,6 +169,9 @@ class Standin:
                     "logprobs": _logprobs(words, logprob) if body.get("logprobs") else None,
                 }
             )
+        if self.settings.chunk_interval:
+            # A whole answer takes as long to generate as its stream would.
+            await asyncio.sleep(self.settings.chunk_interval * self.settings.chunks)
         output = sum(len(c["message"]["content"].split()) for c in choices)
         payload = {
             "id": completion_id,
