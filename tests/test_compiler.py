@@ -62,8 +62,8 @@ def test_explicit_default_tier() -> None:
 @pytest.mark.parametrize(
     ("cascade", "expected_tiers", "thresholds"),
     [
-        ({"enabled": True}, ["small", "large"], [0.7, 0.7]),
-        ({"enabled": True, "tiers": ["small", "large"]}, ["small", "large"], [0.7, 0.7]),
+        ({"enabled": True}, ["small", "large"], [None, None]),
+        ({"enabled": True, "tiers": ["small", "large"]}, ["small", "large"], [None, None]),
         (
             {
                 "enabled": True,
@@ -72,7 +72,7 @@ def test_explicit_default_tier() -> None:
             ["small", "large"],
             [0.9, 0.6],
         ),
-        ({"enabled": False, "tiers": ["small"]}, [], [0.7, 0.7]),
+        ({"enabled": False, "tiers": ["small"]}, [], [None, None]),
     ],
 )
 def test_cascade_resolution(

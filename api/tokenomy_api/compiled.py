@@ -88,7 +88,7 @@ class CompiledTier(ApiModel):
     """Name of the tier."""
     backends: list[CompiledBackend]
     """Backends the placement allows, at least one."""
-    cascade_threshold: Fraction
+    cascade_threshold: Fraction | None = None
     """Confidence below which the cascade escalates past this tier."""
     routing_threshold: Fraction | None = None
     """Complexity score at or above which a request skips this tier; the model's own cut

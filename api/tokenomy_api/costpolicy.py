@@ -156,8 +156,9 @@ class Confidence(ApiModel):
     """``logprobs``: mean token probability of the answer; ``agreement``: share of samples
     that agree; ``verifier``: the same model grades its answer; ``scorer``: a learned
     model on (prompt, answer); ``format``: only the format checks."""
-    threshold: Fraction = 0.7
-    """Confidence below which the cascade escalates, unless a tier has its own."""
+    threshold: Fraction | None = None
+    """Confidence below which the cascade escalates, unless a tier has its own. Unset:
+    the scorer's calibrated cut for ``scorer``, 0.7 for the other methods."""
     per_tier: list[TierThreshold] = Field(default_factory=list, max_length=8)
     """Thresholds for particular tiers."""
     samples: Annotated[int, Field(ge=2, le=10)] = 3
@@ -165,8 +166,9 @@ class Confidence(ApiModel):
     verifier_prompt: Annotated[str, Field(max_length=8192)] | None = None
     """Prompt for ``verifier``; a built-in one when unset."""
     scorer: Annotated[str, Field(min_length=1, max_length=253)] | None = None
-    """ConfigMap holding the learned scorer for ``scorer`` (``tokenomy router train
-    --scorer``) under the key ``model.npz``."""
+    """The learned scorer for ``scorer``: ``builtin`` (trained on GSM8K answers), or a
+    ConfigMap holding one from ``tokenomy router train --scorer`` under the key
+    ``model.npz``."""
     format_checks: bool = True
     """Also escalate on a truncated answer, a refusal or a ``response_format`` mismatch."""
 

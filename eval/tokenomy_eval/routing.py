@@ -141,7 +141,7 @@ class Pair:
                 name=name, cluster=f"eval/{name}", provider="openai", model=model,
                 endpoints=[], price=p, weight=1,
             )  # fmt: skip
-            return CompiledTier(name=name, backends=[backend], cascade_threshold=0.0)
+            return CompiledTier(name=name, backends=[backend])
 
         return CompiledRoute(
             name="eval",

@@ -121,8 +121,9 @@ def models_of(config: SidecarConfig) -> list[str]:
     if config.routing.complexity and config.routing.complexity_model != "builtin":
         names.add(config.routing.complexity_model)
     confidence = config.cascade_confidence
-    if confidence is not None and confidence.method == "scorer" and confidence.scorer:
-        names.add(confidence.scorer)
+    scorer = confidence.scorer if confidence is not None and confidence.method == "scorer" else None
+    if scorer is not None and scorer != "builtin":
+        names.add(scorer)
     return sorted(names)
 
 

@@ -60,7 +60,13 @@ from tokenomy_sidecar.sse import (
 from tokenomy_sidecar.stages import identify, semantic_cache
 from tokenomy_sidecar.stages.backend_choice import HealthTracker, rank
 from tokenomy_sidecar.stages.cache_key import exact_key
-from tokenomy_sidecar.stages.cascade import VERIFIER_MAX_TOKENS, client_answer, pick, trial_body
+from tokenomy_sidecar.stages.cascade import (
+    VERIFIER_MAX_TOKENS,
+    cascade_threshold,
+    client_answer,
+    pick,
+    trial_body,
+)
 from tokenomy_sidecar.stages.metering import Usage, cost, savings, usd
 from tokenomy_sidecar.stages.trim import cap_output, trim_prompt
 from tokenomy_sidecar.stages.upstream import Reply, Upstream
@@ -91,6 +97,8 @@ class Exchange:
     semantic_partition: str = ""
     reason: str = "default"
     """Why the answering tier was chosen (``x-tokenomy-route-reason``)."""
+    straight: bool = False
+    """A domain rule chose the tier: it answers, no cascade."""
     lever: str = "tier"
     """Savings lever for metrics: ``tier`` (default tier), ``routing`` or ``cascade``."""
     spent: Decimal = Decimal(0)
@@ -346,7 +354,8 @@ class Proxy:
         decision = decide(x.route, routing, question, similarity, complexity)
         x.tier = _tier(x.route, decision.tier)
         x.reason = decision.reason
-        if len(walk(x.route, decision.tier)) > 1:
+        x.straight = decision.kind == "domain"
+        if not x.straight and len(walk(x.route, decision.tier)) > 1:
             x.lever = "cascade"
         elif decision.kind != "default":
             x.lever = "routing"
@@ -412,7 +421,9 @@ class Proxy:
             value = await self._verify(x, tier, confidence, question, content(choice))
         checks = confidence.format_checks or confidence.method == "format"
         problem = format_problem(choice, x.chat.body) if checks else None
-        verdict = judge(confidence.method, value, tier.cascade_threshold, problem)
+        verdict = judge(
+            confidence.method, value, cascade_threshold(tier, confidence, x.runtime.scorer), problem
+        )
         return verdict, client_answer(completion, choice, x.chat.body), reply
 
     async def _verify(
@@ -549,7 +560,7 @@ class Proxy:
 
     async def _forward(self, x: Exchange, request: web.Request) -> web.StreamResponse:
         assert x.tier is not None
-        tiers = walk(x.route, x.tier.name)
+        tiers = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
         if len(tiers) > 1:
             kept = await self._cascade(x, request, tiers)
             if kept is not None:

@@ -1,7 +1,9 @@
 """Finding the models a config names: the built-in complexity model or trained files.
 
-``builtin`` ships in the package (trained by ``tokenomy router train`` on the
-RouteLLM MMLU and GSM8K outcomes). Any other name is a file in the models
+``builtin`` ships in the package for both: the complexity model trained on
+the RouteLLM MMLU and GSM8K outcomes, the answer scorer on GSM8K answers
+(both by ``scripts/train-builtin-models``, which leaves out the questions
+``tokenomy demo`` asks). Any other name is a file in the models
 directory: ``NAME`` or ``NAME.npz`` (in a cluster, a ConfigMap mounted there).
 A name that cannot be loaded refuses the config, so the last good one stays.
 """
@@ -16,6 +18,7 @@ from tokenomy_sidecar.routing.scorer import AnswerScorer
 
 BUILTIN = "builtin"
 BUILTIN_COMPLEXITY = Path(__file__).with_name("builtin_complexity.npz")
+BUILTIN_SCORER = Path(__file__).with_name("builtin_scorer.npz")
 
 
 @dataclass
@@ -46,7 +49,7 @@ class ModelFiles:
 
     def scorer(self, name: str) -> AnswerScorer:
         """The answer scorer called ``name``."""
-        path = self.path(name)
+        path = BUILTIN_SCORER if name == BUILTIN else self.path(name)
         key = (path, path.stat().st_mtime)
         if key not in self._scorers:
             self._scorers[key] = AnswerScorer.load(path)

@@ -12,11 +12,25 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from tokenomy_api.compiled import CompiledTier
 from tokenomy_api.costpolicy import Confidence
 from tokenomy_sidecar.routing.confidence import agreement, content, logprob_confidence
 from tokenomy_sidecar.routing.scorer import AnswerScorer
 
 VERIFIER_MAX_TOKENS = 8
+DEFAULT_THRESHOLD = 0.7
+"""Confidence a kept answer needs when neither the tier nor the policy sets one."""
+
+
+def cascade_threshold(
+    tier: CompiledTier, confidence: Confidence, scorer: AnswerScorer | None
+) -> float:
+    """The tier's own threshold, else the policy's, else the scorer's cut or the default."""
+    if tier.cascade_threshold is not None:
+        return tier.cascade_threshold
+    if confidence.method == "scorer" and scorer is not None:
+        return scorer.cut
+    return DEFAULT_THRESHOLD
 
 
 def trial_body(body: Mapping[str, Any], confidence: Confidence) -> dict[str, Any]:
