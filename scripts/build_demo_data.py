@@ -1,4 +1,4 @@
-"""Build the demo's data slice and the built-in routing models, reproducibly.
+"""Build the demo's data slice, the example's domain examples and the built-in routing models.
 
     python scripts/build_demo_data.py [--shared ../shared/data]
 
@@ -31,6 +31,18 @@ WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
 GSM8K_QUESTIONS = 200
 SUPPORT_PER_INTENT = 15
+EXAMPLES_PER_INTENT = 3
+
+
+def write_policy_examples(texts: list[str]) -> None:
+    """Put the examples into the example policy's ``support`` domain (between its markers)."""
+    path = ROOT / "examples" / "costpolicy-support-agent.yaml"
+    lines = path.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if "# examples: begin" in line)
+    end = next(i for i, line in enumerate(lines) if "# examples: end" in line)
+    indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
+    body = [f"{indent}- {json.dumps(t)}\n" for t in texts]
+    path.write_text("".join([*lines[: start + 1], *body, *lines[end:]]))
 
 
 def main() -> None:
@@ -62,11 +74,13 @@ def main() -> None:
         for intent in sorted(by_intent):
             for text in by_intent[intent][:SUPPORT_PER_INTENT]:
                 out.writerow([text, intent])
-    examples: dict[str, str] = {}
+    examples: dict[str, list[str]] = defaultdict(list)
     with (args.shared / "banking77" / "train.csv").open(newline="") as f:
         for row in csv.DictReader(f):
-            examples.setdefault(row["category"], row["text"])
+            if len(examples[row["category"]]) < EXAMPLES_PER_INTENT:
+                examples[row["category"]].append(row["text"])
     (DATA / "domain-examples.json").write_text(json.dumps(examples, indent=1) + "\n")
+    write_policy_examples([t for intent in sorted(examples) for t in examples[intent]])
 
     mmlu = load_routellm(args.shared / "routellm-mmlu", WEAK, STRONG)
     prices = {WEAK: price(Decimal("0.60"), Decimal("0.60")), STRONG: price("10", "30")}

@@ -155,7 +155,9 @@ def test_trained_models_are_mounted_from_their_configmaps() -> None:
     pod = yaml.safe_load((GOLDEN / "app-pod.input.yaml").read_text())
     config = example_config()
     assert models_of(config) == []  # the built-in model needs no mount
-    routing = config.routing.model_copy(update={"complexity_model": "my-router"})
+    routing = config.routing.model_copy(
+        update={"complexity": True, "complexity_model": "my-router"}
+    )
     confidence = Confidence(method="scorer", scorer="my-scorer")
     trained = config.model_copy(update={"routing": routing, "cascade_confidence": confidence})
     assert models_of(trained) == ["my-router", "my-scorer"]

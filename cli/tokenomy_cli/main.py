@@ -27,6 +27,7 @@ class Subcommand(Protocol):
 SUBCOMMANDS: dict[str, str] = {
     "compile": "tokenomy_cli.compile_cmd",
     "crds": "tokenomy_cli.crds_cmd",
+    "demo": "tokenomy_demo.cli",
     "eval": "tokenomy_eval.cli",
     "operator": "tokenomy_operator.cli",
     "router": "tokenomy_eval.router_cli",
@@ -38,6 +39,7 @@ SUBCOMMANDS: dict[str, str] = {
 _HELP: dict[str, str] = {
     "compile": "compile CostPolicy and ModelRoute YAML into sidecar configs (JSON)",
     "crds": "write or check the CRD manifests generated from the API types",
+    "demo": "see the savings end to end: stand-in models, a sidecar, a real workload, a report",
     "eval": "score routing, cascading and the semantic cache on data with known outcomes",
     "operator": "run the control plane: watch the CRDs, serve xDS, inject sidecars, write status",
     "router": "train the complexity model or the cascade's answer scorer on your outcomes",

@@ -10,6 +10,7 @@ route's default tier: a broken optimisation never breaks a request.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import random
@@ -140,6 +141,7 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self._embedders: dict[tuple[str, str], Embedder] = {}
         self._examples: dict[tuple[str, str], dict[str, Vectors]] = {}
+        self._examples_lock = asyncio.Lock()
 
     # --- request intake --------------------------------------------------------
 
@@ -365,13 +367,18 @@ class Proxy:
         """Each domain's example embeddings, computed once per config version and route."""
         key = (x.runtime.config.version, x.route.name)
         cached = self._examples.get(key)
-        if cached is None:
-            cached = {}
-            for domain in x.runtime.config.routing.domains:
-                if domain.examples:
-                    vectors, _ = await self._embedder(x).embed(domain.examples)
-                    cached[domain.name] = vectors
-            self._examples[key] = cached
+        if cached is not None:
+            return cached
+        # One request embeds them; requests arriving meanwhile wait for it.
+        async with self._examples_lock:
+            cached = self._examples.get(key)
+            if cached is None:
+                cached = {}
+                for domain in x.runtime.config.routing.domains:
+                    if domain.examples:
+                        vectors, _ = await self._embedder(x).embed(domain.examples)
+                        cached[domain.name] = vectors
+                self._examples[key] = cached
         return cached
 
     async def _cascade(

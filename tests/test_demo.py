@@ -1,0 +1,139 @@
+"""``tokenomy demo``: the report's arithmetic, and a short real run end to end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tokenomy_api.modelroute import Price
+from tokenomy_demo import html, report
+from tokenomy_demo.cli import EXAMPLES, demo
+from tokenomy_demo.run import Result
+from tokenomy_demo.workload import Question, load, support_answer, workload
+
+PRICE = Price(input=Decimal("2.50"), output=Decimal(10))
+CARD = Question("Where is my card?", "support", intent="card_arrival")
+SUM = Question("What is 2 + 3?", "math", answers=("2 + 3 = 6", "2 + 3 = 5"), correct=(False, True))
+
+
+def result(
+    q: Question, text: str, cache: str = "miss", reason: str = "", cost: str = "0"
+) -> Result:
+    return Result(q, "small", cache, reason, Decimal(cost), 0.1, text, 200)
+
+
+@pytest.mark.parametrize(
+    ("q", "text", "right"),
+    [
+        (CARD, support_answer("card_arrival"), True),
+        (CARD, support_answer("card_delivery_estimate"), False),  # a semantic hit gone wrong
+        (SUM, "2 + 3 = 5", True),
+        (SUM, "2 + 3\n= 5", True),  # the same answer, reflowed
+        (SUM, "2 + 3 = 6", False),  # the weak model's recorded (wrong) answer
+        (SUM, "something else entirely", False),  # another question's answer
+    ],
+)
+def test_correctness_comes_from_the_recorded_outcomes(q: Question, text: str, right: bool) -> None:
+    assert report.correct(q, text) is right
+
+
+@pytest.mark.parametrize(
+    ("cache", "reason", "lever"),
+    [
+        ("exact", "", "exact cache"),
+        ("semantic", "", "semantic cache"),
+        ("miss", "cascade; cascade: small confident 0.91", "cascade"),
+        ("miss", "domain support (example 0.71)", "routing"),
+        ("miss", "complexity 0.10 < 0.15", "routing"),
+        ("miss", "default", "none"),
+    ],
+)
+def test_levers(cache: str, reason: str, lever: str) -> None:
+    assert report.lever(result(CARD, "", cache, reason)) == lever
+
+
+def test_levers_add_up_to_the_saving() -> None:
+    results = [
+        result(CARD, support_answer("card_arrival"), "exact"),
+        result(CARD, support_answer("card_arrival"), reason="domain support (example 0.8)",
+               cost="0.0000042"),
+        result(SUM, "2 + 3 = 5", reason="cascade; cascade: small low_confidence 0.2 -> large",
+               cost="0.0009"),  # escalated: dearer than large alone
+        result(SUM, "2 + 3 = 5", reason="default", cost=str(report.cost_on_large(SUM, PRICE))),
+    ]  # fmt: skip
+    built = report.build(results, [], PRICE)
+    assert built.with_tokenomy + sum(built.by_lever.values()) == built.without
+    assert built.by_lever["cascade"] < 0  # overspend is shown, not hidden
+    assert built.by_lever["exact cache"] == report.cost_on_large(CARD, PRICE)
+    assert built.quality_retained == 1.0
+    assert built.hit_rate == 0.25
+
+
+def test_workload_repeats_and_mixes() -> None:
+    questions = workload(load(), 500, seed=3)
+    texts = [q.text for q in questions]
+    assert len(set(texts)) < len(texts) * 0.8  # words repeat
+    intents = {q.intent for q in questions if q.kind == "support"}
+    assert len(intents) > 30  # and paraphrases: many intents, several wordings each
+    assert 0.2 < sum(q.kind == "math" for q in questions) / 500 < 0.4
+    assert questions == workload(load(), 500, seed=3)
+
+
+def test_short_demo_end_to_end(tmp_path: Path) -> None:
+    built = demo(120, 1, EXAMPLES)
+    assert built.requests == 120
+    assert built.errors == 0
+    # The identity the report promises: spend with = spend without - savings by lever.
+    assert built.with_tokenomy == built.without - sum(built.by_lever.values())
+    assert built.with_tokenomy < built.without
+    assert built.by_lever["exact cache"] > 0
+    assert built.by_lever["routing"] > 0
+    assert built.requests_by_lever.get("cascade", 0) > 0
+    assert 0.9 < built.quality_retained < 1.1
+    assert sum(built.tier_shares.values()) == pytest.approx(1.0)
+    page = tmp_path / "report.html"
+    page.write_text(html.page(built, report.text(built)))
+    screenshot(page, tmp_path / "report.png")
+
+
+def screenshot(page: Path, png: Path) -> None:
+    """Render the page in headless Chromium and check the charts were drawn."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+    subprocess.run(
+        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--window-size=1000,1400", f"--screenshot={png}", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    with Image.open(png) as image:
+        colours = Counter(image.convert("RGB").get_flattened_data())
+    # Inline charts in the page's colours: the exact-cache bar is #1f6feb, large #cf222e.
+    assert colours[(0x1F, 0x6F, 0xEB)] > 500
+    assert colours[(0xCF, 0x22, 0x2E)] > 100
+
+
+def test_demo_command_prints_the_report(tmp_path: Path) -> None:
+    page = tmp_path / "r.html"
+    out = subprocess.run(
+        [sys.executable, "-m", "tokenomy_cli.main", "demo", "--requests", "40", "--html", str(page)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Spend without" in out.stdout
+    assert "Savings by lever" in out.stdout
+    assert "40/40" in out.stderr  # progress was shown
+    assert "<svg" in page.read_text()
+    bad = subprocess.run(
+        [sys.executable, "-m", "tokenomy_cli.main", "demo", "--examples", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "expected one CostPolicy and one ModelRoute" in bad.stderr
