@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tokenomy_api.modelroute import Price
-from tokenomy_demo import html, report
+from tokenomy_demo import html, report, scoring
 from tokenomy_demo.cli import EXAMPLES, demo
 from tokenomy_demo.run import Result
 from tokenomy_demo.workload import Question, load, support_answer, workload
@@ -41,7 +42,7 @@ def result(
     ],
 )
 def test_correctness_comes_from_the_recorded_outcomes(q: Question, text: str, right: bool) -> None:
-    assert report.correct(q, text) is right
+    assert scoring.correct(q, text) is right
 
 
 @pytest.mark.parametrize(
@@ -52,28 +53,39 @@ def test_correctness_comes_from_the_recorded_outcomes(q: Question, text: str, ri
         ("miss", "cascade; cascade: small confident 0.91", "cascade"),
         ("miss", "domain support (example 0.71)", "routing"),
         ("miss", "complexity 0.10 < 0.15", "routing"),
-        ("miss", "default", "none"),
+        ("miss", "default", "trimming and caps"),
     ],
 )
 def test_levers(cache: str, reason: str, lever: str) -> None:
-    assert report.lever(result(CARD, "", cache, reason)) == lever
+    assert report.lever(result(0, "", cache, reason)) == lever
 
 
 def test_levers_add_up_to_the_saving() -> None:
+    questions = [CARD, CARD, SUM, SUM]
+    baseline = [scoring.cost_on_large(q, PRICE) for q in questions]
     results = [
-        result(CARD, support_answer("card_arrival"), "exact"),
-        result(CARD, support_answer("card_arrival"), reason="domain support (example 0.8)",
+        result(0, support_answer("card_arrival"), "exact"),
+        result(1, support_answer("card_arrival"), reason="domain support (example 0.8)",
                cost="0.0000042"),
-        result(SUM, "2 + 3 = 5", reason="cascade; cascade: small low_confidence 0.2 -> large",
+        result(2, "2 + 3 = 5", reason="cascade; cascade: small low_confidence 0.2 -> large",
                cost="0.0009"),  # escalated: dearer than large alone
-        result(SUM, "2 + 3 = 5", reason="default", cost=str(report.cost_on_large(SUM, PRICE))),
+        result(3, "2 + 3 = 5", reason="default", cost=str(baseline[3])),
     ]  # fmt: skip
-    built = report.build(results, [], PRICE)
+    right = [scoring.correct(questions[r.index], r.text) for r in results]
+    built = report.build(
+        results, baseline, right, [True] * 4, [], ("small", "large"), "4 questions",
+        month_factor=Decimal(1000),
+    )  # fmt: skip
     assert built.with_tokenomy + sum(built.by_lever.values()) == built.without
     assert built.by_lever["cascade"] < 0  # overspend is shown, not hidden
-    assert built.by_lever["exact cache"] == report.cost_on_large(CARD, PRICE)
+    assert built.by_lever["exact cache"] == baseline[0]
     assert built.quality_retained == 1.0
     assert built.hit_rate == 0.25
+    assert built.month == (built.without * 1000, built.with_tokenomy * 1000)
+    assert "A month" in report.text(built)
+    unknown = report.build(results, baseline, None, None, [], ("small", "large"), "x")
+    assert "Quality         not measured" in report.text(unknown)
+    assert "Cost against quality" not in html.page(unknown, "")
 
 
 def test_workload_repeats_and_mixes() -> None:
@@ -137,3 +149,46 @@ def test_demo_command_prints_the_report(tmp_path: Path) -> None:
     )  # fmt: skip
     assert bad.returncode == 2
     assert "expected one CostPolicy and one ModelRoute" in bad.stderr
+
+
+def test_simulate_replays_a_log_through_a_policy(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    questions = ["Where is my new card?", "How do I reset my PIN?", "Why was my transfer declined?"]
+    lines = []
+    for minute in range(30):
+        q = questions[minute % 3]
+        lines.append(
+            {
+                "timestamp": f"2026-11-02T09:{minute:02d}:00Z",
+                "headers": {"x-tenant-id": "acme"},
+                "request": {"model": "support-chat", "messages": [{"role": "user", "content": q}]},
+                "response": {"choices": [{"message": {"role": "assistant", "content": f"A: {q}"}}]},
+            }
+        )
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    page = tmp_path / "sim.html"
+    cli = [sys.executable, "-m", "tokenomy_cli.main", "simulate", "-f", str(EXAMPLES)]
+    out = subprocess.run(
+        [*cli, "--log", str(log), "--html", str(page)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    figures = dict(
+        line.split(None, 2)[1:] if line.startswith("Spend") else line.split(None, 1)
+        for line in out.stdout.splitlines()
+        if line.startswith(("Spend", "Saved"))
+    )
+    without = Decimal(figures["without"].split()[0].lstrip("$"))
+    with_ = Decimal(figures["with"].split()[0].lstrip("$"))
+    assert with_ < without  # three questions, asked ten times each by one tenant: cached
+    assert "exact cache" in out.stdout
+    assert "A month" in out.stdout  # 29 minutes of timestamps, projected
+    assert "Quality         not measured" in out.stdout
+    assert "Tokenomy simulation" in page.read_text()
+
+    log.write_text('{"model": "support-chat"}\n')
+    bad = subprocess.run(
+        [*cli, "--log", str(log)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert bad.returncode == 2
+    assert "log.jsonl:1: expected a chat request with `messages`" in bad.stderr

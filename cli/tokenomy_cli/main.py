@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, str] = {
     "operator": "tokenomy_operator.cli",
     "router": "tokenomy_eval.router_cli",
     "sidecar": "tokenomy_sidecar.cli",
+    "simulate": "tokenomy_demo.simulate",
     "standin": "tokenomy_standin.cli",
 }
 
@@ -44,6 +45,7 @@ _HELP: dict[str, str] = {
     "operator": "run the control plane: watch the CRDs, serve xDS, inject sidecars, write status",
     "router": "train the complexity model or the cascade's answer scorer on your outcomes",
     "sidecar": "run the OpenAI-compatible sidecar proxy from CostPolicy/ModelRoute YAML",
+    "simulate": "the demo's report for your own policy and request log, projected to a month",
     "standin": "run a stand-in OpenAI-compatible model server (for trying things out)",
 }
 

@@ -14,9 +14,9 @@ from typing import Any
 from tokenomy_api.compiler import compile_configs
 from tokenomy_api.modelroute import Price
 from tokenomy_api.resources import parse_documents
-from tokenomy_demo import html, report
-from tokenomy_demo.run import Result, replay, started
-from tokenomy_demo.workload import Question, load, workload
+from tokenomy_demo import html, report, scoring
+from tokenomy_demo.run import demo_call, read_examples, replay, scripts, started
+from tokenomy_demo.workload import load, workload
 from tokenomy_sidecar.local_embedder import model_dir
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -76,19 +76,30 @@ def demo(
     requests: int, seed: int, examples: Path, progress: Callable[[int], None] | None = None
 ) -> report.Report:
     """Start everything, replay ``requests`` questions, stop everything; the report."""
-    _check_embedder()
+    check_embedder()
     data = load()
     questions = workload(data, requests, seed)
+    calls = [demo_call(q) for q in questions]
+    docs = read_examples(examples)
     print("Starting stand-in models (small, medium, large) and a sidecar...", file=sys.stderr)
-    with started(data, examples) as (api, large, docs):
-        price = _large_price(docs)
-        print(f"Replaying {len(questions):,} requests with the openai SDK...", file=sys.stderr)
-        results = asyncio.run(replay(api, questions, progress))
-        direct = asyncio.run(_direct(large, questions))
-    return report.build(results, direct, price)
+    with started(scripts(data), docs) as (api, urls, served):
+        price = reference_price(served)
+        print(f"Replaying {len(calls):,} requests with the openai SDK...", file=sys.stderr)
+        results = asyncio.run(replay(api, calls, progress))
+        direct = asyncio.run(replay(urls["large"], calls[:64]))
+    support = sum(q.kind == "support" for q in questions)
+    return report.build(
+        results,
+        baseline=[scoring.cost_on_large(q, price) for q in questions],
+        right=[scoring.correct(questions[r.index], r.text) for r in results],
+        right_without=[q.kind == "support" or q.correct[1] for q in questions],
+        direct=direct,
+        tiers=("small", "medium", "large"),
+        mix=f"{support:,} support questions, {len(questions) - support:,} arithmetic word problems",
+    )
 
 
-def _check_embedder() -> None:
+def check_embedder() -> None:
     """The example policy embeds locally: say how to install that before starting anything."""
     model_dir()  # raises with the install command when the weights are missing
     if importlib.util.find_spec("tokenizers") is None:
@@ -97,17 +108,13 @@ def _check_embedder() -> None:
         )
 
 
-async def _direct(large: str, questions: list[Question]) -> list[Result]:
-    # The same first requests straight to the large stand-in: the latency baseline.
-    return await replay(large, questions[: min(len(questions), 64)])
-
-
-def _large_price(docs: list[dict[str, Any]]) -> Price:
+def reference_price(docs: list[dict[str, Any]], policy: str | None = None) -> Price:
     """The reference tier's price as the sidecar ranks it (placement applied)."""
-    resources = parse_documents(("demo", d) for d in docs)
+    resources = parse_documents(("config", d) for d in docs)
     compiled = compile_configs(resources.policies, resources.routes)
     if compiled.problems:
         raise ValueError("; ".join(str(p) for p in compiled.problems))
-    route = next(iter(compiled.configs.values())).routes[0]
+    config = compiled.configs[policy] if policy else next(iter(compiled.configs.values()))
+    route = config.routes[0]
     reference = next(t for t in route.tiers if t.name == route.reference_tier)
     return reference.backends[0].price

@@ -11,8 +11,7 @@ COLOURS = {
     "semantic cache": "#8250df",
     "routing": "#2da44e",
     "cascade": "#bf8700",
-    "output caps": "#57606a",
-    "none": "#afb8c1",
+    "trimming and caps": "#57606a",
     "small": "#2da44e",
     "medium": "#bf8700",
     "large": "#cf222e",
@@ -30,9 +29,9 @@ def _bars(items: list[tuple[str, float, str]], width: int = 420) -> str:
         colour = COLOURS.get(label, "#57606a")
         out.append(
             f'<text x="0" y="{y + 20}" font-size="14">{escape(label)}</text>'
-            f'<rect x="130" y="{y + 4}" width="{length:.1f}" height="22" fill="{colour}" rx="3">'
+            f'<rect x="150" y="{y + 4}" width="{length:.1f}" height="22" fill="{colour}" rx="3">'
             f"<title>{escape(label)}: {escape(shown)}</title></rect>"
-            f'<text x="{136 + length:.1f}" y="{y + 20}" font-size="13">{escape(shown)}</text>'
+            f'<text x="{156 + length:.1f}" y="{y + 20}" font-size="13">{escape(shown)}</text>'
         )
     out.append("</svg>")
     return "".join(out)
@@ -62,7 +61,7 @@ def _cost_quality(report: Report, size: int = 320) -> str:
     """Cost (x, share of all-large) against quality (y, share of all-large): two points."""
     pad = 50
     cost = float(report.with_tokenomy / report.without) if report.without else 0.0
-    quality = report.quality_retained
+    quality = report.quality_retained if report.quality_retained is not None else 1.0
 
     low = min(0.8, quality - 0.05)
     high = max(1.05, quality + 0.05)
@@ -87,7 +86,8 @@ def _cost_quality(report: Report, size: int = 320) -> str:
         f'<text x="{pad}" y="{size + pad + 36}" font-size="12">cost, share of all-large spend'
         f"</text>"
         f'<circle cx="{ax:.1f}" cy="{ay:.1f}" r="7" fill="{COLOURS["large"]}"/>'
-        f'<text x="{ax - 40:.1f}" y="{ay + 24:.1f}" font-size="12">all on large</text>'
+        f'<text x="{ax - 40:.1f}" y="{ay + 24:.1f}" font-size="12">all on {report.reference}'
+        f"</text>"
         f'<circle cx="{bx:.1f}" cy="{by:.1f}" r="7" fill="{COLOURS["routing"]}"/>'
         f'<text x="{bx - 20:.1f}" y="{by + 24:.1f}" font-size="12">with Tokenomy</text>'
         f'<text x="{bx - 20:.1f}" y="{by + 40:.1f}" font-size="12">'
@@ -95,18 +95,25 @@ def _cost_quality(report: Report, size: int = 320) -> str:
     )
 
 
-def page(report: Report, terminal_text: str) -> str:
+def page(report: Report, terminal_text: str, title: str = "Tokenomy demo report") -> str:
     """The whole report page."""
     r = report
     levers = [
         (name, float(r.by_lever[name]), f"{usd(r.by_lever[name])} · "
          f"{r.requests_by_lever.get(name, 0):,} requests")
-        for name in (*LEVERS, "none")
-        if name in r.by_lever
+        for name in LEVERS
     ]  # fmt: skip
     saved_share = float(r.saved / r.without) if r.without else 0.0
+    retained = f"{r.quality_retained:.1%}" if r.quality_retained is not None else "not measured"
+    quality = (
+        f"<section><h2>Cost against quality</h2><p>Both as a share of sending every request to "
+        f"the {escape(r.reference)} tier: quality is the share of right answers, spend what the "
+        f"calls cost.</p>{_cost_quality(r)}</section>"
+        if r.quality_retained is not None
+        else ""
+    )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Tokenomy demo report</title>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
 <style>
 body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 860px; margin: 2em auto; color: #1f2328;
        padding: 0 1em; }}
@@ -117,22 +124,20 @@ h1 {{ font-size: 1.6em; margin-bottom: 0.2em; }}
 pre {{ background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 13px; }}
 section {{ margin: 2em 0; }}
 </style></head><body>
-<h1>Tokenomy demo report</h1>
-<p>{r.requests:,} requests from a support agent ({r.support:,} support questions from
-Banking77, {r.math:,} arithmetic word problems from GSM8K with recorded model answers)
-through the sidecar with the example policy, against stand-in model tiers.</p>
+<h1>{escape(title)}</h1>
+<p>{r.requests:,} requests ({escape(r.mix)}) through the sidecar, against stand-in model
+tiers.</p>
 <div class="kpis">
 <div class="kpi"><b>{saved_share:.1%}</b>spend saved ({usd(r.saved)})</div>
-<div class="kpi"><b>{r.quality_retained:.1%}</b>quality retained</div>
+<div class="kpi"><b>{retained}</b>quality retained</div>
 <div class="kpi"><b>{r.hit_rate:.1%}</b>cache hit rate</div>
-<div class="kpi"><b>{usd(r.with_tokenomy)}</b>spent, vs {usd(r.without)} all-large</div>
+<div class="kpi"><b>{usd(r.with_tokenomy)}</b>spent, vs {usd(r.without)}
+all-{escape(r.reference)}</div>
 </div>
 <section><h2>Savings by lever</h2>{_bars(levers)}</section>
 <section><h2>Which tier answered</h2><p>Requests that reached a model (not served from
 cache).</p>{_stacked(r.tier_shares)}</section>
-<section><h2>Cost against quality</h2><p>Both as a share of sending every request to the
-large tier: quality is the share of correct answers, spend what the calls cost.</p>
-{_cost_quality(r)}</section>
+{quality}
 <section><h2>The figures</h2><pre>{escape(terminal_text)}</pre></section>
 </body></html>
 """

@@ -1,26 +1,24 @@
-"""The demo's figures: spend with and without Tokenomy, savings by lever, quality, latency.
+"""The report of a replay: spend with and without Tokenomy, savings by lever, quality, latency.
 
-Pure arithmetic over the run's results. Spend without Tokenomy is what each
-request would have cost on the large tier (its prompt and the large tier's
-own answer, at the large tier's price); spend with it is what the sidecar
-said each request cost (``x-tokenomy-cost-usd``, every call included). Each
-request's difference is credited to the lever that served it, so the levers
-add up to the total saving exactly.
+Pure arithmetic over the results. Spend without Tokenomy is what each
+request would have cost on the reference tier (given by the caller); spend
+with it is what the sidecar said each request cost (``x-tokenomy-cost-usd``,
+every call included). Each request's difference is credited to the lever
+that served it, so the levers add up to the total saving exactly.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from tokenomy_api.modelroute import Price
-from tokenomy_demo.run import SYSTEM, Result
-from tokenomy_demo.workload import Question, support_answer
+from tokenomy_demo.run import Result
 
 MILLION = Decimal(1_000_000)
-LEVERS = ("exact cache", "semantic cache", "routing", "cascade", "output caps")
+LEVERS = ("exact cache", "semantic cache", "routing", "cascade", "trimming and caps")
 
 
 def words(text: str) -> int:
@@ -28,35 +26,12 @@ def words(text: str) -> int:
     return max(1, len(text.split()))
 
 
-def large_answer(q: Question) -> str:
-    """What the large tier answers."""
-    return support_answer(q.intent) if q.kind == "support" else q.answers[1]
-
-
-def cost_on_large(q: Question, price: Price) -> Decimal:
-    """What the question costs sent straight to the large tier."""
-    prompt = words(SYSTEM) + words(q.text)
-    return (prompt * price.input + words(large_answer(q)) * price.output) / MILLION
-
-
-def correct(q: Question, text: str) -> bool:
-    """Whether the served answer is right for the question asked.
-
-    Support: the answer must be for the question's intent (a semantic hit
-    may serve another intent's). Arithmetic: the answer must be one of the
-    recorded answers to *this* question, and that answer must have been right.
-    """
-    if q.kind == "support":
-        return text.startswith(f"[{q.intent}]")
-    served = text.split()
-    for answer, right in zip(q.answers, q.correct, strict=True):
-        if served == answer.split():
-            return right
-    return False
-
-
 def lever(r: Result) -> str:
-    """The lever that served a request, or ``none`` (it went to the large tier as asked)."""
+    """The lever that served a request.
+
+    Requests no cache, routing or cascade served went to the default tier
+    as asked; what they saved came from prompt trimming and output caps.
+    """
     if r.cache == "exact":
         return "exact cache"
     if r.cache == "semantic":
@@ -65,27 +40,32 @@ def lever(r: Result) -> str:
         return "cascade"
     if r.reason.startswith(("domain", "complexity")):
         return "routing"
-    return "none"
+    return "trimming and caps"
 
 
 @dataclass(frozen=True)
 class Report:
-    """Every figure the demo prints."""
+    """Every figure the demo and ``tokenomy simulate`` print."""
 
     requests: int
-    support: int
-    math: int
+    mix: str
+    """What the requests were, e.g. ``438 support questions, 162 word problems``."""
+    reference: str
+    """The tier spend without Tokenomy is priced on."""
     without: Decimal
     with_tokenomy: Decimal
     by_lever: dict[str, Decimal]
     requests_by_lever: dict[str, int]
-    quality_with: float
-    quality_without: float
+    quality_with: float | None
+    """Share of right answers with Tokenomy; None when the data cannot tell."""
+    quality_without: float | None
     hit_rate: float
     tier_shares: dict[str, float]
     latency_with: float
     latency_without: float
     errors: int
+    month: tuple[Decimal, Decimal] | None = None
+    """Projected spend for a month (without, with), when the traffic rate is known."""
 
     @property
     def saved(self) -> Decimal:
@@ -93,48 +73,58 @@ class Report:
         return self.without - self.with_tokenomy
 
     @property
-    def quality_retained(self) -> float:
-        """Correct answers with Tokenomy as a share of correct answers all-large."""
-        return self.quality_with / self.quality_without if self.quality_without else 0.0
+    def quality_retained(self) -> float | None:
+        """Right answers with Tokenomy as a share of right answers on the reference tier."""
+        if self.quality_with is None or not self.quality_without:
+            return None
+        return self.quality_with / self.quality_without
 
 
-def build(results: list[Result], direct: list[Result], large_price: Price) -> Report:
-    """The report of a run; ``direct`` are requests sent straight to the large tier."""
+def build(
+    results: Sequence[Result],
+    baseline: Sequence[Decimal],
+    right: Sequence[bool] | None,
+    right_without: Sequence[bool] | None,
+    direct: Sequence[Result],
+    tiers: Sequence[str],
+    mix: str,
+    month_factor: Decimal | None = None,
+) -> Report:
+    """The report of a run.
+
+    ``baseline``: each request's cost on the reference tier (the last of
+    ``tiers``); ``right``/``right_without``: whether each answer was right
+    with Tokenomy and on the reference tier (None when unknown); ``direct``:
+    requests sent straight to the reference tier, for latency; ``month_factor``
+    turns this traffic into a month's.
+    """
     by_lever = dict.fromkeys(LEVERS, Decimal(0))
     count: Counter[str] = Counter()
-    without = Decimal(0)
     for r in results:
-        baseline = cost_on_large(r.question, large_price)
-        without += baseline
         name = lever(r)
         count[name] += 1
-        if name != "none":
-            by_lever[name] += baseline - r.cost
+        by_lever[name] += baseline[r.index] - r.cost
+    without = sum(baseline, Decimal(0))
     with_tokenomy = sum((r.cost for r in results), Decimal(0))
-    # A request that reached the large tier unchanged saves nothing; anything
-    # left over (rounding of the header) stays visible instead of vanishing.
-    rest = without - with_tokenomy - sum(by_lever.values())
-    if rest:
-        by_lever["none"] = rest
-    tiers = Counter(r.tier for r in results if r.cache not in ("exact", "semantic"))
-    answered = sum(tiers.values()) or 1
-    right = sum(correct(r.question, r.text) for r in results)
-    right_large = sum(r.question.kind == "support" or r.question.correct[1] for r in results)
+    answered = Counter(r.tier for r in results if r.cache not in ("exact", "semantic") and r.tier)
+    total = sum(answered.values()) or 1
+    n = len(results) or 1
     return Report(
         requests=len(results),
-        support=sum(r.question.kind == "support" for r in results),
-        math=sum(r.question.kind == "math" for r in results),
+        mix=mix,
+        reference=tiers[-1],
         without=without,
         with_tokenomy=with_tokenomy,
         by_lever=by_lever,
         requests_by_lever=dict(count),
-        quality_with=right / len(results),
-        quality_without=right_large / len(results),
-        hit_rate=sum(r.cache in ("exact", "semantic") for r in results) / len(results),
-        tier_shares={t: tiers[t] / answered for t in ("small", "medium", "large")},
-        latency_with=statistics.median(r.seconds for r in results),
+        quality_with=sum(right) / n if right is not None else None,
+        quality_without=sum(right_without) / n if right_without is not None else None,
+        hit_rate=sum(r.cache in ("exact", "semantic") for r in results) / n,
+        tier_shares={t: answered[t] / total for t in tiers},
+        latency_with=statistics.median(r.seconds for r in results) if results else 0.0,
         latency_without=statistics.median(r.seconds for r in direct) if direct else 0.0,
         errors=sum(r.status != 200 for r in results),
+        month=(without * month_factor, with_tokenomy * month_factor) if month_factor else None,
     )
 
 
@@ -147,28 +137,37 @@ def text(report: Report) -> str:
     """The report as the terminal shows it."""
     r = report
     saved_share = float(r.saved / r.without) if r.without else 0.0
+    errors = f", {r.errors} errors" if r.errors else ""
     lines = [
-        f"Requests        {r.requests:,} ({r.support:,} support questions, "
-        f"{r.math:,} arithmetic word problems){'' if not r.errors else f', {r.errors} errors'}",
-        f"Spend without   {usd(r.without)}  (every request on the large tier)",
+        f"Requests        {r.requests:,} ({r.mix}){errors}",
+        f"Spend without   {usd(r.without)}  (every request on the {r.reference} tier)",
         f"Spend with      {usd(r.with_tokenomy)}  (every call made, escalations included)",
         f"Saved           {usd(r.saved)}  ({saved_share:.1%})",
         "",
         "Savings by lever",
     ]
-    for name in (*LEVERS, "none"):
-        if name in r.by_lever:
-            n = r.requests_by_lever.get(name, 0)
-            lines.append(f"  {name:<15} {usd(r.by_lever[name]):>10}   {n:>5,} requests")
+    for name in LEVERS:
+        n = r.requests_by_lever.get(name, 0)
+        lines.append(f"  {name:<17} {usd(r.by_lever[name]):>10}   {n:>5,} requests")
     shares = "  ".join(f"{t} {s:.0%}" for t, s in r.tier_shares.items())
+    lines.append("")
+    if r.quality_retained is not None and r.quality_with is not None:
+        lines.append(
+            f"Quality         {r.quality_retained:.1%} retained ({r.quality_with:.1%} correct "
+            f"with Tokenomy, {r.quality_without or 0:.1%} all-{r.reference})"
+        )
+    else:
+        lines.append("Quality         not measured (the data has no verdict per tier)")
     lines += [
-        "",
-        f"Quality         {r.quality_retained:.1%} retained ({r.quality_with:.1%} correct with "
-        f"Tokenomy, {r.quality_without:.1%} all-large)",
         f"Cache hit rate  {r.hit_rate:.1%}",
         f"Tier shares     {shares}  (of requests that reached a model)",
         f"Latency p50     {r.latency_with * 1000:.0f} ms with Tokenomy, "
-        f"{r.latency_without * 1000:.0f} ms straight to the large tier "
+        f"{r.latency_without * 1000:.0f} ms straight to the {r.reference} tier "
         "(stand-in timing, 10x faster than hosted models)",
     ]
+    if r.month is not None:
+        lines.append(
+            f"A month         {usd(r.month[0])} without, {usd(r.month[1])} with Tokenomy "
+            "(this traffic's rate, projected)"
+        )
     return "\n".join(lines)

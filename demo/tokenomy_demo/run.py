@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,22 @@ TIMING = {
 
 
 @dataclass(frozen=True)
+class Call:
+    """One request to replay."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    body: dict[str, Any] = field(default_factory=dict)
+    """Other fields of the request body (``max_tokens``, ``temperature``...)."""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Result:
     """What one request came back with."""
 
-    question: Question
+    index: int
+    """Position of the call in the replayed list."""
     tier: str
     cache: str
     reason: str
@@ -75,24 +87,37 @@ def scripts(data: Data) -> dict[str, dict[str, Any]]:
     return out
 
 
-def demo_resources(examples: Path, tier_urls: dict[str, str]) -> list[dict[str, Any]]:
-    """The example CostPolicy and ModelRoute, with every backend pointed at its tier's stand-in."""
-    docs = []
-    for path in sorted(examples.glob("*.yaml")):
-        for loaded in yaml.safe_load_all(path.read_text()):
-            if not loaded or loaded.get("kind") not in ("CostPolicy", "ModelRoute"):
-                continue
-            doc = copy.deepcopy(loaded)
-            for tier in doc["spec"].get("tiers", []) if doc["kind"] == "ModelRoute" else []:
-                for backend in tier["backends"]:
-                    backend.pop("service", None)
-                    backend.pop("credentials", None)
-                    backend["url"] = tier_urls[tier["name"]]
-            docs.append(doc)
+def read_examples(examples: Path) -> list[dict[str, Any]]:
+    """The CostPolicy and ModelRoute documents of a folder."""
+    docs = [
+        doc
+        for path in sorted(examples.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc.get("kind") in ("CostPolicy", "ModelRoute")
+    ]
     kinds = sorted(d["kind"] for d in docs)
     if kinds != ["CostPolicy", "ModelRoute"]:
         raise ValueError(f"{examples}: expected one CostPolicy and one ModelRoute, found {kinds}")
     return docs
+
+
+def point_at(docs: list[dict[str, Any]], tier_urls: dict[str, str]) -> list[dict[str, Any]]:
+    """The documents with every backend of a tier sent to that tier's stand-in, keys dropped."""
+    out = []
+    for original in docs:
+        doc = copy.deepcopy(original)
+        if doc["kind"] == "ModelRoute":
+            for tier in doc["spec"].get("tiers", []):
+                for backend in tier["backends"]:
+                    backend.pop("service", None)
+                    backend.pop("credentials", None)
+                    backend["url"] = tier_urls[tier["name"]]
+            embedding = doc["spec"].get("embedding")
+            if embedding and embedding.get("provider") != "local":
+                # No provider keys here: embed locally instead.
+                doc["spec"]["embedding"] = {"provider": "local"}
+        out.append(doc)
+    return out
 
 
 class Processes:
@@ -142,34 +167,40 @@ async def wait_ready(url: str, processes: Processes, timeout: float = 90.0) -> N
 
 
 @contextlib.contextmanager
-def started(data: Data, examples: Path) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
-    """Stand-ins and a sidecar running: (sidecar API URL, large stand-in URL, resources)."""
+def started(
+    tier_scripts: dict[str, dict[str, Any]], docs: list[dict[str, Any]], words: int = 0
+) -> Iterator[tuple[str, dict[str, str], list[dict[str, Any]]]]:
+    """A stand-in per tier and a sidecar running: (API URL, stand-in URL by tier, resources).
+
+    ``words``: how long a stand-in's unscripted answers are (0: it echoes the question).
+    """
     processes = Processes()
     with tempfile.TemporaryDirectory(prefix="tokenomy-demo-") as folder:
         root = Path(folder)
         urls = {}
         try:
-            for tier, script in scripts(data).items():
+            for tier, script in tier_scripts.items():
                 port = free_port()
                 path = root / f"{tier}.json"
                 path.write_text(json.dumps(script))
-                latency, interval = TIMING[tier]
+                latency, interval = TIMING.get(tier, TIMING["medium"])
                 processes.start(
                     tier, "standin", "--port", str(port), "--name", tier, "--script", str(path),
                     "--latency", latency, "--chunk-interval", interval, "--chunks", "8",
+                    "--words", str(words),
                 )  # fmt: skip
                 urls[tier] = f"http://127.0.0.1:{port}/v1"
-            docs = demo_resources(examples, urls)
+            served = point_at(docs, urls)
             config = root / "config"
             config.mkdir()
-            (config / "demo.yaml").write_text(yaml.safe_dump_all(docs))
+            (config / "demo.yaml").write_text(yaml.safe_dump_all(served))
             api, metrics = free_port(), free_port()
             processes.start(
                 "sidecar", "sidecar", "--config", str(config), "--listen", f"127.0.0.1:{api}",
                 "--metrics", f"127.0.0.1:{metrics}", "--log-level", "WARNING",
             )  # fmt: skip
             asyncio.run(_wait_all(processes, urls, metrics))
-            yield f"http://127.0.0.1:{api}/v1", urls["large"], docs
+            yield f"http://127.0.0.1:{api}/v1", urls, served
         finally:
             processes.stop()
 
@@ -182,34 +213,36 @@ async def _wait_all(processes: Processes, urls: dict[str, str], metrics: int) ->
 
 
 async def replay(
-    base_url: str,
-    questions: list[Question],
-    progress: Callable[[int], None] | None = None,
-    headers: dict[str, str] | None = None,
+    base_url: str, calls: list[Call], progress: Callable[[int], None] | None = None
 ) -> list[Result]:
-    """Send every question through ``base_url`` with the openai SDK, CONCURRENCY at a time."""
+    """Send every call to ``base_url`` with the openai SDK, CONCURRENCY at a time."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key="demo", max_retries=0)
     gate = asyncio.Semaphore(CONCURRENCY)
     done = 0
 
-    async def one(q: Question) -> Result:
+    async def one(index: int, call: Call) -> Result:
         nonlocal done
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q.text}]
         async with gate:
             started_at = time.perf_counter()
-            raw = await client.chat.completions.with_raw_response.create(
-                model="support-chat", messages=messages,  # type: ignore[arg-type]
-                extra_headers={"x-tenant-id": TENANT, **(headers or {})},
-            )  # fmt: skip
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=call.model, messages=call.messages,  # type: ignore[arg-type]
+                    extra_headers=call.headers, extra_body=call.body,
+                )  # fmt: skip
+            except openai.APIStatusError as error:
+                raw = None
+                status, text = error.status_code, str(error)
             seconds = time.perf_counter() - started_at
-        answer = raw.parse()
         done += 1
         if progress is not None:
             progress(done)
+        if raw is None:
+            return Result(index, "", "", "", Decimal(0), seconds, text, status)
+        answer = raw.parse()
         h = raw.headers
         return Result(
-            question=q,
-            tier=h.get("x-tokenomy-tier", "large"),
+            index=index,
+            tier=h.get("x-tokenomy-tier", ""),
             cache=h.get("x-tokenomy-cache", "bypass"),
             reason=h.get("x-tokenomy-route-reason", ""),
             cost=Decimal(h.get("x-tokenomy-cost-usd", "0")),
@@ -219,6 +252,12 @@ async def replay(
         )
 
     try:
-        return list(await asyncio.gather(*(one(q) for q in questions)))
+        return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(calls))))
     finally:
         await client.close()
+
+
+def demo_call(q: Question) -> Call:
+    """A demo question as the support agent sends it."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q.text}]
+    return Call("support-chat", messages, headers={"x-tenant-id": TENANT})
