@@ -454,9 +454,9 @@ class Proxy:
         self, x: Exchange, request: web.Request, reply: Reply, completion: dict[str, Any]
     ) -> web.StreamResponse:
         """Serve the answer a cascade kept, as JSON or as the stream the client asked for."""
+        x.headers = {**self._answer_headers(x, reply), "x-tokenomy-cost-usd": usd(x.spent)}
         self._settle(x, reply, Usage.from_openai(completion.get("usage")))
         await self._store(x, reply, completion)
-        x.headers = {**self._answer_headers(x, reply), "x-tokenomy-cost-usd": usd(x.spent)}
         cache = x.headers["x-tokenomy-cache"]
         if x.chat.stream:
             response = web.StreamResponse(headers={**x.headers, **_SSE_HEADERS})
