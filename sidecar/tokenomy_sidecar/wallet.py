@@ -1,0 +1,71 @@
+"""The sidecar's side of budget leases: reserve before a call, reconcile after it.
+
+A request may go upstream only with a reservation of its estimated cost
+from the current lease; when it finishes, the reservation becomes the
+actual cost and a numbered usage report. Pure bookkeeping: time is passed
+in, and the lease client (renewals over gRPC) builds on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Money set aside for one request in flight."""
+
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class Report:
+    """One numbered usage report, as the operator counts it."""
+
+    number: int
+    cost: Decimal
+
+
+@dataclass
+class Wallet:
+    """The current lease and what is reserved and spent from it."""
+
+    lease: Decimal = ZERO
+    expires: float = 0.0
+    spent: Decimal = ZERO
+    """Reconciled spend against the current lease."""
+    reserved: Decimal = ZERO
+    """Reservations of requests in flight."""
+    number: int = 0
+    """The last report's number; numbers keep rising across leases and reconnects."""
+    unsent: list[Report] = field(default_factory=list)
+    """Reports not yet acknowledged by the operator; resent after a reconnect."""
+
+    def reserve(self, estimate: Decimal, now: float) -> Reservation | None:
+        """Set ``estimate`` aside, or None when the lease cannot cover it (or has expired)."""
+        if now >= self.expires or self.spent + self.reserved + estimate > self.lease:
+            return None
+        self.reserved += estimate
+        return Reservation(estimate)
+
+    def settle(self, reservation: Reservation, cost: Decimal) -> Report:
+        """Turn a reservation into the request's actual cost and a numbered report."""
+        self.reserved -= reservation.amount
+        self.spent += cost
+        self.number += 1
+        report = Report(self.number, cost)
+        self.unsent.append(report)
+        return report
+
+    def acknowledged(self, number: int) -> None:
+        """The operator has counted every report up to ``number``."""
+        self.unsent = [r for r in self.unsent if r.number > number]
+
+    def renew(self, amount: Decimal, expires: float) -> None:
+        """A new lease replaces the old; it already includes what is in flight."""
+        self.lease = amount
+        self.expires = expires
+        self.spent = ZERO
