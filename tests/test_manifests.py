@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from typing import Any
@@ -103,6 +104,9 @@ def test_rbac_covers_every_watch_and_write(base: list[dict[str, Any]]) -> None:
 
 
 def test_monitoring_renders() -> None:
-    [monitor] = render("monitoring")
-    assert monitor["kind"] == "PodMonitor"
-    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "tkn-metrics"
+    docs = {d["kind"]: d for d in render("monitoring")}
+    assert sorted(docs) == ["ConfigMap", "PodMonitor", "PrometheusRule"]
+    assert docs["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "tkn-metrics"
+    dashboard = docs["ConfigMap"]
+    assert dashboard["metadata"]["labels"] == {"grafana_dashboard": "1"}
+    assert json.loads(dashboard["data"]["dashboard.json"])["uid"] == "tokenomy"

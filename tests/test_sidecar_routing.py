@@ -316,3 +316,15 @@ async def test_scorer_method_uses_the_trained_scorer(
     wrong_answer = await ask(running, "What is 8 times 3?")
     assert wrong_answer.headers["x-tokenomy-tier"] == "large"
     assert "small low_confidence" in wrong_answer.headers["x-tokenomy-route-reason"]
+
+
+async def test_dashboards_can_join_on_reference_tier_and_budget(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    small = await standin(name="small")
+    large = await standin(name="large")
+    budget = {"amount": "250", "period": "weekly"}
+    running = await sidecar(route(small, large), policy_doc(namespace="default", budget=budget))
+    assert running.metric("tokenomy_reference_tier_info", route="chat", tier="large") == 1
+    assert running.metric("tokenomy_reference_tier_info", tier="small") == 0
+    assert running.metric("tokenomy_budget_usd", policy="agent", period="weekly") == 250

@@ -76,10 +76,20 @@ class Sidecar:
     def _on_config(self, runtime: Runtime) -> None:
         self.semantic.max_entries = runtime.config.cache.store.max_entries
         policy = runtime.config.policy
-        self.metrics.config_info.clear()
-        self.metrics.config_info.labels(policy.namespace, policy.name, runtime.config.version).set(
-            1
-        )
+        m = self.metrics
+        m.config_info.clear()
+        m.config_info.labels(policy.namespace, policy.name, runtime.config.version).set(1)
+        # What dashboards and alert rules join on: the reference tier of each
+        # route, and the budget.
+        m.reference_tier.clear()
+        for route in runtime.config.routes:
+            m.reference_tier.labels(
+                policy.namespace, policy.name, route.name, route.reference_tier
+            ).set(1)
+        m.budget.clear()
+        budget = runtime.config.budget
+        if budget is not None:
+            m.budget.labels(policy.namespace, policy.name, budget.period).set(float(budget.amount))
 
     # --- probes and metrics ------------------------------------------------------
 

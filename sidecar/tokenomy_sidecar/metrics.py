@@ -136,6 +136,18 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.reference_tier = Gauge(
+            "tokenomy_reference_tier_info",
+            "The reference (strongest) tier of each route in force (value 1).",
+            [*ROUTE_LABELS, "tier"],
+            registry=r,
+        )
+        self.budget = Gauge(
+            "tokenomy_budget_usd",
+            "The policy's budget per period, when it has one.",
+            ["namespace", "policy", "period"],
+            registry=r,
+        )
         self.in_flight = Gauge("tokenomy_requests_in_flight", "Requests being served.", registry=r)
 
     def money(self, counter: Counter, amount: Decimal, *labels: str) -> None:
