@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
+from tokenomy_api.ledger import LeaseSettings, Ledger, overshoot_bound
 from tokenomy_api.periods import bounds, projected, share_used
-from tokenomy_operator.ledger import LeaseSettings, Ledger, overshoot_bound
 from tokenomy_sidecar.wallet import Wallet
 
 

@@ -45,6 +45,9 @@ class SidecarSettings:
     """Connections to backends at most, across all of them."""
     models_dir: Path | None = None
     """Where trained routing models (``tokenomy router train``) are read from by name."""
+    enforce_local_budget: bool = False
+    """Keep the policy's budget in this process: right for a standalone sidecar, the only
+    replica of its policy; injected sidecars must share the operator's (not built yet)."""
 
 
 class Sidecar:
@@ -159,6 +162,7 @@ class Sidecar:
         proxy = Proxy(
             self.holder, upstream, self.health, self.metrics, self.clock, self.rng,
             self.semantic, pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
+            enforce_budgets=s.enforce_local_budget,
         )  # fmt: skip
         self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
         self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)

@@ -100,6 +100,8 @@ async def serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics[1],
         pod_region=args.pod_region,
         models_dir=_models_dir(args),
+        # Standalone, this process is the policy's only replica: it keeps the budget.
+        enforce_local_budget=bool(args.config),
     )
     sidecar = Sidecar(settings)
     source: FileSource | XdsSource

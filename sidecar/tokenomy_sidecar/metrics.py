@@ -136,6 +136,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.budget_exceeded = Counter(
+            "tokenomy_budget_exceeded",
+            "Requests that found the budget spent, by what happened (onExceeded: alert served "
+            "them, downgrade served them from the cheapest tier, reject answered 429).",
+            ["namespace", "policy", "mode"],
+            registry=r,
+        )
         self.reference_tier = Gauge(
             "tokenomy_reference_tier_info",
             "The reference (strongest) tier of each route in force (value 1).",

@@ -60,6 +60,7 @@ from tokenomy_sidecar.sse import (
 )
 from tokenomy_sidecar.stages import identify, semantic_cache
 from tokenomy_sidecar.stages.backend_choice import HealthTracker, rank
+from tokenomy_sidecar.stages.budget import LocalBudget, estimate
 from tokenomy_sidecar.stages.cache_key import exact_key
 from tokenomy_sidecar.stages.cascade import (
     VERIFIER_MAX_TOKENS,
@@ -71,6 +72,7 @@ from tokenomy_sidecar.stages.cascade import (
 from tokenomy_sidecar.stages.metering import Usage, cost, savings, usd
 from tokenomy_sidecar.stages.trim import cap_output, trim_prompt
 from tokenomy_sidecar.stages.upstream import Reply, Upstream
+from tokenomy_sidecar.wallet import Reservation
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,9 @@ class Exchange:
     """Savings lever for metrics: ``tier`` (default tier), ``routing`` or ``cascade``."""
     spent: Decimal = Decimal(0)
     """What every call for this request cost, cascade tries and verifier calls included."""
+    budget: LocalBudget | None = None
+    reservation: Reservation | None = None
+    """Money set aside from the budget for this request; settled when it ends."""
 
 
 def _tier(route: CompiledRoute, name: str) -> CompiledTier:
@@ -129,6 +134,7 @@ class Proxy:
         semantic: SemanticIndex,
         pod_region: str | None = None,
         max_body_bytes: int = 8 * 1024 * 1024,
+        enforce_budgets: bool = False,
     ) -> None:
         self.holder = holder
         self.upstream = upstream
@@ -139,6 +145,8 @@ class Proxy:
         self.semantic = semantic
         self.pod_region = pod_region
         self.max_body_bytes = max_body_bytes
+        self.enforce_budgets = enforce_budgets
+        self._budgets: dict[str, LocalBudget] = {}
         self._embedders: dict[tuple[str, str], Embedder] = {}
         self._examples: dict[tuple[str, str], dict[str, Vectors]] = {}
         self._examples_lock = asyncio.Lock()
@@ -211,6 +219,8 @@ class Proxy:
             return error.response(x.headers)
         finally:
             self.metrics.in_flight.dec()
+            if x.budget is not None and x.reservation is not None:
+                x.budget.settle(x.reservation, x.spent)
 
     async def _prepare(
         self, x: Exchange, request: web.Request, raw: bytes
@@ -565,8 +575,40 @@ class Proxy:
             "x-tokenomy-route-reason": x.reason,
         }
 
+    def _admit(self, x: Exchange) -> None:
+        """Reserve the request's cost from the budget, or apply ``onExceeded``."""
+        spec = x.runtime.config.budget
+        if spec is None or not self.enforce_budgets:
+            return
+        assert x.tier is not None
+        key = x.runtime.config.policy.key
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = LocalBudget(spec, self.clock)
+        elif budget.budget != spec:
+            budget.update(spec)
+        x.budget = budget
+        names = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
+        x.reservation = budget.reserve(estimate([_tier(x.route, n) for n in names], x.chat.body))
+        if x.reservation is not None:
+            return
+        self.metrics.budget_exceeded.labels(*x.labels[:2], spec.on_exceeded).inc()
+        if spec.on_exceeded == "reject":
+            x.headers = {"retry-after": str(budget.seconds_to_reset())}
+            raise ApiError(
+                429, budget.exceeded_message(key), "budget_exceeded", code="budget_exceeded"
+            )
+        # Served past the budget: counted when done, reserved nothing.
+        x.reservation = Reservation(Decimal(0))
+        if spec.on_exceeded == "downgrade":
+            x.tier, x.straight = x.route.tiers[0], True
+            x.reason = f"{x.reason}; budget spent: cheapest tier"
+        else:
+            x.reason = f"{x.reason}; budget spent"
+
     async def _forward(self, x: Exchange, request: web.Request) -> web.StreamResponse:
         assert x.tier is not None
+        self._admit(x)
         tiers = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
         if len(tiers) > 1:
             kept = await self._cascade(x, request, tiers)

@@ -6,8 +6,9 @@ budget runs low; a lease that expires stops counting, and its unspent part
 returns to the pool. Reports carry a per-sidecar sequence number: a report
 replayed after a reconnect is recognised and counted once.
 
-Pure: time comes from the caller, nothing here does I/O. The transport
-(reports and grants over gRPC next to ADS) and status persistence build on it.
+Pure: time comes from the caller, nothing here does I/O. A standalone
+sidecar keeps one itself; in a cluster the operator will keep them (reports
+and grants over gRPC next to ADS, spend persisted in status: not built yet).
 """
 
 from __future__ import annotations

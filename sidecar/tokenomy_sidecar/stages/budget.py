@@ -1,0 +1,121 @@
+"""Stage 5c: the budget — reserve a request's cost before it is sent, reconcile after.
+
+A request that will reach a model reserves an upper estimate of what it can
+cost (its prompt, and ``max_tokens`` of answer, on every tier the cascade may
+touch) from the sidecar's lease; once answered, the reservation becomes the
+actual cost. When no lease can cover it, the policy's ``onExceeded`` decides:
+``alert`` serves anyway, ``downgrade`` serves from the cheapest tier without
+escalation, ``reject`` answers 429.
+
+Leases come from a :class:`~tokenomy_api.ledger.Ledger`. A standalone sidecar
+(``--config``) is the only replica of its policy and keeps the ledger itself
+(in memory: a restart starts the period's count again). Under the operator,
+leases must come from the operator's ledger over gRPC so replicas share one
+budget; that is not built yet, so injected sidecars do not enforce budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from tokenomy_api.clock import Clock
+from tokenomy_api.compiled import CompiledTier
+from tokenomy_api.costpolicy import Budget
+from tokenomy_api.ledger import Ledger
+from tokenomy_api.periods import bounds
+from tokenomy_sidecar.request import message_text
+from tokenomy_sidecar.routing.decision import estimate_tokens
+from tokenomy_sidecar.wallet import Reservation, Wallet
+
+MILLION = Decimal(1_000_000)
+DEFAULT_OUTPUT_RESERVE = 1024
+"""Output tokens reserved for a request that sets no ``max_tokens`` (set ``output.maxTokens``)."""
+HOLDER = "self"
+
+
+def estimate(tiers: Sequence[CompiledTier], body: dict[str, Any]) -> Decimal:
+    """An upper estimate of a request's cost: its prompt and its answer on each tier it may try."""
+    prompt = estimate_tokens("\n".join(message_text(m) for m in body.get("messages") or []))
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    output = limit if isinstance(limit, int) and limit > 0 else DEFAULT_OUTPUT_RESERVE
+    n = body.get("n")
+    samples = n if isinstance(n, int) and n > 0 else 1
+    total = Decimal(0)
+    for tier in tiers:
+        price = max((b.price for b in tier.backends), key=lambda p: (p.output, p.input))
+        total += (prompt * price.input + output * samples * price.output) / MILLION
+    return total
+
+
+@dataclass
+class LocalBudget:
+    """A standalone sidecar's budget: its own ledger per period, and its wallet."""
+
+    budget: Budget
+    clock: Clock
+    wallet: Wallet = field(default_factory=Wallet)
+    _ledger: Ledger | None = None
+    _period: tuple[datetime, datetime] | None = None
+
+    def update(self, budget: Budget) -> None:
+        """A new config's budget: same period and spend, new amount and rules."""
+        self.budget = budget
+        if self._ledger is not None:
+            self._ledger.budget = budget.amount
+        self._period = None  # the period or time zone may have changed
+
+    def period(self) -> tuple[datetime, datetime]:
+        """The current period's start and end, in UTC."""
+        now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        if self._period is None or not self._period[0] <= now < self._period[1]:
+            period = bounds(self.budget.period, self.budget.time_zone, now)
+            if self._period is not None and period[0] != self._period[0]:
+                self._ledger = None  # a new period: nothing spent yet
+                self.wallet = Wallet()
+            self._period = period
+        return self._period
+
+    def _the_ledger(self) -> Ledger:
+        self.period()
+        if self._ledger is None:
+            self._ledger = Ledger(self.budget.amount)
+        return self._ledger
+
+    def reserve(self, amount: Decimal) -> Reservation | None:
+        """Set ``amount`` aside, renewing the lease when it runs out; None when spent."""
+        ledger = self._the_ledger()
+        now = self.clock.monotonic()
+        held = self.wallet.reserve(amount, now)
+        if held is None:
+            lease = ledger.grant(HOLDER, self.wallet.reserved, now)
+            self.wallet.renew(lease.amount, lease.expires)
+            held = self.wallet.reserve(amount, now)
+        return held
+
+    def settle(self, reservation: Reservation, cost: Decimal) -> None:
+        """The request is done: count what it cost."""
+        report = self.wallet.settle(reservation, cost)
+        self._the_ledger().report(HOLDER, report.number, report.cost)
+        self.wallet.acknowledged(report.number)
+
+    @property
+    def spent(self) -> Decimal:
+        """USD counted this period."""
+        return self._the_ledger().spent
+
+    def exceeded_message(self, policy: str) -> str:
+        """What a refused request is told: which budget, and when it resets."""
+        end = self.period()[1]
+        return (
+            f"the {self.budget.period} budget of {self.budget.amount} USD of CostPolicy {policy} "
+            f"is spent; it resets at {end.isoformat().replace('+00:00', 'Z')}"
+        )
+
+    def seconds_to_reset(self) -> int:
+        """Whole seconds until the next period starts (for ``Retry-After``)."""
+        end = self.period()[1]
+        return max(1, int(end.timestamp() - self.clock.wall()) + 1)
