@@ -7,8 +7,9 @@ returns to the pool. Reports carry a per-sidecar sequence number: a report
 replayed after a reconnect is recognised and counted once.
 
 Pure: time comes from the caller, nothing here does I/O. A standalone
-sidecar keeps one itself; in a cluster the operator will keep them (reports
-and grants over gRPC next to ADS, spend persisted in status: not built yet).
+sidecar keeps one itself; in a cluster the operator keeps one per policy
+and period (:mod:`tokenomy_operator.usage`). Persisting ``spent`` and
+``sequence`` in status, so a restarted operator resumes, is not built yet.
 """
 
 from __future__ import annotations

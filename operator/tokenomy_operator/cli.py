@@ -14,12 +14,14 @@ from pathlib import Path
 import kopf
 from kubernetes import client, config
 
+from tokenomy_api.clock import SystemClock
 from tokenomy_operator.certs import generate, service_hosts
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.handlers import register
 from tokenomy_operator.injection import InjectionSettings
 from tokenomy_operator.kube import KubeStatusWriter
 from tokenomy_operator.metrics import serve_metrics
+from tokenomy_operator.usage import UsageService, add_to_server
 from tokenomy_operator.webhook import publish_ca
 from tokenomy_operator.webhook import register as register_webhook
 from tokenomy_operator.xds.server import AdsServer, serve
@@ -133,9 +135,12 @@ async def serve_operator(args: argparse.Namespace) -> int:
     api = _kube(args.kubeconfig)
     cache = SnapshotCache()
     ads = AdsServer(cache)
-    grpc_server, port = await serve(ads, f"{args.xds_listen[0]}:{args.xds_listen[1]}")
-    log.info("xDS (ADS) on port %d", port)
     controller = Controller(cache, ads, KubeStatusWriter(api))
+    usage = UsageService(controller.budget_of, SystemClock())
+    grpc_server, port = await serve(
+        ads, f"{args.xds_listen[0]}:{args.xds_listen[1]}", lambda s: add_to_server(usage, s)
+    )
+    log.info("xDS (ADS) and usage reports on port %d", port)
     loop_task = asyncio.create_task(controller.run())
     metrics_runner = await serve_metrics(controller.metrics, *args.metrics_listen)
 

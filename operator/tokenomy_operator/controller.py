@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_api.compiled import SidecarConfig
+from tokenomy_api.costpolicy import Budget
 from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_CONFIG_TYPE_URL
 from tokenomy_operator.metrics import OperatorMetrics
 from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
@@ -72,6 +73,11 @@ class Controller:
         """Called after every sync, for tests and metrics."""
         self.latest: Reconciliation | None = None
         """The outcome of the last sync, which the injection webhook decides by."""
+
+    def budget_of(self, policy: str) -> Budget | None:
+        """The budget of a policy (``namespace/name``) in force, if it has one."""
+        config = self.latest.configs.get(policy) if self.latest is not None else None
+        return config.budget if config is not None else None
 
     def poke(self) -> None:
         """Something changed; sync soon."""

@@ -12,12 +12,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenomy_api.clock import Clock, SystemClock
+from tokenomy_sidecar.budget_client import RemoteKeepers
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.proxy import Proxy, not_found
 from tokenomy_sidecar.routing.models import ModelFiles
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime, default_store_factory
 from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.stages.backend_choice import HealthTracker
+from tokenomy_sidecar.stages.budget import Keepers, LocalKeepers
 from tokenomy_sidecar.stages.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,12 @@ class SidecarSettings:
     """Where trained routing models (``tokenomy router train``) are read from by name."""
     enforce_local_budget: bool = False
     """Keep the policy's budget in this process: right for a standalone sidecar, the only
-    replica of its policy; injected sidecars must share the operator's (not built yet)."""
+    replica of its policy."""
+    usage_address: str | None = None
+    """The operator's usage stream (``host:port``, the xDS address): budgets shared by all
+    of the policy's sidecars through leases."""
+    node_id: str = ""
+    """This sidecar's xDS node id, the base of its name on the usage stream."""
 
 
 class Sidecar:
@@ -70,6 +77,13 @@ class Sidecar:
         self.holder.listeners.append(self._on_config)
         self.health = HealthTracker()
         self.semantic = SemanticIndex(max_entries=10_000, clock=self.clock)
+        self.budgets: Keepers | None = None
+        if self.settings.enforce_local_budget:
+            self.budgets = LocalKeepers(self.clock)
+        elif self.settings.usage_address:
+            self.budgets = RemoteKeepers(
+                self.settings.usage_address, self.settings.node_id, self.clock
+            )
         self.draining = False
         self._runners: list[web.AppRunner] = []
         self._session: aiohttp.ClientSession | None = None
@@ -162,7 +176,7 @@ class Sidecar:
         proxy = Proxy(
             self.holder, upstream, self.health, self.metrics, self.clock, self.rng,
             self.semantic, pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
-            enforce_budgets=s.enforce_local_budget,
+            budgets=self.budgets,
         )  # fmt: skip
         self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
         self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)
@@ -173,6 +187,8 @@ class Sidecar:
         self.draining = True
         for runner in reversed(self._runners):
             await runner.cleanup()
+        if self.budgets is not None:
+            await self.budgets.close()
         self._runners.clear()
         if self._session is not None:
             await self._session.close()

@@ -100,8 +100,11 @@ async def serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics[1],
         pod_region=args.pod_region,
         models_dir=_models_dir(args),
-        # Standalone, this process is the policy's only replica: it keeps the budget.
+        # Standalone, this process is the policy's only replica: it keeps the budget;
+        # injected, the budget is the operator's, shared through leases.
         enforce_local_budget=bool(args.config),
+        usage_address=None if args.config else args.xds,
+        node_id=args.node_id or "",
     )
     sidecar = Sidecar(settings)
     source: FileSource | XdsSource

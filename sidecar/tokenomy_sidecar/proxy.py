@@ -60,7 +60,7 @@ from tokenomy_sidecar.sse import (
 )
 from tokenomy_sidecar.stages import identify, semantic_cache
 from tokenomy_sidecar.stages.backend_choice import HealthTracker, rank
-from tokenomy_sidecar.stages.budget import LocalBudget, estimate
+from tokenomy_sidecar.stages.budget import BudgetKeeper, Keepers, estimate
 from tokenomy_sidecar.stages.cache_key import exact_key
 from tokenomy_sidecar.stages.cascade import (
     VERIFIER_MAX_TOKENS,
@@ -106,7 +106,7 @@ class Exchange:
     """Savings lever for metrics: ``tier`` (default tier), ``routing`` or ``cascade``."""
     spent: Decimal = Decimal(0)
     """What every call for this request cost, cascade tries and verifier calls included."""
-    budget: LocalBudget | None = None
+    budget: BudgetKeeper | None = None
     reservation: Reservation | None = None
     """Money set aside from the budget for this request; settled when it ends."""
 
@@ -134,7 +134,7 @@ class Proxy:
         semantic: SemanticIndex,
         pod_region: str | None = None,
         max_body_bytes: int = 8 * 1024 * 1024,
-        enforce_budgets: bool = False,
+        budgets: Keepers | None = None,
     ) -> None:
         self.holder = holder
         self.upstream = upstream
@@ -145,8 +145,7 @@ class Proxy:
         self.semantic = semantic
         self.pod_region = pod_region
         self.max_body_bytes = max_body_bytes
-        self.enforce_budgets = enforce_budgets
-        self._budgets: dict[str, LocalBudget] = {}
+        self.budgets = budgets
         self._embedders: dict[tuple[str, str], Embedder] = {}
         self._examples: dict[tuple[str, str], dict[str, Vectors]] = {}
         self._examples_lock = asyncio.Lock()
@@ -575,21 +574,18 @@ class Proxy:
             "x-tokenomy-route-reason": x.reason,
         }
 
-    def _admit(self, x: Exchange) -> None:
+    async def _admit(self, x: Exchange) -> None:
         """Reserve the request's cost from the budget, or apply ``onExceeded``."""
         spec = x.runtime.config.budget
-        if spec is None or not self.enforce_budgets:
+        if spec is None or self.budgets is None:
             return
         assert x.tier is not None
         key = x.runtime.config.policy.key
-        budget = self._budgets.get(key)
-        if budget is None:
-            budget = self._budgets[key] = LocalBudget(spec, self.clock)
-        elif budget.budget != spec:
-            budget.update(spec)
+        budget = self.budgets.get(key, spec)
         x.budget = budget
         names = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
-        x.reservation = budget.reserve(estimate([_tier(x.route, n) for n in names], x.chat.body))
+        cost = estimate([_tier(x.route, n) for n in names], x.chat.body)
+        x.reservation = await budget.reserve(cost)
         if x.reservation is not None:
             return
         self.metrics.budget_exceeded.labels(*x.labels[:2], spec.on_exceeded).inc()
@@ -608,7 +604,7 @@ class Proxy:
 
     async def _forward(self, x: Exchange, request: web.Request) -> web.StreamResponse:
         assert x.tier is not None
-        self._admit(x)
+        await self._admit(x)
         tiers = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
         if len(tiers) > 1:
             kept = await self._cascade(x, request, tiers)

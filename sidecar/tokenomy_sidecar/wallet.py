@@ -43,6 +43,8 @@ class Wallet:
     """The last report's number; numbers keep rising across leases and reconnects."""
     unsent: list[Report] = field(default_factory=list)
     """Reports not yet acknowledged by the operator; resent after a reconnect."""
+    settled: Decimal = ZERO
+    """Everything ever settled: marks taken when a lease is asked for are read against it."""
 
     def reserve(self, estimate: Decimal, now: float) -> Reservation | None:
         """Set ``estimate`` aside, or None when the lease cannot cover it (or has expired)."""
@@ -55,6 +57,7 @@ class Wallet:
         """Turn a reservation into the request's actual cost and a numbered report."""
         self.reserved -= reservation.amount
         self.spent += cost
+        self.settled += cost
         self.number += 1
         report = Report(self.number, cost)
         self.unsent.append(report)
@@ -64,8 +67,13 @@ class Wallet:
         """The operator has counted every report up to ``number``."""
         self.unsent = [r for r in self.unsent if r.number > number]
 
-    def renew(self, amount: Decimal, expires: float) -> None:
-        """A new lease replaces the old; it already includes what is in flight."""
+    def renew(self, amount: Decimal, expires: float, mark: Decimal | None = None) -> None:
+        """A new lease replaces the old; it already includes what was in flight.
+
+        ``mark`` is :attr:`settled` when the lease was asked for: requests in
+        flight then that have settled since are already spending the new
+        lease (the operator counts their reports against it).
+        """
         self.lease = amount
         self.expires = expires
-        self.spent = ZERO
+        self.spent = self.settled - mark if mark is not None else ZERO

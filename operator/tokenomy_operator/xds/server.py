@@ -183,10 +183,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return out
 
 
-async def serve(server: AdsServer, address: str) -> tuple[grpc.aio.Server, int]:
-    """Start a gRPC server with the ADS service on ``address`` (``host:port``, port 0 = any)."""
+async def serve(
+    server: AdsServer,
+    address: str,
+    also: Callable[[grpc.aio.Server], None] | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """Start a gRPC server with the ADS service on ``address`` (``host:port``, port 0 = any).
+
+    ``also`` adds more services before the server starts (the usage stream).
+    """
     grpc_server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
+    if also is not None:
+        also(grpc_server)
     port = grpc_server.add_insecure_port(address)
     await grpc_server.start()
     return grpc_server, port

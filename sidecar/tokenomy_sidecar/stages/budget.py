@@ -9,9 +9,9 @@ escalation, ``reject`` answers 429.
 
 Leases come from a :class:`~tokenomy_api.ledger.Ledger`. A standalone sidecar
 (``--config``) is the only replica of its policy and keeps the ledger itself
-(in memory: a restart starts the period's count again). Under the operator,
-leases must come from the operator's ledger over gRPC so replicas share one
-budget; that is not built yet, so injected sidecars do not enforce budgets.
+(:class:`LocalBudget`, in memory: a restart starts the period's count
+again). Injected sidecars share the operator's ledger over the usage stream
+(:mod:`tokenomy_sidecar.budget_client`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from tokenomy_api.clock import Clock
 from tokenomy_api.compiled import CompiledTier
@@ -49,6 +49,46 @@ def estimate(tiers: Sequence[CompiledTier], body: dict[str, Any]) -> Decimal:
         price = max((b.price for b in tier.backends), key=lambda p: (p.output, p.input))
         total += (prompt * price.input + output * samples * price.output) / MILLION
     return total
+
+
+class BudgetKeeper(Protocol):
+    """Where a sidecar's reservations come from."""
+
+    async def reserve(self, amount: Decimal) -> Reservation | None:
+        """Set ``amount`` aside, or None when the budget cannot cover it."""
+        ...
+
+    def settle(self, reservation: Reservation, cost: Decimal) -> None:
+        """The request is done: count what it cost."""
+        ...
+
+    def exceeded_message(self, policy: str) -> str:
+        """What a refused request is told: which budget, and when it resets."""
+        ...
+
+    def seconds_to_reset(self) -> int:
+        """Whole seconds until the next period starts (for ``Retry-After``)."""
+        ...
+
+
+class Keepers(Protocol):
+    """The budget keeper of each policy a sidecar serves."""
+
+    def get(self, policy: str, budget: Budget) -> BudgetKeeper:
+        """The keeper of ``policy``, told the budget in force."""
+        ...
+
+    async def close(self) -> None:
+        """Stop whatever the keepers run."""
+        ...
+
+
+def reset_message(budget: Budget, policy: str, end: datetime) -> str:
+    """The refusal's words: which budget is spent and when it resets."""
+    return (
+        f"the {budget.period} budget of {budget.amount} USD of CostPolicy {policy} "
+        f"is spent; it resets at {end.isoformat().replace('+00:00', 'Z')}"
+    )
 
 
 @dataclass
@@ -85,7 +125,7 @@ class LocalBudget:
             self._ledger = Ledger(self.budget.amount)
         return self._ledger
 
-    def reserve(self, amount: Decimal) -> Reservation | None:
+    async def reserve(self, amount: Decimal) -> Reservation | None:
         """Set ``amount`` aside, renewing the lease when it runs out; None when spent."""
         ledger = self._the_ledger()
         now = self.clock.monotonic()
@@ -109,13 +149,29 @@ class LocalBudget:
 
     def exceeded_message(self, policy: str) -> str:
         """What a refused request is told: which budget, and when it resets."""
-        end = self.period()[1]
-        return (
-            f"the {self.budget.period} budget of {self.budget.amount} USD of CostPolicy {policy} "
-            f"is spent; it resets at {end.isoformat().replace('+00:00', 'Z')}"
-        )
+        return reset_message(self.budget, policy, self.period()[1])
 
     def seconds_to_reset(self) -> int:
         """Whole seconds until the next period starts (for ``Retry-After``)."""
         end = self.period()[1]
         return max(1, int(end.timestamp() - self.clock.wall()) + 1)
+
+
+@dataclass
+class LocalKeepers:
+    """Standalone: one in-process budget per policy."""
+
+    clock: Clock
+    budgets: dict[str, LocalBudget] = field(default_factory=dict)
+
+    def get(self, policy: str, budget: Budget) -> BudgetKeeper:
+        """The policy's budget, updated to the one in force."""
+        keeper = self.budgets.get(policy)
+        if keeper is None:
+            keeper = self.budgets[policy] = LocalBudget(budget, self.clock)
+        elif keeper.budget != budget:
+            keeper.update(budget)
+        return keeper
+
+    async def close(self) -> None:
+        """Nothing runs in the background."""

@@ -1,0 +1,198 @@
+"""Budgets shared by many sidecars over the operator's usage stream (real gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from decimal import Decimal
+
+import grpc
+import openai
+import pytest
+
+from tokenomy_api.clock import SystemClock
+from tokenomy_api.compiler import compile_configs
+from tokenomy_api.costpolicy import Budget
+from tokenomy_operator.usage import UsageService, add_to_server
+from tokenomy_operator.xds.resources import snapshot_for
+from tokenomy_operator.xds.server import AdsServer, serve
+from tokenomy_operator.xds.snapshot import SnapshotCache
+from tokenomy_sidecar.app import Sidecar, SidecarSettings
+from tokenomy_sidecar.budget_client import RemoteBudget
+from tokenomy_sidecar.credentials import Credentials
+from tokenomy_sidecar.xds_client import XdsSource
+
+from helpers import backend, policy, route
+from support import StandinFactory, free_port
+
+LARGE = {"input": "2.50", "output": "10"}
+
+POLICY = "shop/agent"
+
+
+async def start_server(service: UsageService, port: int) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    add_to_server(service, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server
+
+
+async def until(condition: object, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail("timed out")
+
+
+def budget(amount: str, fail_mode: str = "lease") -> Budget:
+    return Budget.model_validate({"amount": amount, "failMode": fail_mode})
+
+
+async def test_twenty_sidecars_share_one_budget_and_survive_a_reconnect() -> None:
+    spec = budget("1.00")
+    service = UsageService(lambda p: spec if p == POLICY else None, SystemClock())
+    port = free_port()
+    server = await start_server(service, port)
+    sidecars = [
+        RemoteBudget(f"127.0.0.1:{port}", f"shop/pod-{i}", POLICY, spec, SystemClock())
+        for i in range(20)
+    ]
+    for s in sidecars:
+        s.start()
+    rng = random.Random(0)
+    settled = Decimal(0)
+    estimate, actual = Decimal("0.004"), Decimal("0.003")
+
+    async def worker(s: RemoteBudget) -> None:
+        nonlocal settled
+        while True:
+            held = await s.reserve(estimate)
+            if held is None:
+                return
+            await asyncio.sleep(rng.random() * 0.02)
+            s.settle(held, actual)
+            settled += actual
+
+    at_drop = Decimal(-1)
+
+    async def drop_connections() -> None:
+        nonlocal server, at_drop
+        await asyncio.sleep(0.05)
+        at_drop = settled
+        await server.stop(grace=None)  # every stream breaks; reports in the air are lost
+        server = await start_server(service, port)
+
+    await asyncio.gather(drop_connections(), *(worker(s) for s in sidecars for _ in range(4)))
+    assert 0 < at_drop < settled  # the drop came while the sidecars were spending
+    ledger = service.periods[POLICY].ledger
+    # Reports not acknowledged before the drop are sent again and counted once.
+    await until(lambda: all(not s.wallet.unsent for s in sidecars))
+    assert ledger.spent == settled
+    assert settled <= spec.amount  # reservations covered every request: never over
+    assert settled > spec.amount - 20 * estimate  # and the budget was used, not stranded
+    for s in sidecars:
+        await s.close()
+    await server.stop(grace=None)
+
+
+async def test_fail_modes_when_the_operator_is_unreachable() -> None:
+    spec = budget("1.00")
+    service = UsageService(lambda p: spec, SystemClock())
+    port = free_port()
+    server = await start_server(service, port)
+    keeps = RemoteBudget(f"127.0.0.1:{port}", "shop/a", POLICY, spec, SystemClock())
+    stops = RemoteBudget(
+        f"127.0.0.1:{port}", "shop/b", POLICY, budget("1.00", "stop"), SystemClock()
+    )
+    for s in (keeps, stops):
+        s.start()
+    assert await keeps.reserve(Decimal("0.01")) is not None
+    assert await stops.reserve(Decimal("0.01")) is not None
+    await server.stop(grace=None)
+    await until(lambda: not keeps.connected and not stops.connected)
+    assert await keeps.reserve(Decimal("0.01")) is not None  # the lease it holds
+    assert await stops.reserve(Decimal("0.01")) is None  # stop: nothing without the operator
+    assert await keeps.reserve(Decimal("100")) is None  # beyond its lease: refused
+    for s in (keeps, stops):
+        await s.close()
+
+
+async def test_a_policy_without_budget_is_counted_and_unlimited() -> None:
+    service = UsageService(lambda p: None, SystemClock())
+    port = free_port()
+    server = await start_server(service, port)
+    client = RemoteBudget(f"127.0.0.1:{port}", "shop/a", POLICY, budget("1"), SystemClock())
+    client.start()
+    await until(lambda: client.unlimited)
+    held = await client.reserve(Decimal(5))
+    assert held is not None
+    client.settle(held, Decimal("2.5"))
+    await until(lambda: not client.wallet.unsent)
+    assert service.periods[POLICY].ledger.spent == Decimal("2.5")
+    await client.close()
+    await server.stop(grace=None)
+
+
+async def test_injected_sidecars_share_the_operators_budget(standin: StandinFactory) -> None:
+    """Two sidecars fed by ADS, leases from the same gRPC server: one budget for both."""
+    model = await standin(name="large", reply="a fine answer")
+    tiers = [{"name": "large", "backends": [backend("l", url=model.url, price=LARGE)]}]
+    budget_spec = {"amount": "0.0015", "onExceeded": "reject"}
+    config = compile_configs(
+        [policy(namespace="default", cache={"exact": {"enabled": False}},
+                output={"maxTokens": 8}, budget=budget_spec)],
+        [route(namespace="default", tiers=tiers)],
+    ).configs["default/agent"]  # fmt: skip
+    cache = SnapshotCache()
+    controller_budget = config.budget
+    usage = UsageService(lambda p: controller_budget, SystemClock())
+    grpc_server, port = await serve(
+        AdsServer(cache), "127.0.0.1:0", lambda s: add_to_server(usage, s)
+    )
+    address = f"127.0.0.1:{port}"
+    sidecars, tasks = [], []
+    for node in ("default/pod-a", "default/pod-b"):
+        cache.set(node, snapshot_for(config))
+        sidecar = Sidecar(
+            SidecarSettings(listen_port=0, metrics_port=0, metrics_host="127.0.0.1",
+                            usage_address=address, node_id=node)
+        )  # fmt: skip
+        source = XdsSource(address, node, sidecar.holder, sidecar.metrics, Credentials())
+        await sidecar.start()
+        tasks.append(asyncio.create_task(source.run()))
+        sidecars.append(sidecar)
+    try:
+        await until(lambda: all(s.holder.current is not None for s in sidecars))
+        clients = [
+            openai.AsyncOpenAI(base_url=s.api_url + "/v1", api_key="x", max_retries=0)
+            for s in sidecars
+        ]
+
+        refusals: list[str] = []
+
+        async def one(i: int) -> Decimal:
+            try:
+                raw = await clients[i % 2].chat.completions.with_raw_response.create(
+                    model="chat", messages=[{"role": "user", "content": f"question {i}"}]
+                )
+            except openai.RateLimitError as error:
+                refusals.append(error.response.json()["error"]["type"])
+                return Decimal(0)
+            return Decimal(raw.headers["x-tokenomy-cost-usd"])
+
+        costs = await asyncio.gather(*(one(i) for i in range(80)))
+        spent = sum(costs)
+        assert 0 < spent <= Decimal("0.0015")
+        assert refusals  # the budget, shared, ran out for both
+        assert set(refusals) == {"budget_exceeded"}
+        await until(lambda: usage.periods["default/agent"].ledger.spent == spent)
+        for client in clients:
+            await client.close()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for sidecar in sidecars:
+            await sidecar.stop()
+        await grpc_server.stop(None)
