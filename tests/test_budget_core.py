@@ -46,7 +46,8 @@ def test_projection_and_share() -> None:
 
 
 def test_leases_shrink_as_the_budget_runs_low() -> None:
-    ledger = Ledger(Decimal(100), LeaseSettings(ttl_seconds=30, share=Decimal("0.5")))
+    settings = LeaseSettings(ttl_seconds=30, share=Decimal("0.5"), maximum_share=Decimal(1))
+    ledger = Ledger(Decimal(100), settings)
     first = ledger.grant("a", Decimal(0), now=0)
     assert first.amount == Decimal(50)  # half of what is left, one holder
     second = ledger.grant("b", Decimal(0), now=0)
@@ -58,8 +59,16 @@ def test_leases_shrink_as_the_budget_runs_low() -> None:
     assert ledger.outstanding() + ledger.spent + ledger.available() == ledger.budget
 
 
+def test_no_lease_takes_more_than_its_share_of_the_budget() -> None:
+    ledger = Ledger(Decimal(100))  # default: at most 1 % of the budget per fresh lease
+    assert ledger.grant("a", Decimal(0), now=0).amount == Decimal(1)
+    assert ledger.grant("b", Decimal(0), now=0).amount == Decimal(1)
+
+
 def test_an_expired_lease_returns_to_the_pool() -> None:
-    ledger = Ledger(Decimal(10), LeaseSettings(ttl_seconds=30, share=Decimal(1)))
+    ledger = Ledger(
+        Decimal(10), LeaseSettings(ttl_seconds=30, share=Decimal(1), maximum_share=Decimal(1))
+    )
     ledger.grant("a", Decimal(0), now=0)
     assert ledger.available() == 0
     ledger.expire(now=29)
@@ -69,7 +78,9 @@ def test_an_expired_lease_returns_to_the_pool() -> None:
 
 
 def test_in_flight_money_stays_held_across_a_renewal() -> None:
-    ledger = Ledger(Decimal(10), LeaseSettings(share=Decimal(1), minimum=Decimal(0)))
+    ledger = Ledger(
+        Decimal(10), LeaseSettings(share=Decimal(1), minimum=Decimal(0), maximum_share=Decimal(1))
+    )
     ledger.grant("a", Decimal(0), now=0)  # all 10
     renewed = ledger.grant("a", Decimal(4), now=1)  # 4 reserved by requests still running
     assert renewed.amount == Decimal(10)  # the 4 in flight plus the 6 nobody holds

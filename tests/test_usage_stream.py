@@ -69,6 +69,9 @@ async def test_twenty_sidecars_share_one_budget_and_survive_a_reconnect() -> Non
         nonlocal settled
         while True:
             held = await s.reserve(estimate)
+            if held is None and not s.connected:
+                await asyncio.sleep(0.05)  # refused while the operator is away: try later
+                continue
             if held is None:
                 return
             await asyncio.sleep(rng.random() * 0.02)
@@ -91,7 +94,8 @@ async def test_twenty_sidecars_share_one_budget_and_survive_a_reconnect() -> Non
     await until(lambda: all(not s.wallet.unsent for s in sidecars))
     assert ledger.spent == settled
     assert settled <= spec.amount  # reservations covered every request: never over
-    assert settled > spec.amount - 20 * estimate  # and the budget was used, not stranded
+    # ... and the budget was used: at most a lease's crumbs (1 % of it) left per sidecar.
+    assert settled > spec.amount * Decimal("0.8")
     for s in sidecars:
         await s.close()
     await server.stop(grace=None)
@@ -106,17 +110,19 @@ async def test_fail_modes_when_the_operator_is_unreachable() -> None:
     stops = RemoteBudget(
         f"127.0.0.1:{port}", "shop/b", POLICY, budget("1.00", "stop"), SystemClock()
     )
-    for s in (keeps, stops):
-        s.start()
-    assert await keeps.reserve(Decimal("0.01")) is not None
-    assert await stops.reserve(Decimal("0.01")) is not None
-    await server.stop(grace=None)
-    await until(lambda: not keeps.connected and not stops.connected)
-    assert await keeps.reserve(Decimal("0.01")) is not None  # the lease it holds
-    assert await stops.reserve(Decimal("0.01")) is None  # stop: nothing without the operator
-    assert await keeps.reserve(Decimal("100")) is None  # beyond its lease: refused
-    for s in (keeps, stops):
-        await s.close()
+    try:
+        for s in (keeps, stops):
+            s.start()
+        assert await keeps.reserve(Decimal("0.001")) is not None  # a lease of 0.01 (1 %)
+        assert await stops.reserve(Decimal("0.001")) is not None
+        await server.stop(grace=None)
+        await until(lambda: not keeps.connected and not stops.connected)
+        assert await keeps.reserve(Decimal("0.001")) is not None  # the lease it holds
+        assert await stops.reserve(Decimal("0.001")) is None  # stop: nothing without the operator
+        assert await keeps.reserve(Decimal("0.05")) is None  # beyond its lease: refused
+    finally:
+        for s in (keeps, stops):
+            await s.close()
 
 
 async def test_a_policy_without_budget_is_counted_and_unlimited() -> None:

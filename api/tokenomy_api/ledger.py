@@ -30,6 +30,9 @@ class LeaseSettings:
     """Share of what is left that all holders' fresh leases may take together."""
     minimum: Decimal = Decimal("0.01")
     """Smallest fresh lease worth granting (USD), unless less than that is left."""
+    maximum_share: Decimal = Decimal("0.01")
+    """Largest fresh lease as a share of the budget: the first sidecars to ask must not
+    hold the budget that later ones need (a hundred sidecars can each hold 1 %)."""
 
 
 @dataclass
@@ -102,6 +105,10 @@ class Ledger:
         fresh = ZERO
         if left > 0:
             fresh = max(left * self.settings.share / holders, min(left, self.settings.minimum))
+            if self.budget.is_finite():
+                fresh = min(
+                    fresh, max(self.budget * self.settings.maximum_share, self.settings.minimum)
+                )
             fresh = min(fresh, left)
         lease = Lease(holder, held + fresh, now + self.settings.ttl_seconds)
         self.leases[holder] = lease
