@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from tokenomy_api.clock import ManualClock
 from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
+from tokenomy_api.usage_protocol import Report, SidecarMessage
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.state import Pod, PolicyStatus
 from tokenomy_operator.status import Rollout, condition, policy_status
+from tokenomy_operator.usage import UsageService
 from tokenomy_operator.xds.server import AdsServer, serve
 from tokenomy_operator.xds.snapshot import SnapshotCache
 from tokenomy_sidecar.app import Sidecar, SidecarSettings
@@ -186,3 +189,48 @@ async def test_deleted_pod_snapshot_is_dropped(loop: Any) -> None:
     del controller.state.pods[("ns", "p")]
     await controller.sync()
     assert controller.cache.nodes() == []
+
+
+async def test_spend_reaches_status_and_survives_an_operator_restart() -> None:
+    """No loss and no double count: status.spend carries spend and the last report numbers."""
+    budget = {"amount": "10", "period": "monthly"}
+
+    def operator(state_from: Controller | None = None) -> tuple[Controller, MemoryWriter]:
+        cache = SnapshotCache()
+        writer = MemoryWriter()
+        controller = Controller(cache, AdsServer(cache), writer, clock=ManualClock(), debounce=0.01)
+        controller.usage = UsageService(controller.budget_of, ManualClock(), ready=False)
+        if state_from is not None:
+            controller.state = state_from.state
+        return controller, writer
+
+    first, writer = operator()
+    first.state.routes[("ns", "chat")] = route_doc()
+    first.state.policies[("ns", "agent")] = policy_doc(budget=budget)
+    await first.sync()
+    usage = first.usage
+    assert usage is not None
+    assert usage.seen("ns/agent").is_set()  # the status was read: reports may count now
+    reports = [Report(number=n, cost_usd="0.25") for n in (1, 2, 3)]
+    usage.handle(SidecarMessage(holder="ns/agent-1#a", policy="ns/agent", reports=reports))
+    await first.sync()
+    spend = writer.statuses[("costpolicies", "ns", "agent")]["spend"]
+    assert spend["amount"] == "0.75"
+    assert spend["budgetUsed"] == "7%"
+    assert spend["periodStart"] == "1970-01-01T00:00:00Z"
+    assert spend["reports"] == [{"holder": "ns/agent-1#a", "number": 3}]
+
+    # The operator restarts: its state (with the status) comes back from the API server.
+    first.state.policies[("ns", "agent")]["status"] = writer.statuses[
+        ("costpolicies", "ns", "agent")
+    ]
+    second, writer2 = operator(first)
+    assert second.usage is not None
+    assert not second.usage.seen("ns/agent").is_set()  # reports wait for the restore
+    await second.sync()
+    assert second.usage.periods["ns/agent"].ledger.spent == Decimal("0.75")
+    # The sidecar sends again what it had not seen acknowledged, and one new report.
+    again = [*reports, Report(number=4, cost_usd="0.25")]
+    second.usage.handle(SidecarMessage(holder="ns/agent-1#a", policy="ns/agent", reports=again))
+    await second.sync()
+    assert writer2.statuses[("costpolicies", "ns", "agent")]["spend"]["amount"] == "1.00"

@@ -487,6 +487,15 @@ class Sidecars(ApiModel):
     """Sidecars that rejected (NACKed) the current version."""
 
 
+class ReportMark(ApiModel):
+    """The last usage report counted from one sidecar."""
+
+    holder: Annotated[str, Field(min_length=1, max_length=300)]
+    """The sidecar's name on the usage stream (pod and start)."""
+    number: Annotated[int, Field(ge=0)]
+    """The number of its last report counted."""
+
+
 class Spend(ApiModel):
     """Spend in the current budget period."""
 
@@ -498,6 +507,9 @@ class Spend(ApiModel):
     """USD expected by the end of the period at the current rate."""
     budget_used: Annotated[str, Field(max_length=16)] = ""
     """Share of the budget spent, e.g. ``42%``."""
+    reports: list[ReportMark] = Field(default_factory=list, max_length=10_000)
+    """Last report counted per sidecar this period: a restarted operator resumes from
+    ``amount`` and these, so a report sent again after the restart is counted once."""
 
 
 class TierShare(ApiModel):

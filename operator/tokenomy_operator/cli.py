@@ -136,7 +136,8 @@ async def serve_operator(args: argparse.Namespace) -> int:
     cache = SnapshotCache()
     ads = AdsServer(cache)
     controller = Controller(cache, ads, KubeStatusWriter(api))
-    usage = UsageService(controller.budget_of, SystemClock())
+    # Reports wait until the controller has read each policy's status.spend.
+    usage = controller.usage = UsageService(controller.budget_of, SystemClock(), ready=False)
     grpc_server, port = await serve(
         ads, f"{args.xds_listen[0]}:{args.xds_listen[1]}", lambda s: add_to_server(usage, s)
     )

@@ -10,6 +10,7 @@ differ from what the resource already shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_C
 from tokenomy_operator.metrics import OperatorMetrics
 from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
 from tokenomy_operator.status import Rollout, policy_status, route_status
+from tokenomy_operator.usage import UsageService
 from tokenomy_operator.xds.resources import snapshot_for
 from tokenomy_operator.xds.server import AdsServer
 from tokenomy_operator.xds.snapshot import Snapshot, SnapshotCache
@@ -56,6 +58,8 @@ class Controller:
         clock: Clock | None = None,
         debounce: float = 0.05,
         metrics: OperatorMetrics | None = None,
+        usage: UsageService | None = None,
+        spend_interval: float = 15.0,
     ) -> None:
         self.cache = cache
         self.ads = ads
@@ -63,6 +67,10 @@ class Controller:
         self.clock = clock or SystemClock()
         self.debounce = debounce
         self.metrics = metrics or OperatorMetrics()
+        self.usage = usage
+        """Spend per policy, written into status and restored from it."""
+        self.spend_interval = spend_interval
+        """How often spend reaches status when nothing else changes."""
         ads.listeners.append(self.metrics.xds_reply)
         self.state = ClusterState()
         self._dirty = asyncio.Event()
@@ -86,7 +94,11 @@ class Controller:
     async def run(self) -> None:
         """Sync after every burst of changes, until cancelled."""
         while True:
-            await self._dirty.wait()
+            if self.usage is None:
+                await self._dirty.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), self.spend_interval)
             await asyncio.sleep(self.debounce)
             self._dirty.clear()
             try:
@@ -133,6 +145,11 @@ class Controller:
             previous = self.state.policies.get((namespace, name), {}).get("status") or {}
             config = result.configs.get(key)
             status = policy_status(observed, self._rollout(observed, config), previous, now)
+            if self.usage is not None:
+                self.usage.restore(key, previous.get("spend"))
+                spend = self.usage.spend_status(key)
+                if spend is not None:
+                    status["spend"] = spend
             await self._write("CostPolicy", COST_POLICY_PLURAL, namespace, name, status, previous)
         for key, observed_route in result.routes.items():
             namespace, name = key.split("/", 1)

@@ -4,14 +4,19 @@ One :class:`~tokenomy_api.ledger.Ledger` per CostPolicy and budget period;
 a new period starts a new ledger. Policies without a budget are counted too
 (their spend is wanted in status) and answered ``unlimited``.
 
-Not built yet: writing the ledgers' spend into CostPolicy status, and
-resuming them from status after a restart (the ledger supports it).
+The controller writes each ledger's spend into ``status.spend`` (with the
+last report number counted per sidecar) and, after a restart, restores the
+ledgers from there before any report is counted (:meth:`UsageService.restore`,
+reports of a policy wait until it is restored), so nothing is lost or counted
+twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -22,12 +27,14 @@ import grpc
 from tokenomy_api.clock import Clock
 from tokenomy_api.costpolicy import Budget
 from tokenomy_api.ledger import LeaseSettings, Ledger
-from tokenomy_api.periods import bounds
+from tokenomy_api.periods import bounds, projected, share_used
 from tokenomy_api.usage_protocol import SERVICE, OperatorMessage, SidecarMessage
 
 log = logging.getLogger(__name__)
 
 UNBUDGETED = Decimal("Infinity")
+CENT = Decimal("0.01")
+RESTORE_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -47,11 +54,71 @@ class UsageService:
         budget_of: Callable[[str], Budget | None],
         clock: Clock,
         settings: LeaseSettings | None = None,
+        ready: bool = True,
     ) -> None:
         self.budget_of = budget_of
         self.clock = clock
         self.settings = settings or LeaseSettings()
         self.periods: dict[str, Period] = {}
+        self.restored_all = ready
+        """When False, a policy's reports wait until :meth:`restore` has seen its status."""
+        self._seen: dict[str, asyncio.Event] = {}
+
+    def seen(self, policy: str) -> asyncio.Event:
+        """Set once the policy's status has been read (or there is nothing to read)."""
+        event = self._seen.get(policy)
+        if event is None:
+            event = self._seen[policy] = asyncio.Event()
+            if self.restored_all:
+                event.set()
+        return event
+
+    def restore(self, policy: str, spend: Mapping[str, Any] | None) -> bool:
+        """Resume a policy's ledger from its ``status.spend``, if that is this period's.
+
+        Called by the controller for every policy it sees; until then, that
+        policy's reports wait, so none is counted into a ledger that a
+        restore would then overwrite.
+        """
+        event = self.seen(policy)
+        if event.is_set():
+            return False
+        event.set()
+        if not spend or policy in self.periods:
+            return False
+        period, _ = self.period(policy)
+        if spend.get("periodStart") != _rfc3339(period.start):
+            return False  # a past period: this one starts from nothing
+        try:
+            period.ledger.spent = Decimal(str(spend.get("amount", "0")))
+            period.ledger.sequence = {
+                str(r["holder"]): int(r["number"]) for r in spend.get("reports") or []
+            }
+        except (InvalidOperation, KeyError, TypeError, ValueError):
+            log.warning("status.spend of %s is unreadable; counting from zero", policy)
+            period.ledger.spent, period.ledger.sequence = Decimal(0), {}
+            return False
+        return True
+
+    def spend_status(self, policy: str) -> dict[str, Any] | None:
+        """``status.spend`` for a policy whose sidecars have reported this period."""
+        current = self.periods.get(policy)
+        if current is None:
+            return None
+        budget = self.budget_of(policy)
+        now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        spent = current.ledger.spent
+        out: dict[str, Any] = {
+            "amount": str(spent),
+            "periodStart": _rfc3339(current.start),
+            "projected": str(projected(spent, current.start, current.end, now).quantize(CENT)),
+            "reports": [
+                {"holder": h, "number": n} for h, n in sorted(current.ledger.sequence.items())
+            ],
+        }
+        if budget is not None:
+            out["budgetUsed"] = share_used(spent, budget.amount)
+        return out
 
     def period(self, policy: str) -> tuple[Period, Budget | None]:
         """The policy's current period (a new ledger when the period turned over)."""
@@ -83,7 +150,7 @@ class UsageService:
         answer = OperatorMessage(
             acknowledged=ledger.sequence.get(message.holder, 0),
             unlimited=budget is None,
-            resets_at=period.end.isoformat().replace("+00:00", "Z"),
+            resets_at=_rfc3339(period.end),
         )
         if message.want_lease and budget is not None:
             try:
@@ -99,8 +166,13 @@ class UsageService:
     async def stream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        """The ``Stream`` method: an answer for every message."""
+        """The ``Stream`` method: an answer for every message (once its policy is restored)."""
         async for message in requests:
+            seen = self.seen(message.policy)
+            if not seen.is_set():
+                # A policy the controller has not read yet; a deleted one never will be.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(seen.wait(), RESTORE_WAIT_SECONDS)
             yield self.handle(message)
 
 
@@ -114,3 +186,7 @@ def add_to_server(service: UsageService, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, {"Stream": handler}),)
     )
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
