@@ -231,6 +231,11 @@ async def test_spend_reaches_status_and_survives_an_operator_restart() -> None:
     assert second.usage.periods["ns/agent"].ledger.spent == Decimal("0.75")
     # The sidecar sends again what it had not seen acknowledged, and one new report.
     again = [*reports, Report(number=4, cost_usd="0.25")]
-    second.usage.handle(SidecarMessage(holder="ns/agent-1#a", policy="ns/agent", reports=again))
+    answer = second.usage.handle(
+        SidecarMessage(holder="ns/agent-1#a", policy="ns/agent", reports=again)
+    )
+    # Counted, but not in status yet: the sidecar must keep report 4 until it is.
+    assert answer.acknowledged == 3
     await second.sync()
     assert writer2.statuses[("costpolicies", "ns", "agent")]["spend"]["amount"] == "1.00"
+    assert second.usage.acknowledged("ns/agent", "ns/agent-1#a") == 4

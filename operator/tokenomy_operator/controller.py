@@ -151,6 +151,9 @@ class Controller:
                 if spend is not None:
                     status["spend"] = spend
             await self._write("CostPolicy", COST_POLICY_PLURAL, namespace, name, status, previous)
+            if self.usage is not None and "spend" in status:
+                # Written (or already there): sidecars may now forget these reports.
+                self.usage.persisted(key, status["spend"]["reports"])
         for key, observed_route in result.routes.items():
             namespace, name = key.split("/", 1)
             previous = self.state.routes.get((namespace, name), {}).get("status") or {}

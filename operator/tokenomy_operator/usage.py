@@ -63,6 +63,8 @@ class UsageService:
         self.restored_all = ready
         """When False, a policy's reports wait until :meth:`restore` has seen its status."""
         self._seen: dict[str, asyncio.Event] = {}
+        self._persisted: dict[str, dict[str, int]] = {}
+        """Per policy, the last report number per sidecar that status holds."""
 
     def seen(self, policy: str) -> asyncio.Event:
         """Set once the policy's status has been read (or there is nothing to read)."""
@@ -94,11 +96,26 @@ class UsageService:
             period.ledger.sequence = {
                 str(r["holder"]): int(r["number"]) for r in spend.get("reports") or []
             }
+            self.persisted(policy, list(spend.get("reports") or []))
         except (InvalidOperation, KeyError, TypeError, ValueError):
             log.warning("status.spend of %s is unreadable; counting from zero", policy)
             period.ledger.spent, period.ledger.sequence = Decimal(0), {}
             return False
         return True
+
+    def persisted(self, policy: str, reports: list[dict[str, Any]]) -> None:
+        """Status now holds these report numbers: acknowledge up to them from now on."""
+        self._persisted[policy] = {str(r["holder"]): int(r["number"]) for r in reports}
+
+    def acknowledged(self, policy: str, holder: str) -> int:
+        """The report number a sidecar may forget up to: counted, and safe in status.
+
+        Without a controller writing status (``restored_all``), counted is enough.
+        """
+        counted = self.periods[policy].ledger.sequence.get(holder, 0)
+        if self.restored_all:
+            return counted
+        return min(counted, self._persisted.get(policy, {}).get(holder, 0))
 
     def spend_status(self, policy: str) -> dict[str, Any] | None:
         """``status.spend`` for a policy whose sidecars have reported this period."""
@@ -148,7 +165,7 @@ class UsageService:
                 continue
             ledger.report(message.holder, report.number, cost)
         answer = OperatorMessage(
-            acknowledged=ledger.sequence.get(message.holder, 0),
+            acknowledged=self.acknowledged(message.policy, message.holder),
             unlimited=budget is None,
             resets_at=_rfc3339(period.end),
         )

@@ -60,6 +60,8 @@ class RemoteBudget:
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
         self._first = asyncio.Event()
+        self._sent = 0
+        """The highest report number sent on the current stream."""
         self._mark = Decimal(0)
         """What had settled when the pending lease was asked for."""
 
@@ -71,7 +73,7 @@ class RemoteBudget:
         """Send what is left, then stop."""
         if self._task is not None:
             if self.connected and self.wallet.unsent:
-                self._outbox.put_nowait(self._message())
+                self._outbox.put_nowait(self._message(everything=True))
                 await asyncio.sleep(FLUSH_SECONDS)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -79,8 +81,16 @@ class RemoteBudget:
 
     # --- the stream ----------------------------------------------------------------
 
-    def _message(self, want_lease: bool = False) -> Any:
-        reports = [Report(number=r.number, cost_usd=str(r.cost)) for r in self.wallet.unsent]
+    def _message(self, want_lease: bool = False, everything: bool = False) -> Any:
+        # Reports stay unacknowledged until the operator has them in status; they
+        # are sent once, and all of them again after a reconnect.
+        reports = [
+            Report(number=r.number, cost_usd=str(r.cost))
+            for r in self.wallet.unsent
+            if everything or r.number > self._sent
+        ]
+        if self.wallet.unsent:
+            self._sent = max(self._sent, self.wallet.unsent[-1].number)
         return SidecarMessage(
             holder=self.holder,
             policy=self.policy,
@@ -90,7 +100,7 @@ class RemoteBudget:
         )
 
     async def _requests(self) -> AsyncIterator[Any]:
-        yield self._message()  # on every (re)connect: all reports not yet acknowledged
+        yield self._message(everything=True)  # on every (re)connect: all not acknowledged
         while True:
             yield await self._outbox.get()
 
