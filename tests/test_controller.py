@@ -239,3 +239,45 @@ async def test_spend_reaches_status_and_survives_an_operator_restart() -> None:
     await second.sync()
     assert writer2.statuses[("costpolicies", "ns", "agent")]["spend"]["amount"] == "1.00"
     assert second.usage.acknowledged("ns/agent", "ns/agent-1#a") == 4
+
+
+async def test_budget_thresholds_raise_events_and_exhaustion_a_condition() -> None:
+    cache = SnapshotCache()
+    writer = MemoryWriter()
+    controller = Controller(cache, AdsServer(cache), writer, clock=ManualClock(), debounce=0.01)
+    usage = controller.usage = UsageService(controller.budget_of, ManualClock(), ready=False)
+    controller.state.routes[("ns", "chat")] = route_doc()
+    budget = {"amount": "10", "warnAt": [50, 80], "onExceeded": "downgrade"}
+    controller.state.policies[("ns", "agent")] = policy_doc(budget=budget)
+    key = ("costpolicies", "ns", "agent")
+    number = 0
+
+    async def spend(usd: str) -> dict[str, Any]:
+        nonlocal number
+        number += 1
+        report = Report(number=number, cost_usd=usd)
+        usage.handle(SidecarMessage(holder="ns/a#1", policy="ns/agent", reports=[report]))
+        await controller.sync()
+        # What the API server would hand back to the next sync.
+        controller.state.policies[("ns", "agent")]["status"] = writer.statuses[key]
+        return {c["type"]: c for c in writer.statuses[key]["conditions"]}
+
+    def warnings() -> list[tuple[str, str]]:
+        return [(e[4], e[5]) for e in writer.events if e[3] == "Warning"]
+
+    await controller.sync()
+    conditions = await spend("4")
+    assert conditions["BudgetExceeded"]["status"] == "False"
+    assert warnings() == []
+    await spend("4.5")  # 85 %: past both soft thresholds at once
+    assert warnings() == [
+        ("BudgetThreshold", "50% of the budget is spent (8.5 USD)"),
+        ("BudgetThreshold", "80% of the budget is spent (8.5 USD)"),
+    ]
+    conditions = await spend("2")
+    exceeded = conditions["BudgetExceeded"]
+    assert (exceeded["status"], exceeded["reason"]) == ("True", "BudgetSpent")
+    assert "10.5 of 10 USD spent this monthly period" in exceeded["message"]
+    assert warnings()[-1][0] == "BudgetSpent"  # the transition is a Warning Event
+    await spend("1")
+    assert len(warnings()) == 3  # nothing new to say

@@ -22,7 +22,13 @@ from tokenomy_api.costpolicy import Budget
 from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_CONFIG_TYPE_URL
 from tokenomy_operator.metrics import OperatorMetrics
 from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
-from tokenomy_operator.status import Rollout, policy_status, route_status
+from tokenomy_operator.status import (
+    Rollout,
+    budget_condition,
+    crossed_thresholds,
+    policy_status,
+    route_status,
+)
 from tokenomy_operator.usage import UsageService
 from tokenomy_operator.xds.resources import snapshot_for
 from tokenomy_operator.xds.server import AdsServer
@@ -145,12 +151,27 @@ class Controller:
             previous = self.state.policies.get((namespace, name), {}).get("status") or {}
             config = result.configs.get(key)
             status = policy_status(observed, self._rollout(observed, config), previous, now)
+            warnings: list[int] = []
             if self.usage is not None:
                 self.usage.restore(key, previous.get("spend"))
                 spend = self.usage.spend_status(key)
+                budget = config.budget if config is not None else None
                 if spend is not None:
                     status["spend"] = spend
+                if spend is not None and budget is not None:
+                    status["conditions"].append(
+                        budget_condition(
+                            spend, budget, observed.generation,
+                            previous.get("conditions") or [], now,
+                        )
+                    )  # fmt: skip
+                    warnings = crossed_thresholds(previous.get("spend"), spend, budget)
             await self._write("CostPolicy", COST_POLICY_PLURAL, namespace, name, status, previous)
+            for percent in warnings:
+                await self.writer.event(
+                    "CostPolicy", namespace, name, "Warning", "BudgetThreshold",
+                    f"{percent}% of the budget is spent ({status['spend']['amount']} USD)",
+                )  # fmt: skip
             if self.usage is not None and "spend" in status:
                 # Written (or already there): sidecars may now forget these reports.
                 self.usage.persisted(key, status["spend"]["reports"])
@@ -199,6 +220,10 @@ class Controller:
             await self.writer.event(kind, namespace, name, *event)
 
 
+BAD_WHEN_TRUE = frozenset({"BudgetExceeded"})
+"""Conditions whose ``True`` is the trouble (an Event of type Warning)."""
+
+
 def _same(previous: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return all(previous.get(k) == v for k, v in status.items())
 
@@ -211,6 +236,7 @@ def _transitions(
     out = []
     for c in status.get("conditions") or []:
         if before.get(c["type"]) != c["status"]:
-            kind = "Normal" if c["status"] == "True" else "Warning"
+            good = c["status"] == ("False" if c["type"] in BAD_WHEN_TRUE else "True")
+            kind = "Normal" if good else "Warning"
             out.append((kind, c["reason"], f"{c['type']}: {c['message']}"))
     return out

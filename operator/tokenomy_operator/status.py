@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+from tokenomy_api.costpolicy import Budget
 from tokenomy_operator.state import PolicyStatus, RouteStatus
 
 
@@ -123,3 +125,34 @@ def route_status(observed: RouteStatus, previous: Mapping[str, Any], now: str) -
             condition("ResolvedRefs", *resolved, observed.generation, conditions, now),
         ],
     }
+
+
+def budget_condition(
+    spend: Mapping[str, Any],
+    budget: Budget,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    """``BudgetExceeded``: whether this period's spend has reached the budget."""
+    spent = Decimal(str(spend["amount"]))
+    exceeded = spent >= budget.amount
+    message = f"{spent} of {budget.amount} USD spent this {budget.period} period"
+    if exceeded:
+        message += f"; requests are handled as onExceeded: {budget.on_exceeded} says"
+    reason = "BudgetSpent" if exceeded else "WithinBudget"
+    return condition("BudgetExceeded", exceeded, reason, message, generation, previous, now)
+
+
+def crossed_thresholds(
+    before: Mapping[str, Any] | None, spend: Mapping[str, Any], budget: Budget
+) -> list[int]:
+    """The ``warnAt`` percentages this spend passed since ``before`` (same period only)."""
+
+    def used(s: Mapping[str, Any] | None) -> Decimal:
+        if not s or s.get("periodStart") != spend.get("periodStart"):
+            return Decimal(0)
+        return Decimal(str(s["amount"])) * 100 / budget.amount
+
+    was, now = used(before), used(spend)
+    return [t for t in sorted(budget.warn_at) if was < t <= now]
