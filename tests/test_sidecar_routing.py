@@ -328,3 +328,32 @@ async def test_dashboards_can_join_on_reference_tier_and_budget(
     assert running.metric("tokenomy_reference_tier_info", route="chat", tier="large") == 1
     assert running.metric("tokenomy_reference_tier_info", tier="small") == 0
     assert running.metric("tokenomy_budget_usd", policy="agent", period="weekly") == 250
+
+
+async def test_spend_is_attributed_to_pod_labels_and_the_feature_header(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    small = await standin(name="small")
+    large = await standin(name="large")
+    attribution = {"podLabels": ["team", "feature"], "header": "x-tokenomy-feature"}
+    running = await sidecar(
+        route(small, large),
+        policy_doc(namespace="default", attribution=attribution),
+        pod_labels={"team": "payments", "feature": "chat", "app": "agent"},
+    )
+    plain = await ask(running, "hello")
+    tagged = await running.client().chat.completions.with_raw_response.create(
+        model="chat",
+        messages=[{"role": "user", "content": "where is my refund"}],
+        extra_headers={"x-tokenomy-feature": "refunds"},
+    )
+    first = float(plain.headers["x-tokenomy-cost-usd"])
+    second = float(tagged.headers["x-tokenomy-cost-usd"])
+
+    def charged(key: str, value: str) -> float:
+        return running.metric("tokenomy_attributed_cost_usd_total", key=key, value=value)
+
+    assert charged("team", "payments") == pytest.approx(first + second)
+    assert charged("feature", "chat") == pytest.approx(first)
+    assert charged("feature", "refunds") == pytest.approx(second)  # the header wins
+    assert charged("app", "agent") == 0  # not a label the policy attributes by

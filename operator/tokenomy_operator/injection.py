@@ -8,6 +8,7 @@ without a cluster. The webhook only calls them.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,6 +210,13 @@ def mutate(
             env.extend({"name": name, "value": base_url} for name in names)
     models = models_of(config) if config is not None else []
     sidecar = _sidecar(settings, secrets, models)
+    labels = (out.get("metadata") or {}).get("labels") or {}
+    wanted = config.attribution.pod_labels if config is not None else []
+    attribution = {k: labels[k] for k in wanted if k in labels}
+    if attribution:
+        # Spend is charged to these (team, feature...): the pod's values at creation.
+        value = json.dumps(attribution, sort_keys=True)
+        sidecar["env"].append({"name": "TOKENOMY_POD_LABELS", "value": value})
     if settings.native_sidecar:
         spec["initContainers"] = [sidecar, *(spec.get("initContainers") or [])]
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -55,6 +55,8 @@ class SidecarSettings:
     of the policy's sidecars through leases."""
     node_id: str = ""
     """This sidecar's xDS node id, the base of its name on the usage stream."""
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    """The pod's attribution labels (``TOKENOMY_POD_LABELS``, set by injection)."""
 
 
 class Sidecar:
@@ -176,7 +178,7 @@ class Sidecar:
         proxy = Proxy(
             self.holder, upstream, self.health, self.metrics, self.clock, self.rng,
             self.semantic, pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
-            budgets=self.budgets,
+            budgets=self.budgets, pod_labels=s.pod_labels,
         )  # fmt: skip
         self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
         self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -84,6 +85,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _pod_labels(text: str) -> dict[str, str]:
+    """The JSON object injection puts in ``TOKENOMY_POD_LABELS``; anything else is ignored."""
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        log.warning("TOKENOMY_POD_LABELS is not JSON; spend is not attributed to pod labels")
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _models_dir(args: argparse.Namespace) -> Path:
     if args.models_dir != MODELS_DIR or not args.config:
         return Path(args.models_dir)
@@ -105,6 +118,7 @@ async def serve(args: argparse.Namespace) -> int:
         enforce_local_budget=bool(args.config),
         usage_address=None if args.config else args.xds,
         node_id=args.node_id or "",
+        pod_labels=_pod_labels(os.environ.get("TOKENOMY_POD_LABELS", "")),
     )
     sidecar = Sidecar(settings)
     source: FileSource | XdsSource

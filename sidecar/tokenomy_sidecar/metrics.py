@@ -52,6 +52,13 @@ class Metrics:
             [*ROUTE_LABELS, "lever"],
             registry=r,
         )
+        self.attributed_cost = Counter(
+            "tokenomy_attributed_cost_usd",
+            "USD spent, by attribution: key is a pod label named in spec.attribution.podLabels "
+            "(team, feature...) or the attribution header's (feature), value its value.",
+            ["namespace", "policy", "key", "value"],
+            registry=r,
+        )
         self.overspend = Counter(
             "tokenomy_overspend_usd",
             "USD requests cost beyond what the reference tier would have charged for the same "

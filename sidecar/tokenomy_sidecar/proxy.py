@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -106,6 +106,8 @@ class Exchange:
     """Savings lever for metrics: ``tier`` (default tier), ``routing`` or ``cascade``."""
     spent: Decimal = Decimal(0)
     """What every call for this request cost, cascade tries and verifier calls included."""
+    feature: str | None = None
+    """The attribution header's value, when the policy names one and the request has it."""
     budget: BudgetKeeper | None = None
     reservation: Reservation | None = None
     """Money set aside from the budget for this request; settled when it ends."""
@@ -135,6 +137,7 @@ class Proxy:
         pod_region: str | None = None,
         max_body_bytes: int = 8 * 1024 * 1024,
         budgets: Keepers | None = None,
+        pod_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.holder = holder
         self.upstream = upstream
@@ -146,6 +149,7 @@ class Proxy:
         self.pod_region = pod_region
         self.max_body_bytes = max_body_bytes
         self.budgets = budgets
+        self.pod_labels = dict(pod_labels or {})
         self._embedders: dict[tuple[str, str], Embedder] = {}
         self._examples: dict[tuple[str, str], dict[str, Vectors]] = {}
         self._examples_lock = asyncio.Lock()
@@ -208,6 +212,8 @@ class Proxy:
             return await self._refuse(request, error)
         policy = runtime.config.policy
         x = Exchange(runtime, route, chat, started, (policy.namespace, policy.name, route.name))
+        header = runtime.config.attribution.header
+        x.feature = request.headers.get(header) if header else None
         self.metrics.in_flight.inc()
         try:
             hit = await self._prepare(x, request, raw)
@@ -737,6 +743,16 @@ class Proxy:
         saved = savings(usage, x.spent, reference_price(x.route))
         m.money(m.savings, saved, *x.labels, x.lever)
         m.money(m.overspend, -saved, *x.labels, x.lever)
+        for key, value in self._attribution(x).items():
+            m.money(m.attributed_cost, x.spent, *x.labels[:2], key, value)
+
+    def _attribution(self, x: Exchange) -> dict[str, str]:
+        """Who this request is charged to: the pod's labels, the header for ``feature``."""
+        wanted = x.runtime.config.attribution.pod_labels
+        out = {k: v for k, v in self.pod_labels.items() if k in wanted}
+        if x.feature:
+            out["feature"] = x.feature
+        return out
 
     def _count_failures(self, x: Exchange, reply: Reply, tier: str) -> None:
         for backend, reason in reply.failures:
