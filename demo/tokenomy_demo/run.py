@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import openai
 import yaml
 
 from tokenomy_demo.workload import Data, Question, support_answer
@@ -216,6 +215,11 @@ async def replay(
     base_url: str, calls: list[Call], progress: Callable[[int], None] | None = None
 ) -> list[Result]:
     """Send every call to ``base_url`` with the openai SDK, CONCURRENCY at a time."""
+    try:
+        # The demo's client is the official SDK; only the demo needs it.
+        import openai  # noqa: PLC0415
+    except ImportError:
+        raise RuntimeError("the demo needs the openai SDK: pip install 'tokenomy[demo]'") from None
     client = openai.AsyncOpenAI(base_url=base_url, api_key="demo", max_retries=0)
     gate = asyncio.Semaphore(CONCURRENCY)
     done = 0
