@@ -19,7 +19,7 @@ import numpy as np
 from tokenomy_api.modelroute import Price
 from tokenomy_eval import metrics
 from tokenomy_eval.dataset import Query
-from tokenomy_eval.routing import FOLDS, Row, query_costs, stable_threshold
+from tokenomy_eval.routing import FOLDS, Row, outcomes, stable_threshold
 from tokenomy_sidecar.routing.confidence import format_problem, judge
 from tokenomy_sidecar.routing.scorer import AnswerScorer, answer_features
 
@@ -82,10 +82,7 @@ def evaluate_cascade(
             "weak model's answer, so the data needs it (RouteLLM's GSM8K CSV has it, MMLU not)"
         )
     scorer = fit_scorer(train_set, weak, strong, fraction)
-    wq = np.array([q.scores[weak] for q in test_set])
-    sq = np.array([q.scores[strong] for q in test_set])
-    wc = query_costs(test_set, weak, prices, default_output)
-    sc = query_costs(test_set, strong, prices, default_output)
+    wq, sq, wc, sc = outcomes(test_set, weak, strong, prices, default_output)
     right = np.array([scorer.score(q.prompt, q.answers[weak]) for q in test_set])
     verdicts = [
         judge("scorer", p, scorer.cut, problem)

@@ -227,6 +227,22 @@ def decide(model: ComplexityModel, pair: Pair, query: Query, cost_aware: bool) -
     return complexity_tier(pair.route(), c, cost_aware).tier == "strong"
 
 
+def outcomes(
+    queries: Sequence[Query],
+    weak: str,
+    strong: str,
+    prices: Mapping[str, Price],
+    default_output: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(weak quality, strong quality, weak cost, strong cost) per query."""
+    return (
+        np.array([q.scores[weak] for q in queries]),
+        np.array([q.scores[strong] for q in queries]),
+        query_costs(queries, weak, prices, default_output),
+        query_costs(queries, strong, prices, default_output),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Row:
     """One router's results on the test split."""
@@ -268,10 +284,7 @@ def evaluate(
     """
     pair = pair_for([*train_set, *test_set], weak, strong, prices)
     model = fit_router(train_set, pair, fraction, cost_aware)
-    wq = np.array([q.scores[weak] for q in test_set])
-    sq = np.array([q.scores[strong] for q in test_set])
-    wc = query_costs(test_set, weak, prices, default_output)
-    sc = query_costs(test_set, strong, prices, default_output)
+    wq, sq, wc, sc = outcomes(test_set, weak, strong, prices, default_output)
     predictions = np.array([model.score(q.prompt) for q in test_set])
     scores = scores_for(model, pair, test_set, predictions, cost_aware)
     to_strong = np.array([decide(model, pair, q, cost_aware) for q in test_set])

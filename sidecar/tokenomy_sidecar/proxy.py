@@ -433,7 +433,7 @@ class Proxy:
     ) -> tuple[Verdict, dict[str, Any] | None, Reply]:
         """One cascade try: ask the tier, judge its answer; every call is metered."""
         reply = await self._send(x, tier, trial_body(x.chat.body, confidence), stream=False)
-        completion = _json_object(reply.body) if reply.status == 200 else None
+        completion = _completion(reply)
         usage = Usage.from_openai(completion.get("usage") if completion else None)
         self._meter(x, reply, usage, final=False)
         if completion is None:
@@ -459,7 +459,7 @@ class Proxy:
             "temperature": 0,
         }
         reply = await self._send(x, tier, body, stream=False)
-        completion = _json_object(reply.body) if reply.status == 200 else None
+        completion = _completion(reply)
         self._meter(x, reply, Usage.from_openai(completion and completion.get("usage")), False)
         if completion is None or not completion.get("choices"):
             return None
@@ -626,16 +626,10 @@ class Proxy:
         if reply.stream is not None:
             return await self._pipe(x, request, reply)
         usage = Usage()
-        completion = None
-        if reply.status == 200:
-            try:
-                parsed = orjson.loads(reply.body)
-                completion = parsed if isinstance(parsed, dict) else None
-            except orjson.JSONDecodeError:
-                log.warning("backend %s sent a 200 that is not JSON", reply.candidate.backend.name)
-            if completion is not None:
-                usage = Usage.from_openai(completion.get("usage"))
-                await self._store(x, reply, completion)
+        completion = _completion(reply)
+        if completion is not None:
+            usage = Usage.from_openai(completion.get("usage"))
+            await self._store(x, reply, completion)
         paid = self._meter(x, reply, usage)
         x.headers["x-tokenomy-cost-usd"] = usd(paid)
         response = web.Response(
@@ -793,12 +787,8 @@ class Proxy:
         except ApiError as error:
             return error.response()
         x.headers = {"x-tokenomy-cache": "bypass"}
-        usage = Usage()
-        if reply.status == 200:
-            try:
-                usage = Usage.from_openai(orjson.loads(reply.body).get("usage"))
-            except (orjson.JSONDecodeError, AttributeError):
-                log.warning("backend %s sent a 200 that is not JSON", reply.candidate.backend.name)
+        answer = _completion(reply)
+        usage = Usage.from_openai(answer.get("usage")) if answer is not None else Usage()
         paid = self._meter(x, reply, usage)
         headers = {
             "x-tokenomy-tier": x.tier.name,
@@ -835,9 +825,15 @@ def _similarity(scores: dict[str, float], domain: CompiledDomain) -> float:
     return scores.get(domain.name, 0.0)
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
+def _completion(reply: Reply) -> dict[str, Any] | None:
+    """A successful reply's JSON object; None for an error, or a 200 that is not one."""
+    if reply.status != 200:
         return None
-    return parsed if isinstance(parsed, dict) else None
+    try:
+        parsed = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        log.warning("backend %s sent a 200 that is not a JSON object", reply.candidate.backend.name)
+        return None
+    return parsed

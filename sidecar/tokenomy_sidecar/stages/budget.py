@@ -142,11 +142,6 @@ class LocalBudget:
         self._the_ledger().report(HOLDER, report.number, report.cost)
         self.wallet.acknowledged(report.number)
 
-    @property
-    def spent(self) -> Decimal:
-        """USD counted this period."""
-        return self._the_ledger().spent
-
     def exceeded_message(self, policy: str) -> str:
         """What a refused request is told: which budget, and when it resets."""
         return reset_message(self.budget, policy, self.period()[1])
