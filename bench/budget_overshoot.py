@@ -54,6 +54,7 @@ async def serve(port: int, budget: str) -> None:
 async def run(args: argparse.Namespace, port: int) -> None:
     from tokenomy_api.clock import SystemClock  # noqa: PLC0415
     from tokenomy_api.costpolicy import Budget  # noqa: PLC0415
+    from tokenomy_api.usage_protocol import RequestUsage  # noqa: PLC0415
     from tokenomy_sidecar.budget_client import RemoteBudget  # noqa: PLC0415
 
     spec = Budget.model_validate({"amount": str(args.budget)})
@@ -90,7 +91,7 @@ async def run(args: argparse.Namespace, port: int) -> None:
             actual = cost(
                 PROMPT * (1 + rng.random() * args.underestimate), ANSWER * (0.5 + rng.random() / 2)
             )
-            s.settle(held, actual)
+            s.settle(held, RequestUsage(actual))
             spent += actual
             requests += 1
 

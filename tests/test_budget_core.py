@@ -11,6 +11,7 @@ import pytest
 
 from tokenomy_api.ledger import LeaseSettings, Ledger, overshoot_bound
 from tokenomy_api.periods import bounds, projected, share_used
+from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.wallet import Wallet
 
 
@@ -110,7 +111,7 @@ def test_wallet_reserves_then_reconciles() -> None:
     one = wallet.reserve(Decimal(2), now=1)
     assert one is not None
     assert wallet.reserve(Decimal(2), now=1) is None  # 2 reserved of 3: no room for 2 more
-    report = wallet.settle(one, Decimal("0.5"))
+    report = wallet.settle(one, RequestUsage(Decimal("0.5")))
     assert (report.number, wallet.spent, wallet.reserved) == (1, Decimal("0.5"), 0)
     assert wallet.reserve(Decimal(2), now=31) is None  # the lease has expired
     wallet.acknowledged(1)
@@ -148,7 +149,7 @@ async def spend_against(
                 await asyncio.sleep(0)  # the call takes a while; others run meanwhile
             if use_leases:
                 assert held is not None
-                report = wallet.settle(held, actual)
+                report = wallet.settle(held, RequestUsage(actual))
                 ledger.report(name, report.number, report.cost)
                 ledger.report(name, report.number, report.cost)  # a replay is not counted
             else:

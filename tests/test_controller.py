@@ -11,7 +11,7 @@ import pytest
 
 from tokenomy_api.clock import ManualClock
 from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
-from tokenomy_api.usage_protocol import Report, SidecarMessage
+from tokenomy_api.usage_protocol import Report, RequestUsage, SidecarMessage
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.state import Pod, PolicyStatus
 from tokenomy_operator.status import Rollout, condition, policy_status
@@ -281,3 +281,133 @@ async def test_budget_thresholds_raise_events_and_exhaustion_a_condition() -> No
     assert warnings()[-1][0] == "BudgetSpent"  # the transition is a Warning Event
     await spend("1")
     assert len(warnings()) == 3  # nothing new to say
+
+
+def usage_report(number: int, **fields: Any) -> Report:
+    usage = RequestUsage(**{"cost": Decimal("0.01"), "route": "chat", "tier": "small",
+                            "cache": "miss", "input_tokens": 100, "output_tokens": 50, **fields})  # fmt: skip
+    return usage.report(number)
+
+
+async def test_status_sums_what_sidecars_report_and_a_restart_resumes_it() -> None:
+    clock = ManualClock()
+    cache = SnapshotCache()
+    writer = MemoryWriter()
+    controller = Controller(cache, AdsServer(cache), writer, clock=clock, debounce=0.01)
+    usage = controller.usage = UsageService(controller.budget_of, clock, ready=False)
+    controller.state.routes[("ns", "chat")] = route_doc()
+    controller.state.policies[("ns", "agent")] = policy_doc()
+    await controller.sync()
+    team = (("team", "growth"),)
+    reports = [
+        usage_report(1, labels=team, task="t1", saved=Decimal("0.02")),
+        usage_report(2, labels=team, task="t1", tier="large", reference=True),
+        usage_report(3, cost=Decimal(0), cache="semantic", input_tokens=0, output_tokens=0,
+                     task="t2", saved=Decimal("0.03")),
+    ]  # fmt: skip
+    usage.handle(SidecarMessage(holder="ns/a#1", policy="ns/agent", reports=reports))
+    await controller.sync()
+    status = writer.statuses[("costpolicies", "ns", "agent")]
+    assert status["spend"]["amount"] == "0.02"
+    assert status["savings"] == "0.05"
+    assert status["cacheHitRate"] == "33%"
+    assert status["tierShares"] == [
+        {"tier": "large", "share": "50%"},
+        {"tier": "small", "share": "50%"},
+    ]
+    assert status["spenders"] == [
+        {"key": "team", "value": "growth", "cost": "0.02", "tokens": 300, "requests": 2}
+    ]
+    assert status["tasks"]["count"] == 2
+    assert status["tasks"]["costPerTask"] == "0.010000"
+    assert controller.metrics.policy_tasks.labels("ns", "agent")._value.get() == 2
+
+    # A restarted operator resumes the totals with the report numbers: a replay adds nothing.
+    controller.state.policies[("ns", "agent")]["status"] = status
+    restarted = Controller(cache, AdsServer(cache), writer, clock=clock, debounce=0.01)
+    restarted.state = controller.state
+    usage = restarted.usage = UsageService(restarted.budget_of, clock, ready=False)
+    await restarted.sync()
+    usage.handle(SidecarMessage(holder="ns/a#1", policy="ns/agent",
+                                reports=[*reports, usage_report(4, task="t1")]))  # fmt: skip
+    await restarted.sync()
+    again = writer.statuses[("costpolicies", "ns", "agent")]
+    assert again["usage"]["requests"] == 4
+    assert again["tasks"]["count"] == 2  # t1 again, not a new task
+    assert again["spend"]["amount"] == "0.03"
+
+    # The month turns: its totals become the previousPeriod baseline.
+    clock.advance(40 * 86400)
+    await restarted.sync()
+    turned = writer.statuses[("costpolicies", "ns", "agent")]
+    assert turned["previousPeriod"]["amount"] == "0.03"
+    assert turned["previousPeriod"]["usage"]["requests"] == 4
+    assert turned["previousPeriod"]["start"] == "1970-01-01T00:00:00Z"
+    assert turned["previousPeriod"]["end"] == "1970-02-01T00:00:00Z"
+
+
+async def test_alerts_become_conditions_and_events() -> None:
+    """A steady day, then an hour of everything getting worse: each alert fires, once."""
+    clock = ManualClock()
+    clock.now = 1_000_000 * 600.0
+    cache = SnapshotCache()
+    writer = MemoryWriter()
+    controller = Controller(
+        cache, AdsServer(cache), writer, clock=clock, debounce=0.01, alert_hold=900
+    )
+    usage = controller.usage = UsageService(controller.budget_of, clock, ready=True)
+    controller.state.routes[("ns", "chat")] = route_doc()
+    controller.state.policies[("ns", "agent")] = policy_doc(
+        alerts={"costSpike": {"threshold": 100}}
+    )
+    key = ("costpolicies", "ns", "agent")
+    number = 0
+
+    def send(count: int, **fields: Any) -> None:
+        nonlocal number
+        batch = []
+        for _ in range(count):
+            number += 1
+            batch.append(usage_report(number, **fields))
+        usage.handle(SidecarMessage(holder="ns/a#1", policy="ns/agent", reports=batch))
+
+    def conditions() -> dict[str, dict[str, Any]]:
+        return {c["type"]: c for c in writer.statuses[key]["conditions"]}
+
+    await controller.sync()
+    assert conditions()["CostSpike"]["reason"] == "NotEnoughData"
+    for _ in range(24 * 6):  # a steady day: every 10 minutes 7 misses on small, 3 hits
+        send(7)
+        send(3, cost=Decimal(0), cache="exact", input_tokens=0, output_tokens=0)
+        clock.advance(600)
+    await controller.sync()
+    assert {c["reason"] for n, c in conditions().items() if n not in {"Ready", "Applied"}} == {
+        "WithinBaseline"
+    }
+    for _ in range(6):  # an hour: 3x the spend, longer prompts, no hits, all on the large tier
+        send(10, cost=Decimal("0.03"), tier="large", reference=True, input_tokens=200)
+        clock.advance(600)
+    await controller.sync()
+    pending = conditions()
+    # Spend per hour is 3x (threshold 100 % from the policy), tokens 1.7x, hits 30 % -> 0 %,
+    # largest tier 0 % -> 100 %: all breached, none held for 15 minutes yet.
+    assert {pending[c]["reason"] for c in ALERTS} == {"Pending"}
+    assert pending["CostSpike"]["message"].startswith(
+        "last hour: 1.8000 USD/h; the previous day: 0.4296 USD/h (up more than 100%); for 0s"
+    )
+    assert (
+        "a cache hit rate of 0.0%; the previous day: a cache hit rate of 29.8%"
+        in (pending["CacheHitRateDown"]["message"])
+    )
+    clock.advance(900)
+    send(10, cost=Decimal("0.03"), tier="large", reference=True, input_tokens=200)
+    await controller.sync()
+    fired = conditions()
+    assert {fired[c]["status"] for c in ALERTS} == {"True"}
+    assert "the previous day" in fired["CostSpike"]["message"]
+    warnings = [(e[4], e[5].split(":")[0]) for e in writer.events if e[3] == "Warning"]
+    assert sorted(warnings) == sorted(("Breached", c) for c in ALERTS)
+    assert controller.metrics.policy_alert.labels("ns", "agent", "CostSpike")._value.get() == 1
+
+
+ALERTS = ("CostSpike", "TokensPerRequestUp", "CacheHitRateDown", "LargestTierShareUp")

@@ -104,9 +104,18 @@ def test_rbac_covers_every_watch_and_write(base: list[dict[str, Any]]) -> None:
 
 
 def test_monitoring_renders() -> None:
-    docs = {d["kind"]: d for d in render("monitoring")}
+    rendered = render("monitoring")
+    docs = {d["kind"]: d for d in rendered}
     assert sorted(docs) == ["ConfigMap", "PodMonitor", "PrometheusRule"]
-    assert docs["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "tkn-metrics"
+    monitors = {d["metadata"]["name"]: d["spec"] for d in rendered if d["kind"] == "PodMonitor"}
+    assert monitors["tokenomy-sidecars"]["podMetricsEndpoints"][0]["port"] == "tkn-metrics"
+    # The operator's port name and labels, as the Deployment declares them.
+    deployment = next(d for d in render("base") if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    operator = monitors["tokenomy-operator"]
+    assert operator["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert operator["podMetricsEndpoints"][0]["port"] in ports
     dashboard = docs["ConfigMap"]
     assert dashboard["metadata"]["labels"] == {"grafana_dashboard": "1"}
     assert json.loads(dashboard["data"]["dashboard.json"])["uid"] == "tokenomy"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tokenomy_api.costpolicy import ALERT_DEFAULT_THRESHOLDS
+from tokenomy_operator.metrics import OperatorMetrics
 from tokenomy_sidecar.metrics import Metrics
 
 from support import REPO
@@ -77,7 +78,8 @@ def metric_names(expr: str) -> set[str]:
 
 def known_names() -> set[str]:
     names = set()
-    for family in Metrics().registry.collect():
+    registries = (Metrics().registry, OperatorMetrics().registry)
+    for family in (f for registry in registries for f in registry.collect()):
         kind = family.type
         names.add(family.name + ("_total" if kind == "counter" else ""))
     records = {r["record"] for g in RULE["spec"]["groups"] for r in g["rules"] if "record" in r}

@@ -6,6 +6,7 @@ import asyncio
 import random
 from decimal import Decimal
 
+import aiohttp
 import grpc
 import openai
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from tokenomy_api.clock import SystemClock
 from tokenomy_api.compiler import compile_configs
 from tokenomy_api.costpolicy import Budget
+from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_operator.usage import UsageService, add_to_server
 from tokenomy_operator.xds.resources import snapshot_for
 from tokenomy_operator.xds.server import AdsServer, serve
@@ -75,7 +77,7 @@ async def test_twenty_sidecars_share_one_budget_and_survive_a_reconnect() -> Non
             if held is None:
                 return
             await asyncio.sleep(rng.random() * 0.02)
-            s.settle(held, actual)
+            s.settle(held, RequestUsage(actual))
             settled += actual
 
     at_drop = Decimal(-1)
@@ -134,7 +136,7 @@ async def test_a_policy_without_budget_is_counted_and_unlimited() -> None:
     await until(lambda: client.unlimited)
     held = await client.reserve(Decimal(5))
     assert held is not None
-    client.settle(held, Decimal("2.5"))
+    client.settle(held, RequestUsage(Decimal("2.5")))
     await until(lambda: not client.wallet.unsent)
     assert service.periods[POLICY].ledger.spent == Decimal("2.5")
     await client.close()
@@ -202,3 +204,74 @@ async def test_injected_sidecars_share_the_operators_budget(standin: StandinFact
         for sidecar in sidecars:
             await sidecar.stop()
         await grpc_server.stop(None)
+
+
+async def test_sidecars_report_tiers_hits_tokens_labels_and_tasks(standin: StandinFactory) -> None:
+    """An injected sidecar of a policy without budget reports every request, hits included."""
+    model = await standin(name="large", reply="a fine answer")
+    tiers = [{"name": "large", "backends": [backend("l", url=model.url, price=LARGE)]}]
+    config = compile_configs(
+        [policy(namespace="default", attribution={"header": "x-feature"})],
+        [route(namespace="default", tiers=tiers)],
+    ).configs["default/agent"]
+    cache = SnapshotCache()
+    usage = UsageService(lambda p: None, SystemClock())
+    grpc_server, port = await serve(
+        AdsServer(cache), "127.0.0.1:0", lambda s: add_to_server(usage, s)
+    )
+    address = f"127.0.0.1:{port}"
+    cache.set("default/pod-a", snapshot_for(config))
+    sidecar = Sidecar(
+        SidecarSettings(listen_port=0, metrics_port=0, metrics_host="127.0.0.1",
+                        usage_address=address, node_id="default/pod-a",
+                        pod_labels={"team": "growth", "app": "agent"})
+    )  # fmt: skip
+    source = XdsSource(address, "default/pod-a", sidecar.holder, sidecar.metrics, Credentials())
+    await sidecar.start()
+    task = asyncio.create_task(source.run())
+    try:
+        await until(lambda: sidecar.holder.current is not None)
+        client = openai.AsyncOpenAI(base_url=sidecar.api_url + "/v1", api_key="x", max_retries=0)
+        paid = Decimal(0)
+        for i in range(4):  # question 0 twice: the second is an exact-cache hit
+            raw = await client.chat.completions.with_raw_response.create(
+                model="chat",
+                messages=[{"role": "user", "content": f"question {i % 3}"}],
+                extra_headers={"x-tokenomy-task": f"task-{i % 2}", "x-feature": "search"},
+            )
+            paid += Decimal(raw.headers["x-tokenomy-cost-usd"])
+        with pytest.raises(openai.BadRequestError, match="x-tokenomy-task"):
+            await client.chat.completions.create(
+                model="chat",
+                messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-tokenomy-task": "t" * 300},
+            )
+        await until(lambda: usage.periods["default/agent"].totals.requests == 4)
+        totals = usage.periods["default/agent"].totals
+        assert usage.periods["default/agent"].ledger.spent == paid > 0
+        assert (totals.cache_hits, dict(totals.tiers), totals.reference_requests) == (
+            1, {"large": 3}, 3,
+        )  # fmt: skip
+        assert totals.input_tokens > 0
+        assert totals.output_tokens > 0
+        assert totals.saved > 0  # the hit saved a whole answer
+        assert set(totals.spenders) == {("team", "growth"), ("feature", "search")}
+        assert totals.spenders[("feature", "search")].cost == paid
+        assert totals.task_count == 2
+        assert totals.tasks["task-0"].requests == 2
+        page = await sidecar_metrics(sidecar)
+        assert 'tokenomy_task_requests_total{namespace="default",policy="agent"} 4.0' in page
+        assert 'tokenomy_attributed_tokens_total{key="team"' in page
+        await client.close()
+    finally:
+        task.cancel()
+        await sidecar.stop()
+        await grpc_server.stop(None)
+
+
+async def sidecar_metrics(sidecar: Sidecar) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(sidecar.metrics_url + "/metrics") as response,
+    ):
+        return await response.text()

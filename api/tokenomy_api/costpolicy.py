@@ -521,6 +521,99 @@ class TierShare(ApiModel):
     """Share of requests, e.g. ``61%``."""
 
 
+SignedAmount = Annotated[str, Field(max_length=40, pattern=r"^-?[0-9]+(\.[0-9]+)?$")]
+"""USD as a decimal string that may be negative (net savings)."""
+Count = Annotated[int, Field(ge=0)]
+
+
+class TierCount(ApiModel):
+    """Requests one tier answered."""
+
+    tier: DnsLabel
+    """Name of the tier."""
+    requests: Count
+    """Requests its answer was served for (cache hits not included)."""
+
+
+class UsageCounts(ApiModel):
+    """What the policy's sidecars reported in a period, as counts a restarted operator resumes."""
+
+    requests: Count = 0
+    """Requests reported, cache hits included."""
+    cache_hits: Count = 0
+    """Requests answered from the exact or the semantic cache."""
+    input_tokens: Count = 0
+    """Input tokens of every model call."""
+    output_tokens: Count = 0
+    """Output tokens of every model call."""
+    reference_requests: Count = 0
+    """Requests answered by their route's reference (largest) tier."""
+    tiers: list[TierCount] = Field(default_factory=list, max_length=64)
+    """Requests per answering tier."""
+    saved: SignedAmount = "0"
+    """Net USD saved against the reference tier (negative if escalations cost more)."""
+
+
+class Spender(ApiModel):
+    """Spend charged to one attribution label."""
+
+    key: Annotated[str, Field(max_length=317)]
+    """The label: a pod label named in ``attribution.podLabels``, or ``feature``."""
+    value: Annotated[str, Field(max_length=256)]
+    """Its value."""
+    cost: Money
+    """USD this period."""
+    tokens: Count = 0
+    """Input and output tokens this period."""
+    requests: Count = 0
+    """Requests this period."""
+
+
+class TaskSpend(ApiModel):
+    """Spend of one task (requests sharing an ``x-tokenomy-task`` header)."""
+
+    task: Annotated[str, Field(max_length=256)]
+    """The task id."""
+    cost: Money
+    """USD this period."""
+    tokens: Count = 0
+    """Input and output tokens."""
+    requests: Count = 0
+    """Requests."""
+
+
+class Tasks(ApiModel):
+    """Cost and tokens per task, for requests that named their task."""
+
+    count: Count = 0
+    """Distinct tasks this period."""
+    cost: Money = Decimal(0)
+    """USD of all their requests."""
+    tokens: Count = 0
+    """Tokens of all their requests."""
+    requests: Count = 0
+    """Requests that named a task."""
+    cost_per_task: Money = Decimal(0)
+    """Average USD per task."""
+    tokens_per_task: Count = 0
+    """Average tokens per task."""
+    top: list[TaskSpend] = Field(default_factory=list, max_length=10)
+    """The most expensive tasks."""
+
+
+class PreviousPeriod(ApiModel):
+    """The last period's totals: the ``previousPeriod`` baseline of alerts."""
+
+    start: Annotated[str, Field(max_length=32)]
+    """When it began (RFC 3339)."""
+    end: Annotated[str, Field(max_length=32)]
+    """When it ended (RFC 3339)."""
+    amount: Money = Decimal(0)
+    """USD spent in it."""
+    usage: UsageCounts = Field(default_factory=UsageCounts)
+    """What was reported in it."""
+
+
 class CostPolicyStatus(ApiModel):
     """What the operator observed of a CostPolicy."""
 
@@ -534,12 +627,20 @@ class CostPolicyStatus(ApiModel):
     """Sidecars and their acknowledgements."""
     spend: Spend | None = None
     """Spend this period."""
-    savings: Money | None = None
+    savings: SignedAmount | None = None
     """USD saved this period against sending everything to the reference tier."""
     cache_hit_rate: Annotated[str, Field(max_length=16)] = ""
     """Share of requests served from cache this period, e.g. ``37%``."""
-    tier_shares: list[TierShare] = Field(default_factory=list)
-    """Share of requests per tier this period."""
+    tier_shares: list[TierShare] = Field(default_factory=list, max_length=64)
+    """Share of model-answered requests per tier this period."""
+    usage: UsageCounts | None = None
+    """Counts behind the shares above."""
+    spenders: list[Spender] = Field(default_factory=list, max_length=50)
+    """Spend by attribution label this period, largest first."""
+    tasks: Tasks | None = None
+    """Cost and tokens per task this period."""
+    previous_period: PreviousPeriod | None = None
+    """Totals of the last period."""
 
 
 class CostPolicy(ApiModel):

@@ -14,6 +14,8 @@ code is checked in. Money travels as decimal strings, never as floats.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -25,9 +27,22 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 # (name, number, type, label, message type for TYPE_MESSAGE fields)
 _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
+    "Label": [
+        ("key", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("value", 2, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+    ],
     "Report": [
         ("number", 1, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
         ("cost_usd", 2, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("saved_usd", 3, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("route", 4, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("tier", 5, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("reference", 6, _F.TYPE_BOOL, _F.LABEL_OPTIONAL, ""),
+        ("cache", 7, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("input_tokens", 8, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
+        ("output_tokens", 9, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
+        ("labels", 10, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".tokenomy.usage.v1.Label"),
+        ("task", 11, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
     ],
     "SidecarMessage": [
         ("holder", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
@@ -72,9 +87,85 @@ def _classes() -> dict[str, Any]:
 
 
 _BUILT = _classes()
+Label: Any = _BUILT["Label"]
+"""An attribution label: ``key``, ``value``."""
 Report: Any = _BUILT["Report"]
-"""A numbered usage report: ``number``, ``cost_usd``."""
+"""A numbered usage report of one request (see :class:`RequestUsage` for the fields)."""
 SidecarMessage: Any = _BUILT["SidecarMessage"]
 """Reports, and optionally a lease request with the money in flight."""
 OperatorMessage: Any = _BUILT["OperatorMessage"]
 """What was counted, and the lease granted (``granted``) or that there is no budget."""
+
+
+CACHE_HITS = frozenset({"exact", "semantic"})
+"""``cache`` values of a request answered from cache."""
+
+
+@dataclass(frozen=True)
+class RequestUsage:
+    """What one request used, as a sidecar reports it."""
+
+    cost: Decimal
+    """USD every model call of the request cost (cascade tries and verifier calls included)."""
+    saved: Decimal = Decimal(0)
+    """USD saved against the reference tier; negative when an escalation cost more."""
+    route: str = ""
+    """The ModelRoute that served it."""
+    tier: str = ""
+    """The tier whose answer was served; for a cache hit, the tier that first answered."""
+    reference: bool = False
+    """Whether that tier is the route's reference (largest) tier."""
+    cache: str = ""
+    """``exact`` or ``semantic`` for a hit, ``miss``, ``bypass``; empty when never answered."""
+    input_tokens: int = 0
+    """Input tokens of every model call of the request."""
+    output_tokens: int = 0
+    """Output tokens of every model call of the request."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """Attribution labels (pod labels, the feature header), sorted by key."""
+    task: str = ""
+    """The client's task id (``x-tokenomy-task``), if it sent one."""
+
+    @property
+    def hit(self) -> bool:
+        """Answered from cache."""
+        return self.cache in CACHE_HITS
+
+    def report(self, number: int) -> Any:
+        """The numbered protobuf report."""
+        return Report(
+            number=number,
+            cost_usd=str(self.cost),
+            saved_usd=str(self.saved),
+            route=self.route,
+            tier=self.tier,
+            reference=self.reference,
+            cache=self.cache,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            labels=[Label(key=k, value=v) for k, v in self.labels],
+            task=self.task,
+        )
+
+    @classmethod
+    def from_report(cls, report: Any) -> RequestUsage:
+        """Read a protobuf report; raises ValueError when its cost is not a number."""
+        try:
+            cost = Decimal(report.cost_usd)
+            saved = Decimal(report.saved_usd or "0")
+        except InvalidOperation:
+            raise ValueError(f"report {report.number} has no valid cost") from None
+        if not cost.is_finite() or not saved.is_finite():
+            raise ValueError(f"report {report.number} has no valid cost")
+        return cls(
+            cost=cost,
+            saved=saved,
+            route=report.route,
+            tier=report.tier,
+            reference=report.reference,
+            cache=report.cache,
+            input_tokens=report.input_tokens,
+            output_tokens=report.output_tokens,
+            labels=tuple((label.key, label.value) for label in report.labels),
+            task=report.task,
+        )

@@ -18,13 +18,22 @@ from typing import Any, Protocol
 
 from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_api.compiled import SidecarConfig
-from tokenomy_api.costpolicy import Budget
+from tokenomy_api.costpolicy import Alerts, Budget
 from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_CONFIG_TYPE_URL
+from tokenomy_operator.alerting import (
+    ALERT_CONDITIONS,
+    HOLD_SECONDS,
+    Hold,
+    Window,
+    evaluate,
+    period_window,
+)
 from tokenomy_operator.metrics import OperatorMetrics
 from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
 from tokenomy_operator.status import (
     Rollout,
     budget_condition,
+    condition,
     crossed_thresholds,
     policy_status,
     route_status,
@@ -66,6 +75,7 @@ class Controller:
         metrics: OperatorMetrics | None = None,
         usage: UsageService | None = None,
         spend_interval: float = 15.0,
+        alert_hold: float = HOLD_SECONDS,
     ) -> None:
         self.cache = cache
         self.ads = ads
@@ -77,6 +87,9 @@ class Controller:
         """Spend per policy, written into status and restored from it."""
         self.spend_interval = spend_interval
         """How often spend reaches status when nothing else changes."""
+        self.alert_hold = alert_hold
+        """How long an alert must hold before its condition turns True."""
+        self.alert_holds: dict[str, Hold] = {}
         ads.listeners.append(self.metrics.xds_reply)
         self.state = ClusterState()
         self._dirty = asyncio.Event()
@@ -153,11 +166,15 @@ class Controller:
             status = policy_status(observed, self._rollout(observed, config), previous, now)
             warnings: list[int] = []
             if self.usage is not None:
-                self.usage.restore(key, previous.get("spend"))
-                spend = self.usage.spend_status(key)
+                self.usage.restore(key, previous)
+                status.update(self.usage.status(key))
+                spend = status.get("spend")
                 budget = config.budget if config is not None else None
-                if spend is not None:
-                    status["spend"] = spend
+                if config is not None:
+                    status["conditions"] += self._alerts(
+                        key, config.alerts, observed, previous, now
+                    )
+                    self.metrics.policy_usage(namespace, name, status)
                 if spend is not None and budget is not None:
                     status["conditions"].append(
                         budget_condition(
@@ -183,6 +200,32 @@ class Controller:
         if self.synced is not None:
             self.synced(result)
         return result
+
+    def _alerts(
+        self,
+        key: str,
+        alerts: Alerts,
+        observed: PolicyStatus,
+        previous: Mapping[str, Any],
+        now: str,
+    ) -> list[dict[str, Any]]:
+        """The policy's alert conditions: the last hour against its baselines."""
+        assert self.usage is not None
+        wall = self.clock.wall()
+        history = self.usage.history.get(key)
+        current = history.current(wall) if history is not None else Window()
+        moving = history.moving_average(wall) if history is not None else None
+        last = self.usage.previous.get(key)
+        seconds = _seconds_between(last["start"], last["end"]) if last else 0.0
+        checks = evaluate(alerts, current, moving, period_window(last, seconds))
+        hold = self.alert_holds.setdefault(key, Hold())
+        before = previous.get("conditions") or []
+        return [
+            condition(
+                c.condition, c.breached, c.reason, c.message, observed.generation, before, now
+            )
+            for c in hold.conditions(checks, wall, self.alert_hold)
+        ]
 
     def _rollout(self, observed: PolicyStatus, config: SidecarConfig | None) -> Rollout:
         if config is None:
@@ -220,8 +263,15 @@ class Controller:
             await self.writer.event(kind, namespace, name, *event)
 
 
-BAD_WHEN_TRUE = frozenset({"BudgetExceeded"})
+BAD_WHEN_TRUE = frozenset({"BudgetExceeded", *ALERT_CONDITIONS})
 """Conditions whose ``True`` is the trouble (an Event of type Warning)."""
+
+
+def _seconds_between(start: str, end: str) -> float:
+    def parse(moment: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(moment.replace("Z", "+00:00"))
+
+    return (parse(end) - parse(start)).total_seconds()
 
 
 def _same(previous: Mapping[str, Any], status: Mapping[str, Any]) -> bool:

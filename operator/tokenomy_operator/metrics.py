@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -11,6 +14,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from tokenomy_operator.alerting import ALERT_CONDITIONS
 
 
 class OperatorMetrics:
@@ -36,6 +41,57 @@ class OperatorMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+
+        policy = ["namespace", "policy"]
+        self.policy_spend = Gauge(
+            "tokenomy_policy_spend_usd", "USD spent this budget period.", policy, registry=r
+        )
+        self.policy_savings = Gauge(
+            "tokenomy_policy_savings_usd",
+            "Net USD saved this period against the reference tier.",
+            policy,
+            registry=r,
+        )
+        self.policy_tasks = Gauge(
+            "tokenomy_policy_tasks",
+            "Distinct tasks (x-tokenomy-task) this period.",
+            policy,
+            registry=r,
+        )
+        self.policy_task_cost = Gauge(
+            "tokenomy_policy_cost_per_task_usd",
+            "Average USD per task this period.",
+            policy,
+            registry=r,
+        )
+        self.policy_task_tokens = Gauge(
+            "tokenomy_policy_tokens_per_task",
+            "Average tokens per task this period.",
+            policy,
+            registry=r,
+        )
+        self.policy_alert = Gauge(
+            "tokenomy_policy_alert",
+            "1 while an alert condition of the CostPolicy is True.",
+            [*policy, "alert"],
+            registry=r,
+        )
+
+    def policy_usage(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Mirror a CostPolicy's usage status (spend, savings, tasks, alerts) as gauges."""
+        spend = status.get("spend")
+        if spend is not None:
+            self.policy_spend.labels(namespace, name).set(float(spend["amount"]))
+        if "savings" in status:
+            self.policy_savings.labels(namespace, name).set(float(status["savings"]))
+        tasks = status.get("tasks")
+        if tasks:
+            self.policy_tasks.labels(namespace, name).set(tasks["count"])
+            self.policy_task_cost.labels(namespace, name).set(float(tasks["costPerTask"]))
+            self.policy_task_tokens.labels(namespace, name).set(tasks["tokensPerTask"])
+        for c in status.get("conditions") or []:
+            if c["type"] in ALERT_CONDITIONS:
+                self.policy_alert.labels(namespace, name, c["type"]).set(c["status"] == "True")
 
     def xds_reply(self, node: str, type_url: str, version: str, error: str) -> None:
         """An AdsServer listener: count an ACK or a NACK."""

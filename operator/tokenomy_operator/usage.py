@@ -4,11 +4,17 @@ One :class:`~tokenomy_api.ledger.Ledger` per CostPolicy and budget period;
 a new period starts a new ledger. Policies without a budget are counted too
 (their spend is wanted in status) and answered ``unlimited``.
 
+Besides money, each report's tier, cache outcome, tokens, attribution
+labels and task add up into :class:`~tokenomy_operator.totals.Totals`
+(savings, cache hit rate, tier shares, spenders, tasks) and into the
+10-minute buckets alerts compare (:class:`~tokenomy_operator.alerting.History`).
+
 The controller writes each ledger's spend into ``status.spend`` (with the
-last report number counted per sidecar) and, after a restart, restores the
-ledgers from there before any report is counted (:meth:`UsageService.restore`,
-reports of a policy wait until it is restored), so nothing is lost or counted
-twice.
+last report number counted per sidecar) and the totals beside it, and after
+a restart restores both from there before any report is counted
+(:meth:`UsageService.restore`; reports of a policy wait until it is
+restored), so nothing is lost or counted twice. When a period ends, its
+totals move to ``status.previousPeriod``, the ``previousPeriod`` baseline.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -28,7 +34,9 @@ from tokenomy_api.clock import Clock
 from tokenomy_api.costpolicy import Budget
 from tokenomy_api.ledger import LeaseSettings, Ledger
 from tokenomy_api.periods import bounds, projected, share_used
-from tokenomy_api.usage_protocol import SERVICE, OperatorMessage, SidecarMessage
+from tokenomy_api.usage_protocol import SERVICE, OperatorMessage, RequestUsage, SidecarMessage
+from tokenomy_operator.alerting import History
+from tokenomy_operator.totals import Totals
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,7 @@ class Period:
     start: datetime
     end: datetime
     ledger: Ledger
+    totals: Totals = field(default_factory=Totals)
 
 
 class UsageService:
@@ -60,6 +69,10 @@ class UsageService:
         self.clock = clock
         self.settings = settings or LeaseSettings()
         self.periods: dict[str, Period] = {}
+        self.history: dict[str, History] = {}
+        """Per policy, recent usage in buckets: the ``movingAverage`` baseline of alerts."""
+        self.previous: dict[str, dict[str, Any]] = {}
+        """Per policy, ``status.previousPeriod``: the last period's totals."""
         self.restored_all = ready
         """When False, a policy's reports wait until :meth:`restore` has seen its status."""
         self._seen: dict[str, asyncio.Event] = {}
@@ -75,8 +88,8 @@ class UsageService:
                 event.set()
         return event
 
-    def restore(self, policy: str, spend: Mapping[str, Any] | None) -> bool:
-        """Resume a policy's ledger from its ``status.spend``, if that is this period's.
+    def restore(self, policy: str, status: Mapping[str, Any] | None) -> bool:
+        """Resume a policy's ledger and totals from its status, if that is this period's.
 
         Called by the controller for every policy it sees; until then, that
         policy's reports wait, so none is counted into a ledger that a
@@ -86,21 +99,30 @@ class UsageService:
         if event.is_set():
             return False
         event.set()
-        if not spend or policy in self.periods:
+        if policy in self.periods:
+            return False
+        status = status or {}
+        if status.get("previousPeriod"):
+            self.previous[policy] = dict(status["previousPeriod"])
+        spend = status.get("spend")
+        if not spend:
             return False
         period, _ = self.period(policy)
-        if spend.get("periodStart") != _rfc3339(period.start):
-            return False  # a past period: this one starts from nothing
         try:
-            period.ledger.spent = Decimal(str(spend.get("amount", "0")))
-            period.ledger.sequence = {
-                str(r["holder"]): int(r["number"]) for r in spend.get("reports") or []
-            }
-            self.persisted(policy, list(spend.get("reports") or []))
+            amount = Decimal(str(spend.get("amount", "0")))
+            totals = Totals.restore(status)
+            if spend.get("periodStart") != _rfc3339(period.start):
+                # A past period: this one starts from nothing, that one is the baseline.
+                began = datetime.fromisoformat(str(spend["periodStart"]).replace("Z", "+00:00"))
+                _, ended = self._bounds(self.budget_of(policy), began)
+                self.previous[policy] = _previous(_rfc3339(began), _rfc3339(ended), amount, status)
+                return False
+            sequence = {str(r["holder"]): int(r["number"]) for r in spend.get("reports") or []}
         except (InvalidOperation, KeyError, TypeError, ValueError):
-            log.warning("status.spend of %s is unreadable; counting from zero", policy)
-            period.ledger.spent, period.ledger.sequence = Decimal(0), {}
+            log.warning("status of %s is unreadable; counting from zero", policy)
             return False
+        period.ledger.spent, period.ledger.sequence, period.totals = amount, sequence, totals
+        self.persisted(policy, list(spend.get("reports") or []))
         return True
 
     def persisted(self, policy: str, reports: list[dict[str, Any]]) -> None:
@@ -117,11 +139,20 @@ class UsageService:
             return counted
         return min(counted, self._persisted.get(policy, {}).get(holder, 0))
 
-    def spend_status(self, policy: str) -> dict[str, Any] | None:
-        """``status.spend`` for a policy whose sidecars have reported this period."""
-        current = self.periods.get(policy)
+    def status(self, policy: str) -> dict[str, Any]:
+        """The status fields of a policy's usage: spend, totals, the previous period."""
+        current = self.period(policy)[0] if policy in self.periods else None  # may turn over
+        out: dict[str, Any] = {}
+        if policy in self.previous:
+            out["previousPeriod"] = self.previous[policy]
         if current is None:
-            return None
+            return out
+        out["spend"] = self._spend(policy, current)
+        out.update(current.totals.status())
+        return out
+
+    def _spend(self, policy: str, current: Period) -> dict[str, Any]:
+        """``status.spend``."""
         budget = self.budget_of(policy)
         now = datetime.fromtimestamp(self.clock.wall(), UTC)
         spent = current.ledger.spent
@@ -140,30 +171,43 @@ class UsageService:
     def period(self, policy: str) -> tuple[Period, Budget | None]:
         """The policy's current period (a new ledger when the period turned over)."""
         budget = self.budget_of(policy)
-        now = datetime.fromtimestamp(self.clock.wall(), UTC)
-        if budget is None:
-            start, end = bounds("monthly", "UTC", now)
-        else:
-            start, end = bounds(budget.period, budget.time_zone, now)
+        start, end = self._bounds(budget, datetime.fromtimestamp(self.clock.wall(), UTC))
         amount = budget.amount if budget is not None else UNBUDGETED
         current = self.periods.get(policy)
         if current is None or current.start != start:
+            if current is not None:
+                self.previous[policy] = _previous(
+                    _rfc3339(current.start), _rfc3339(current.end), current.ledger.spent,
+                    current.totals.status(),
+                )  # fmt: skip
             current = Period(start, end, Ledger(amount, self.settings))
             self.periods[policy] = current
         current.ledger.budget = amount  # the policy may have been edited
         return current, budget
 
+    @staticmethod
+    def _bounds(budget: Budget | None, moment: datetime) -> tuple[datetime, datetime]:
+        """The period around ``moment``: the budget's, else a calendar month in UTC."""
+        if budget is None:
+            return bounds("monthly", "UTC", moment)
+        return bounds(budget.period, budget.time_zone, moment)
+
     def handle(self, message: Any) -> Any:
         """One sidecar message in, the answer out."""
         period, budget = self.period(message.policy)
         ledger = period.ledger
+        history = self.history.get(message.policy)
+        if history is None:
+            history = self.history[message.policy] = History(self.clock.wall())
         for report in message.reports:
             try:
-                cost = Decimal(report.cost_usd)
-            except InvalidOperation:
-                log.warning("report %d of %s has no valid cost", report.number, message.holder)
+                usage = RequestUsage.from_report(report)
+            except ValueError as error:
+                log.warning("%s from %s", error, message.holder)
                 continue
-            ledger.report(message.holder, report.number, cost)
+            if ledger.report(message.holder, report.number, usage.cost):
+                period.totals.add(usage)
+                history.add(usage, self.clock.wall())
         answer = OperatorMessage(
             acknowledged=self.acknowledged(message.policy, message.holder),
             unlimited=budget is None,
@@ -203,6 +247,11 @@ def add_to_server(service: UsageService, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, {"Stream": handler}),)
     )
+
+
+def _previous(start: str, end: str, amount: Decimal, status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status.previousPeriod`` from a period's totals (as :meth:`Totals.status` wrote them)."""
+    return {"start": start, "end": end, "amount": str(amount), "usage": status.get("usage") or {}}
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -1,7 +1,10 @@
-"""An injected sidecar's budget: leases and reports over the operator's usage stream.
+"""An injected sidecar's usage reports and budget leases over the operator's usage stream.
 
-Every sidecar of a policy spends from leases the operator grants out of one
-ledger, so replicas share the budget. Reports are numbered; the ones the
+Every request of every policy is reported (cost, savings, tier, cache,
+tokens, attribution labels, task), budget or not: the operator sums them
+into the policy's status and alerts. With a budget, every sidecar of a
+policy spends from leases the operator grants out of one ledger, so
+replicas share the budget. Reports are numbered; the ones the
 operator has not acknowledged are sent again after a reconnect and counted
 once. A sidecar that restarts takes a new name (node id plus a random
 suffix), so its numbering starting again at 1 is never mistaken for replays.
@@ -28,7 +31,7 @@ import grpc
 from tokenomy_api.clock import Clock
 from tokenomy_api.costpolicy import Budget
 from tokenomy_api.periods import bounds
-from tokenomy_api.usage_protocol import METHOD, OperatorMessage, Report, SidecarMessage
+from tokenomy_api.usage_protocol import METHOD, OperatorMessage, RequestUsage, SidecarMessage
 from tokenomy_sidecar.stages.budget import BudgetKeeper, reset_message
 from tokenomy_sidecar.wallet import Reservation, Wallet
 
@@ -45,7 +48,9 @@ FLUSH_SECONDS = 0.05
 class RemoteBudget:
     """One policy's budget for this sidecar."""
 
-    def __init__(self, address: str, node: str, policy: str, budget: Budget, clock: Clock) -> None:
+    def __init__(
+        self, address: str, node: str, policy: str, budget: Budget | None, clock: Clock
+    ) -> None:
         self.address = address
         self.holder = f"{node}#{secrets.token_hex(4)}"
         self.policy = policy
@@ -85,7 +90,7 @@ class RemoteBudget:
         # Reports stay unacknowledged until the operator has them in status; they
         # are sent once, and all of them again after a reconnect.
         reports = [
-            Report(number=r.number, cost_usd=str(r.cost))
+            r.usage.report(r.number)
             for r in self.wallet.unsent
             if everything or r.number > self._sent
         ]
@@ -149,6 +154,8 @@ class RemoteBudget:
 
     async def reserve(self, amount: Decimal) -> Reservation | None:
         """From the current lease, or a new one; None when the budget cannot cover it."""
+        if self.budget is None:
+            return Reservation(Decimal(0))  # reports only
         if not self._first.is_set():
             # Just started: give the stream a moment to come up before judging.
             with contextlib.suppress(TimeoutError):
@@ -174,9 +181,9 @@ class RemoteBudget:
                 return None  # granted nothing: the budget is spent
         return None
 
-    def settle(self, reservation: Reservation, cost: Decimal) -> None:
+    def settle(self, reservation: Reservation, usage: RequestUsage) -> None:
         """Count the request and send its report soon."""
-        self.wallet.settle(reservation, cost)
+        self.wallet.settle(reservation, usage)
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
@@ -185,10 +192,13 @@ class RemoteBudget:
         if self.resets_at is not None:
             return self.resets_at
         now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        if self.budget is None:
+            return bounds("monthly", "UTC", now)[1]  # how the operator counts unbudgeted spend
         return bounds(self.budget.period, self.budget.time_zone, now)[1]
 
     def exceeded_message(self, policy: str) -> str:
         """Which budget is spent and when it resets."""
+        assert self.budget is not None  # without a budget nothing is refused
         return reset_message(self.budget, policy, self._end())
 
     def seconds_to_reset(self) -> int:
@@ -198,14 +208,14 @@ class RemoteBudget:
 
 @dataclass
 class RemoteKeepers:
-    """Under the operator: one remote budget per policy, on the usage stream."""
+    """Under the operator: one usage stream per policy, with the budget if it has one."""
 
     address: str
     node: str
     clock: Clock
     budgets: dict[str, RemoteBudget] = field(default_factory=dict)
 
-    def get(self, policy: str, budget: Budget) -> BudgetKeeper:
+    def get(self, policy: str, budget: Budget | None) -> BudgetKeeper:
         """The policy's budget, updated to the one in force."""
         keeper = self.budgets.get(policy)
         if keeper is None:

@@ -59,6 +59,31 @@ class Metrics:
             ["namespace", "policy", "key", "value"],
             registry=r,
         )
+        self.attributed_tokens = Counter(
+            "tokenomy_attributed_tokens",
+            "Input and output tokens of every model call, by attribution (as the cost above).",
+            ["namespace", "policy", "key", "value"],
+            registry=r,
+        )
+        self.task_requests = Counter(
+            "tokenomy_task_requests",
+            "Requests that named their task (header x-tokenomy-task); the operator's "
+            "tokenomy_policy_tasks counts the distinct tasks.",
+            ["namespace", "policy"],
+            registry=r,
+        )
+        self.task_cost = Counter(
+            "tokenomy_task_cost_usd",
+            "USD spent by requests that named their task.",
+            ["namespace", "policy"],
+            registry=r,
+        )
+        self.task_tokens = Counter(
+            "tokenomy_task_tokens",
+            "Input and output tokens of requests that named their task.",
+            ["namespace", "policy"],
+            registry=r,
+        )
         self.overspend = Counter(
             "tokenomy_overspend_usd",
             "USD requests cost beyond what the reference tier would have charged for the same "

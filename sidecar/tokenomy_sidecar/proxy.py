@@ -28,6 +28,7 @@ from tokenomy_api.compiled import CompiledDomain, CompiledRoute, CompiledTier
 from tokenomy_api.costpolicy import Confidence
 from tokenomy_api.meta import parse_duration
 from tokenomy_api.modelroute import Embedding, Price
+from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.embedders import (
     Embedder,
     LocalEmbedder,
@@ -80,6 +81,9 @@ NO_CACHE = identify.CacheDecision("", lookup=False, store=False, reason="fail-op
 
 # Stored entries start with the tier and backend that answered, then the body.
 _SEPARATOR = b"\n"
+TASK_HEADER = "x-tokenomy-task"
+"""Names the agent task a request belongs to: cost and tokens per task."""
+TASK_MAX = 256
 
 
 @dataclass
@@ -108,9 +112,17 @@ class Exchange:
     """What every call for this request cost, cascade tries and verifier calls included."""
     feature: str | None = None
     """The attribution header's value, when the policy names one and the request has it."""
+    task: str = ""
+    """The client's task id (``x-tokenomy-task``)."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    """Tokens of every model call for this request."""
     budget: BudgetKeeper | None = None
+    """Where the request is reported (and its budget kept), if anywhere."""
     reservation: Reservation | None = None
     """Money set aside from the budget for this request; settled when it ends."""
+    usage: RequestUsage | None = None
+    """What the request used, once it was answered; reported when it ends."""
 
 
 def _tier(route: CompiledRoute, name: str) -> CompiledTier:
@@ -208,12 +220,19 @@ class Proxy:
             raw = await self._read(request)
             chat = parse_chat(raw)
             route = self._route(runtime, chat.model)
+            task = request.headers.get(TASK_HEADER, "")
+            if len(task) > TASK_MAX:
+                raise ApiError(400, f"header {TASK_HEADER} is longer than {TASK_MAX} characters")
         except ApiError as error:
             return await self._refuse(request, error)
-        policy = runtime.config.policy
+        config = runtime.config
+        policy = config.policy
         x = Exchange(runtime, route, chat, started, (policy.namespace, policy.name, route.name))
-        header = runtime.config.attribution.header
+        header = config.attribution.header
         x.feature = request.headers.get(header) if header else None
+        x.task = task
+        if self.budgets is not None:
+            x.budget = self.budgets.get(policy.key, config.budget)
         self.metrics.in_flight.inc()
         try:
             hit = await self._prepare(x, request, raw)
@@ -224,8 +243,10 @@ class Proxy:
             return error.response(x.headers)
         finally:
             self.metrics.in_flight.dec()
-            if x.budget is not None and x.reservation is not None:
-                x.budget.settle(x.reservation, x.spent)
+            if x.budget is not None and (x.reservation is not None or x.usage is not None):
+                # Failed requests are reported too: what they spent counts.
+                usage = x.usage or RequestUsage(x.spent, route=route.name)
+                x.budget.settle(x.reservation or Reservation(Decimal(0)), usage)
 
     async def _prepare(
         self, x: Exchange, request: web.Request, raw: bytes
@@ -314,9 +335,9 @@ class Proxy:
             price = x.route.embedding.price if x.route.embedding else None
             if price is not None and usage.prompt:
                 model = x.route.embedding.model if x.route.embedding else ""
-                self.metrics.money(
-                    self.metrics.cost, cost(usage, price), *x.labels, "embedding", model
-                )
+                paid = cost(usage, price)
+                self.metrics.money(self.metrics.cost, paid, *x.labels, "embedding", model)
+                x.spent += paid
         return x.vector
 
     async def _semantic_lookup(self, x: Exchange) -> tuple[bytes, str, float] | None:
@@ -523,8 +544,9 @@ class Proxy:
         tier, backend, body = entry.split(_SEPARATOR, 2)
         completion = orjson.loads(body)
         usage = Usage.from_openai(completion.get("usage"))
-        saved = cost(usage, reference_price(x.route))
+        saved = cost(usage, reference_price(x.route)) - x.spent
         self.metrics.money(self.metrics.savings, saved, *x.labels, f"{kind}_cache")
+        self._record(x, tier.decode(), kind, saved)
         headers = {
             "x-tokenomy-cache": kind,
             "x-tokenomy-tier": tier.decode(),
@@ -583,12 +605,11 @@ class Proxy:
     async def _admit(self, x: Exchange) -> None:
         """Reserve the request's cost from the budget, or apply ``onExceeded``."""
         spec = x.runtime.config.budget
-        if spec is None or self.budgets is None:
+        budget = x.budget
+        if spec is None or budget is None:
             return
         assert x.tier is not None
         key = x.runtime.config.policy.key
-        budget = self.budgets.get(key, spec)
-        x.budget = budget
         names = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
         cost = estimate([_tier(x.route, n) for n in names], x.chat.body)
         x.reservation = await budget.reserve(cost)
@@ -717,6 +738,8 @@ class Proxy:
             m.tokens.labels(*labels, "output").inc(usage.completion)
         m.money(m.cost, paid, *labels)
         x.spent += paid
+        x.input_tokens += usage.prompt
+        x.output_tokens += usage.completion
         if final:
             self._settle(x, reply, usage)
         return x.spent
@@ -737,8 +760,34 @@ class Proxy:
         saved = savings(usage, x.spent, reference_price(x.route))
         m.money(m.savings, saved, *x.labels, x.lever)
         m.money(m.overspend, -saved, *x.labels, x.lever)
-        for key, value in self._attribution(x).items():
+        self._record(x, tier, cache, saved)
+
+    def _record(self, x: Exchange, tier: str, cache: str, saved: Decimal) -> None:
+        """What the request used: to the attribution and task metrics, and its usage report."""
+        m = self.metrics
+        labels = self._attribution(x)
+        tokens = x.input_tokens + x.output_tokens
+        for key, value in labels.items():
             m.money(m.attributed_cost, x.spent, *x.labels[:2], key, value)
+            if tokens:
+                m.attributed_tokens.labels(*x.labels[:2], key, value).inc(tokens)
+        if x.task:
+            m.task_requests.labels(*x.labels[:2]).inc()
+            m.money(m.task_cost, x.spent, *x.labels[:2])
+            if tokens:
+                m.task_tokens.labels(*x.labels[:2]).inc(tokens)
+        x.usage = RequestUsage(
+            cost=x.spent,
+            saved=saved,
+            route=x.route.name,
+            tier=tier,
+            reference=tier == x.route.reference_tier,
+            cache=cache,
+            input_tokens=x.input_tokens,
+            output_tokens=x.output_tokens,
+            labels=tuple(sorted(labels.items())),
+            task=x.task,
+        )
 
     def _attribution(self, x: Exchange) -> dict[str, str]:
         """Who this request is charged to: the pod's labels, the header for ``feature``."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from tokenomy_api.usage_protocol import RequestUsage
+
 ZERO = Decimal(0)
 
 
@@ -26,7 +28,12 @@ class Report:
     """One numbered usage report, as the operator counts it."""
 
     number: int
-    cost: Decimal
+    usage: RequestUsage
+
+    @property
+    def cost(self) -> Decimal:
+        """What the request cost."""
+        return self.usage.cost
 
 
 @dataclass
@@ -53,13 +60,13 @@ class Wallet:
         self.reserved += estimate
         return Reservation(estimate)
 
-    def settle(self, reservation: Reservation, cost: Decimal) -> Report:
+    def settle(self, reservation: Reservation, usage: RequestUsage) -> Report:
         """Turn a reservation into the request's actual cost and a numbered report."""
         self.reserved -= reservation.amount
-        self.spent += cost
-        self.settled += cost
+        self.spent += usage.cost
+        self.settled += usage.cost
         self.number += 1
-        report = Report(self.number, cost)
+        report = Report(self.number, usage)
         self.unsent.append(report)
         return report
 

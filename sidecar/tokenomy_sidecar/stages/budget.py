@@ -27,6 +27,7 @@ from tokenomy_api.compiled import CompiledTier
 from tokenomy_api.costpolicy import Budget
 from tokenomy_api.ledger import Ledger
 from tokenomy_api.periods import bounds
+from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.request import message_text
 from tokenomy_sidecar.routing.decision import estimate_tokens
 from tokenomy_sidecar.wallet import Reservation, Wallet
@@ -58,8 +59,8 @@ class BudgetKeeper(Protocol):
         """Set ``amount`` aside, or None when the budget cannot cover it."""
         ...
 
-    def settle(self, reservation: Reservation, cost: Decimal) -> None:
-        """The request is done: count what it cost."""
+    def settle(self, reservation: Reservation, usage: RequestUsage) -> None:
+        """The request is done: count what it cost and used."""
         ...
 
     def exceeded_message(self, policy: str) -> str:
@@ -74,8 +75,8 @@ class BudgetKeeper(Protocol):
 class Keepers(Protocol):
     """The budget keeper of each policy a sidecar serves."""
 
-    def get(self, policy: str, budget: Budget) -> BudgetKeeper:
-        """The keeper of ``policy``, told the budget in force."""
+    def get(self, policy: str, budget: Budget | None) -> BudgetKeeper | None:
+        """The keeper of ``policy``, told the budget in force; None when nothing is kept."""
         ...
 
     async def close(self) -> None:
@@ -136,9 +137,9 @@ class LocalBudget:
             held = self.wallet.reserve(amount, now)
         return held
 
-    def settle(self, reservation: Reservation, cost: Decimal) -> None:
+    def settle(self, reservation: Reservation, usage: RequestUsage) -> None:
         """The request is done: count what it cost."""
-        report = self.wallet.settle(reservation, cost)
+        report = self.wallet.settle(reservation, usage)
         self._the_ledger().report(HOLDER, report.number, report.cost)
         self.wallet.acknowledged(report.number)
 
@@ -159,8 +160,13 @@ class LocalKeepers:
     clock: Clock
     budgets: dict[str, LocalBudget] = field(default_factory=dict)
 
-    def get(self, policy: str, budget: Budget) -> BudgetKeeper:
-        """The policy's budget, updated to the one in force."""
+    def get(self, policy: str, budget: Budget | None) -> BudgetKeeper | None:
+        """The policy's budget, updated to the one in force; None without one.
+
+        Standalone, usage goes to metrics only: there is no status to report it to.
+        """
+        if budget is None:
+            return None
         keeper = self.budgets.get(policy)
         if keeper is None:
             keeper = self.budgets[policy] = LocalBudget(budget, self.clock)

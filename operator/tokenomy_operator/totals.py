@@ -1,0 +1,175 @@
+"""What a policy's sidecars reported in one period, beyond the money the ledger counts.
+
+Pure: :class:`Totals` adds up :class:`~tokenomy_api.usage_protocol.RequestUsage`
+reports into the status fields a person reads (savings, cache hit rate,
+share per tier, top spenders, cost per task) and the counts a restarted
+operator resumes from (``status.usage``, ``status.spenders``,
+``status.tasks``). They are written in the same status patch as the report
+numbers, so a restart neither loses nor double counts them.
+
+Distinct tasks are counted by id in memory, up to :data:`MAX_TASKS` per
+policy and period; after a restart only the ten most expensive are known by
+id, so a task running across the restart may be counted twice in
+``tasks.count`` (its cost and tokens are not).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from tokenomy_api.usage_protocol import RequestUsage
+
+ZERO = Decimal(0)
+MAX_TASKS = 100_000
+"""Task ids remembered per policy and period; more are counted but not told apart."""
+TOP_SPENDERS = 50
+TOP_TASKS = 10
+
+
+@dataclass
+class Share:
+    """Cost, tokens and requests of one spender or task."""
+
+    cost: Decimal = ZERO
+    tokens: int = 0
+    requests: int = 0
+
+    def add(self, usage: RequestUsage) -> None:
+        """Count one request."""
+        self.cost += usage.cost
+        self.tokens += usage.input_tokens + usage.output_tokens
+        self.requests += 1
+
+    def status(self) -> dict[str, Any]:
+        """Cost, tokens and requests as status writes them."""
+        return {"cost": str(self.cost), "tokens": self.tokens, "requests": self.requests}
+
+    @classmethod
+    def read(cls, entry: Mapping[str, Any]) -> Share:
+        """From a status entry."""
+        return cls(Decimal(str(entry.get("cost", "0"))), int(entry.get("tokens", 0)),
+                   int(entry.get("requests", 0)))  # fmt: skip
+
+
+@dataclass
+class Totals:
+    """A policy's reports in one period."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reference_requests: int = 0
+    saved: Decimal = ZERO
+    tiers: Counter[str] = field(default_factory=Counter)
+    """Requests per answering tier (cache hits not included)."""
+    spenders: dict[tuple[str, str], Share] = field(default_factory=dict)
+    tasks: dict[str, Share] = field(default_factory=dict)
+    task_count: int = 0
+    """Distinct tasks; can exceed ``len(tasks)`` (see the module's note)."""
+    tasked: Share = field(default_factory=Share)
+    """All requests that named a task."""
+
+    def add(self, usage: RequestUsage) -> None:
+        """Count one request's report."""
+        self.requests += 1
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.saved += usage.saved
+        if usage.hit:
+            self.cache_hits += 1
+        elif usage.tier:
+            self.tiers[usage.tier] += 1
+            self.reference_requests += usage.reference
+        for label in usage.labels:
+            self.spenders.setdefault(label, Share()).add(usage)
+        if usage.task:
+            self.tasked.add(usage)
+            task = self.tasks.get(usage.task)
+            if task is None:
+                self.task_count += 1
+                if len(self.tasks) < MAX_TASKS:
+                    task = self.tasks[usage.task] = Share()
+            if task is not None:
+                task.add(usage)
+
+    @property
+    def model_requests(self) -> int:
+        """Requests a model answered (or tried to): all but cache hits."""
+        return self.requests - self.cache_hits
+
+    def status(self) -> dict[str, Any]:
+        """The status fields: readable shares and the counts behind them."""
+        out: dict[str, Any] = {
+            "savings": str(self.saved),
+            "usage": {
+                "requests": self.requests,
+                "cacheHits": self.cache_hits,
+                "inputTokens": self.input_tokens,
+                "outputTokens": self.output_tokens,
+                "referenceRequests": self.reference_requests,
+                "tiers": [{"tier": t, "requests": n} for t, n in sorted(self.tiers.items())],
+                "saved": str(self.saved),
+            },
+        }
+        if self.requests:
+            out["cacheHitRate"] = percent(self.cache_hits, self.requests)
+        answered = sum(self.tiers.values())
+        if answered:
+            out["tierShares"] = [
+                {"tier": t, "share": percent(n, answered)} for t, n in sorted(self.tiers.items())
+            ]
+        if self.spenders:
+            ranked = sorted(self.spenders.items(), key=lambda kv: (-kv[1].cost, kv[0]))
+            out["spenders"] = [
+                {"key": k, "value": v, **share.status()} for (k, v), share in ranked[:TOP_SPENDERS]
+            ]
+        if self.task_count:
+            top = sorted(self.tasks.items(), key=lambda kv: (-kv[1].cost, kv[0]))[:TOP_TASKS]
+            out["tasks"] = {
+                "count": self.task_count,
+                **self.tasked.status(),
+                "costPerTask": str((self.tasked.cost / self.task_count).quantize(MICRO)),
+                "tokensPerTask": self.tasked.tokens // self.task_count,
+                "top": [{"task": t, **share.status()} for t, share in top],
+            }
+        return out
+
+    @classmethod
+    def restore(cls, status: Mapping[str, Any]) -> Totals:
+        """The totals a status holds (as :meth:`status` wrote them); ValueError if unreadable."""
+        try:
+            usage = status.get("usage") or {}
+            totals = cls(
+                requests=int(usage.get("requests", 0)),
+                cache_hits=int(usage.get("cacheHits", 0)),
+                input_tokens=int(usage.get("inputTokens", 0)),
+                output_tokens=int(usage.get("outputTokens", 0)),
+                reference_requests=int(usage.get("referenceRequests", 0)),
+                saved=Decimal(str(usage.get("saved", "0"))),
+                tiers=Counter(
+                    {str(t["tier"]): int(t["requests"]) for t in usage.get("tiers") or []}
+                ),
+            )
+            for entry in status.get("spenders") or []:
+                totals.spenders[(str(entry["key"]), str(entry["value"]))] = Share.read(entry)
+            tasks = status.get("tasks") or {}
+            if tasks:
+                totals.task_count = int(tasks.get("count", 0))
+                totals.tasked = Share.read(tasks)
+                totals.tasks = {str(t["task"]): Share.read(t) for t in tasks.get("top") or []}
+        except (InvalidOperation, KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"unreadable usage totals: {error}") from None
+        return totals
+
+
+MICRO = Decimal("0.000001")
+
+
+def percent(part: int, whole: int) -> str:
+    """``part`` of ``whole`` as a whole percentage, e.g. ``37%``."""
+    return f"{round(part * 100 / whole)}%"
