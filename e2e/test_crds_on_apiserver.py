@@ -39,6 +39,7 @@ def test_examples_apply_and_print_columns(crds: Path) -> None:
         "BUDGET",
         "SPEND",
         "USED",
+        "SAVED",
         "HIT",
         "RATE",
         "SIDECARS",

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,31 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
 
 
+def operator_metrics(cluster: Cluster) -> str:
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def usage_reports_reach_status(cluster: Cluster, paid: str) -> None:
+    """A miss and an exact hit of task ``ticket-1``, summed in status by the real API server."""
+    status = wait(
+        lambda: (s := policy_status(cluster)).get("usage", {}).get("requests") == 2 and s,
+        30,
+        "usage in status",
+    )
+    assert status["spend"]["amount"] == paid
+    assert status["cacheHitRate"] == "50%"
+    assert status["tierShares"] == [{"tier": "large", "share": "100%"}]
+    assert Decimal(status["savings"]) > 0  # the exact hit saved a whole answer
+    assert status["tasks"]["count"] == 1
+    assert status["tasks"]["requests"] == 2
+    assert status["tasks"]["top"][0]["task"] == "ticket-1"
+    assert condition(status, "CostSpike")["reason"] == "NotEnoughData"
+    assert 'tokenomy_policy_tasks{namespace="shop",policy="agent"} 1.0' in operator_metrics(cluster)
+
+
 def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     admin = cluster.admin
     kubectl(admin, "apply", "-f", "-", stdin=resources(cluster))
@@ -251,7 +277,9 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     )
     answers = [
         client.chat.completions.with_raw_response.create(
-            model="chat", messages=[{"role": "user", "content": "hi"}]
+            model="chat",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-tokenomy-task": "ticket-1"},
         )
         for _ in range(2)
     ]
@@ -266,6 +294,7 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     )
     assert status["sidecars"] == {"matched": 1, "acknowledged": 1, "rejecting": 0}
     assert status["configVersion"] == first_version
+    usage_reports_reach_status(cluster, answers[0].headers["x-tokenomy-cost-usd"])
 
     # Scenario 5: a change reaches the sidecar as a new version within a second of
     # the API server accepting it (kubectl's own start-up is not counted).
@@ -307,10 +336,7 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     ).stdout
     assert "InvalidSpec" in events, cluster.operator_log()[-3000:]
     assert "Traceback" not in cluster.operator_log()
-    import urllib.request  # noqa: PLC0415
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics}/metrics", timeout=5) as r:
-        exposition = r.read().decode()
+    exposition = operator_metrics(cluster)
     assert 'tokenomy_operator_xds_replies_total{result="ack",type="SidecarConfig"}' in exposition
     assert 'tokenomy_operator_policies{ready="false"} 1.0' in exposition
 

@@ -376,6 +376,7 @@ async def test_alerts_become_conditions_and_events() -> None:
 
     await controller.sync()
     assert conditions()["CostSpike"]["reason"] == "NotEnoughData"
+    assert not [e for e in writer.events if e[5].startswith(ALERTS)]  # quiet alerts: no Events
     for _ in range(24 * 6):  # a steady day: every 10 minutes 7 misses on small, 3 hits
         send(7)
         send(3, cost=Decimal(0), cache="exact", input_tokens=0, output_tokens=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from tokenomy_api.clock import ManualClock
 from tokenomy_api.compiled import CompiledBackend, CompiledTier
 from tokenomy_api.modelroute import Price
-from tokenomy_sidecar.stages.budget import DEFAULT_OUTPUT_RESERVE, estimate
+from tokenomy_sidecar.stages.budget import DEFAULT_OUTPUT_RESERVE, estimate, estimate_embedding
 
 from helpers import backend, policy_doc, route_doc
 from support import LiveSidecar, SidecarFactory, StandinFactory
@@ -52,6 +53,20 @@ def test_estimate_is_an_upper_bound(
     messages = [{"role": "user", "content": "x" * 20}]
     got = estimate([tier(*t) for t in tiers], {**body, "messages": messages})
     assert float(got) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("given", "tokens"),
+    [
+        ("twenty characters..", 5),
+        (["twenty characters..", "abcd"], 6),
+        ([1, 2, 3], 3),  # token ids
+        ([[1, 2], [3, 4, 5]], 5),  # several arrays of token ids
+        (None, 0),
+    ],
+)
+def test_embedding_estimate_counts_every_input(given: Any, tokens: int) -> None:
+    assert estimate_embedding(tier("e", "2", "0"), {"input": given}) == Decimal(tokens * 2) / 10**6
 
 
 async def budgeted(
@@ -155,3 +170,24 @@ async def test_concurrent_requests_do_not_leak_past_the_budget(
     # so the ledger ends within one reservation of the budget.
     reserve = (4 * Decimal("2.5") + 16 * 10) / 1_000_000
     assert sum(served) > Decimal("0.002") - len(served) * reserve
+
+
+@pytest.mark.parametrize("mode", ["reject", "downgrade"])
+async def test_embeddings_spend_from_the_same_budget(
+    mode: str, standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    running = await budgeted(standin, sidecar, mode, "0.0005")
+    client = running.client()
+    embedded = await client.embeddings.with_raw_response.create(model="chat", input=["a b", "c"])
+    assert Decimal(embedded.headers["x-tokenomy-cost-usd"]) > 0
+    while running.metric("tokenomy_budget_exceeded_total", mode=mode) == 0:
+        with contextlib.suppress(openai.RateLimitError):
+            await ask(running)  # chat spends the budget down
+    long = "many words " * 400  # about 1,100 tokens: more than what is left
+    if mode == "reject":
+        with pytest.raises(openai.RateLimitError, match=r"budget of 0\.0005 USD"):
+            await client.embeddings.create(model="chat", input=long)
+    else:
+        # Another tier's vectors would not match the stored ones: served by the same tier.
+        late = await client.embeddings.with_raw_response.create(model="chat", input=long)
+        assert late.headers["x-tokenomy-tier"] == "large"

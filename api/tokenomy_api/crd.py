@@ -65,6 +65,7 @@ CRDS: tuple[CrdSpec, ...] = (
             {"name": "Budget", "type": "string", "jsonPath": ".spec.budget.amount"},
             {"name": "Spend", "type": "string", "jsonPath": ".status.spend.amount"},
             {"name": "Used", "type": "string", "jsonPath": ".status.spend.budgetUsed"},
+            {"name": "Saved", "type": "string", "jsonPath": ".status.savings"},
             {"name": "Hit rate", "type": "string", "jsonPath": ".status.cacheHitRate"},
             {"name": "Sidecars", "type": "integer", "jsonPath": ".status.sidecars.acknowledged"},
             {

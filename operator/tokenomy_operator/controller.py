@@ -285,6 +285,8 @@ def _transitions(
     before = {c["type"]: c.get("status") for c in previous.get("conditions") or []}
     out = []
     for c in status.get("conditions") or []:
+        if c["type"] in BAD_WHEN_TRUE and c["type"] not in before and c["status"] == "False":
+            continue  # an alert that starts out quiet is no news
         if before.get(c["type"]) != c["status"]:
             good = c["status"] == ("False" if c["type"] in BAD_WHEN_TRUE else "True")
             kind = "Normal" if good else "Warning"

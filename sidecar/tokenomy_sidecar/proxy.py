@@ -61,7 +61,7 @@ from tokenomy_sidecar.sse import (
 )
 from tokenomy_sidecar.stages import identify, semantic_cache
 from tokenomy_sidecar.stages.backend_choice import HealthTracker, rank
-from tokenomy_sidecar.stages.budget import BudgetKeeper, Keepers, estimate
+from tokenomy_sidecar.stages.budget import BudgetKeeper, Keepers, estimate, estimate_embedding
 from tokenomy_sidecar.stages.cache_key import exact_key
 from tokenomy_sidecar.stages.cascade import (
     VERIFIER_MAX_TOKENS,
@@ -114,6 +114,8 @@ class Exchange:
     """The attribution header's value, when the policy names one and the request has it."""
     task: str = ""
     """The client's task id (``x-tokenomy-task``)."""
+    embedding: bool = False
+    """An embeddings request: nothing to save against the reference chat tier."""
     input_tokens: int = 0
     output_tokens: int = 0
     """Tokens of every model call for this request."""
@@ -231,8 +233,7 @@ class Proxy:
         header = config.attribution.header
         x.feature = request.headers.get(header) if header else None
         x.task = task
-        if self.budgets is not None:
-            x.budget = self.budgets.get(policy.key, config.budget)
+        self._keeper(x)
         self.metrics.in_flight.inc()
         try:
             hit = await self._prepare(x, request, raw)
@@ -243,10 +244,7 @@ class Proxy:
             return error.response(x.headers)
         finally:
             self.metrics.in_flight.dec()
-            if x.budget is not None and (x.reservation is not None or x.usage is not None):
-                # Failed requests are reported too: what they spent counts.
-                usage = x.usage or RequestUsage(x.spent, route=route.name)
-                x.budget.settle(x.reservation or Reservation(Decimal(0)), usage)
+            self._report(x)
 
     async def _prepare(
         self, x: Exchange, request: web.Request, raw: bytes
@@ -602,16 +600,35 @@ class Proxy:
             "x-tokenomy-route-reason": x.reason,
         }
 
-    async def _admit(self, x: Exchange) -> None:
-        """Reserve the request's cost from the budget, or apply ``onExceeded``."""
+    def _keeper(self, x: Exchange) -> None:
+        """Where the request is reported and its budget kept (None standalone without budget)."""
+        if self.budgets is not None:
+            config = x.runtime.config
+            x.budget = self.budgets.get(config.policy.key, config.budget)
+
+    def _report(self, x: Exchange) -> None:
+        """Settle the request's reservation with what it used; failed requests count too."""
+        if x.budget is not None and (x.reservation is not None or x.usage is not None):
+            usage = x.usage or RequestUsage(x.spent, route=x.route.name)
+            x.budget.settle(x.reservation or Reservation(Decimal(0)), usage)
+
+    async def _admit(self, x: Exchange, embedding: bool = False) -> None:
+        """Reserve the request's cost from the budget, or apply ``onExceeded``.
+
+        Embeddings are never downgraded (another model's vectors would not
+        match the ones stored): past the budget they are served or refused.
+        """
         spec = x.runtime.config.budget
         budget = x.budget
         if spec is None or budget is None:
             return
         assert x.tier is not None
         key = x.runtime.config.policy.key
-        names = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
-        cost = estimate([_tier(x.route, n) for n in names], x.chat.body)
+        if embedding:
+            cost = estimate_embedding(x.tier, x.chat.body)
+        else:
+            names = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
+            cost = estimate([_tier(x.route, n) for n in names], x.chat.body)
         x.reservation = await budget.reserve(cost)
         if x.reservation is not None:
             return
@@ -623,7 +640,7 @@ class Proxy:
             )
         # Served past the budget: counted when done, reserved nothing.
         x.reservation = Reservation(Decimal(0))
-        if spec.on_exceeded == "downgrade":
+        if spec.on_exceeded == "downgrade" and not embedding:
             x.tier, x.straight = x.route.tiers[0], True
             x.reason = f"{x.reason}; budget spent: cheapest tier"
         else:
@@ -757,7 +774,7 @@ class Proxy:
         m.requests.labels(
             *x.labels, tier, reply.candidate.backend.name, cache, str(reply.status)
         ).inc()
-        saved = savings(usage, x.spent, reference_price(x.route))
+        saved = Decimal(0) if x.embedding else savings(usage, x.spent, reference_price(x.route))
         m.money(m.savings, saved, *x.labels, x.lever)
         m.money(m.overspend, -saved, *x.labels, x.lever)
         self._record(x, tier, cache, saved)
@@ -831,14 +848,19 @@ class Proxy:
         chat = ChatRequest(body=body, model=model, stream=False, client_wants_usage=False)
         x = Exchange(runtime, route, chat, started, (policy.namespace, policy.name, route.name))
         x.tier = _tier(route, route.default_tier)
+        x.embedding = True
+        self._keeper(x)
         try:
+            await self._admit(x, embedding=True)
             reply = await self._send(x, x.tier, body, stream=False, path="/embeddings")
         except ApiError as error:
-            return error.response()
+            self._report(x)
+            return error.response(x.headers)
         x.headers = {"x-tokenomy-cache": "bypass"}
         answer = _completion(reply)
         usage = Usage.from_openai(answer.get("usage")) if answer is not None else Usage()
         paid = self._meter(x, reply, usage)
+        self._report(x)
         headers = {
             "x-tokenomy-tier": x.tier.name,
             "x-tokenomy-backend": reply.candidate.backend.name,

@@ -52,6 +52,23 @@ def estimate(tiers: Sequence[CompiledTier], body: dict[str, Any]) -> Decimal:
     return total
 
 
+def estimate_embedding(tier: CompiledTier, body: dict[str, Any]) -> Decimal:
+    """An estimate of an embeddings request's cost: its input, on the tier's dearest backend."""
+    given = body.get("input")
+    # A string, a list of strings, a list of token ids, or a list of token-id lists.
+    items = (
+        given if isinstance(given, list) and not all(isinstance(t, int) for t in given) else [given]
+    )
+    tokens = 0
+    for item in items:
+        if isinstance(item, str):
+            tokens += estimate_tokens(item)
+        elif isinstance(item, list):
+            tokens += len(item)
+    price = max((b.price.input for b in tier.backends), default=Decimal(0))
+    return tokens * price / MILLION
+
+
 class BudgetKeeper(Protocol):
     """Where a sidecar's reservations come from."""
 
