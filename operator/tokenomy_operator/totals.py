@@ -15,11 +15,12 @@ id, so a task running across the restart may be counted twice in
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenomy_api.usage_protocol import RequestUsage
 
@@ -124,12 +125,10 @@ class Totals:
                 {"tier": t, "share": percent(n, answered)} for t, n in sorted(self.tiers.items())
             ]
         if self.spenders:
-            ranked = sorted(self.spenders.items(), key=lambda kv: (-kv[1].cost, kv[0]))
-            out["spenders"] = [
-                {"key": k, "value": v, **share.status()} for (k, v), share in ranked[:TOP_SPENDERS]
-            ]
+            ranked = _top(self.spenders, TOP_SPENDERS)
+            out["spenders"] = [{"key": k, "value": v, **share.status()} for (k, v), share in ranked]
         if self.task_count:
-            top = sorted(self.tasks.items(), key=lambda kv: (-kv[1].cost, kv[0]))[:TOP_TASKS]
+            top = _top(self.tasks, TOP_TASKS)  # of up to MAX_TASKS, every status write
             out["tasks"] = {
                 "count": self.task_count,
                 **self.tasked.status(),
@@ -168,6 +167,12 @@ class Totals:
 
 
 MICRO = Decimal("0.000001")
+K = TypeVar("K", str, tuple[str, str])
+
+
+def _top(shares: dict[K, Share], n: int) -> list[tuple[K, Share]]:
+    """The ``n`` largest by cost (ties by name), without sorting them all."""
+    return heapq.nsmallest(n, shares.items(), key=lambda kv: (-kv[1].cost, kv[0]))
 
 
 def percent(part: int, whole: int) -> str:
