@@ -218,6 +218,7 @@ async def test_spend_reaches_status_and_survives_an_operator_restart() -> None:
     assert spend["amount"] == "0.75"
     assert spend["budgetUsed"] == "7%"
     assert spend["periodStart"] == "1970-01-01T00:00:00Z"
+    assert spend["periodEnd"] == "1970-02-01T00:00:00Z"
     assert spend["reports"] == [{"holder": "ns/agent-1#a", "number": 3}]
 
     # The operator restarts: its state (with the status) comes back from the API server.
@@ -344,6 +345,12 @@ async def test_status_sums_what_sidecars_report_and_a_restart_resumes_it() -> No
     assert turned["previousPeriod"]["usage"]["requests"] == 4
     assert turned["previousPeriod"]["start"] == "1970-01-01T00:00:00Z"
     assert turned["previousPeriod"]["end"] == "1970-02-01T00:00:00Z"
+
+    # The policy is deleted: its counts are forgotten.
+    del restarted.state.policies[("ns", "agent")]
+    await restarted.sync()
+    assert "ns/agent" not in usage.periods
+    assert "ns/agent" not in usage.previous
 
 
 async def test_alerts_become_conditions_and_events() -> None:

@@ -77,6 +77,16 @@ def test_totals_read_like_status_and_survive_a_round_trip() -> None:
     assert again.status()["tasks"]["count"] == 2
 
 
+def test_a_request_never_answered_is_not_counted_as_one() -> None:
+    totals, window = Totals(), Window()
+    failed = RequestUsage(Decimal("0.02"), route="chat", input_tokens=10)  # a cascade try, then 502
+    for into in (totals, window):
+        into.add(request())
+        into.add(failed)
+    assert (totals.requests, totals.input_tokens, dict(totals.tiers)) == (1, 110, {"small": 1})
+    assert (window.requests, window.cost, window.tokens) == (1, Decimal("0.03"), 160)
+
+
 def test_unreadable_totals_are_refused() -> None:
     with pytest.raises(ValueError, match="unreadable"):
         Totals.restore({"usage": {"requests": "many"}})

@@ -503,6 +503,8 @@ class Spend(ApiModel):
     """USD spent so far this period."""
     period_start: str = ""
     """When the period began (RFC 3339)."""
+    period_end: str = ""
+    """When it ends and the budget resets (RFC 3339)."""
     projected: Money | None = None
     """USD expected by the end of the period at the current rate."""
     budget_used: Annotated[str, Field(max_length=16)] = ""

@@ -56,9 +56,9 @@ class Window:
     reference_requests: int = 0
 
     def add(self, usage: RequestUsage) -> None:
-        """Count one request."""
+        """Count one request (one never answered adds its cost and tokens only)."""
         self.cost += usage.cost
-        self.requests += 1
+        self.requests += bool(usage.cache)
         self.cache_hits += usage.hit
         self.tokens += usage.input_tokens + usage.output_tokens
         self.reference_requests += usage.reference and not usage.hit

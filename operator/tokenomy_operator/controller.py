@@ -192,6 +192,9 @@ class Controller:
             if self.usage is not None and "spend" in status:
                 # Written (or already there): sidecars may now forget these reports.
                 self.usage.persisted(key, status["spend"]["reports"])
+        if self.usage is not None:
+            self.usage.keep_only(set(result.policies))
+        self.alert_holds = {k: v for k, v in self.alert_holds.items() if k in result.policies}
         for key, observed_route in result.routes.items():
             namespace, name = key.split("/", 1)
             previous = self.state.routes.get((namespace, name), {}).get("status") or {}

@@ -61,6 +61,7 @@ class Totals:
     """A policy's reports in one period."""
 
     requests: int = 0
+    """Requests answered (from cache or a model)."""
     cache_hits: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -76,11 +77,12 @@ class Totals:
     """All requests that named a task."""
 
     def add(self, usage: RequestUsage) -> None:
-        """Count one request's report."""
-        self.requests += 1
+        """Count one request's report (one that was never answered adds its cost only)."""
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.saved += usage.saved
+        if usage.cache:
+            self.requests += 1
         if usage.hit:
             self.cache_hits += 1
         elif usage.tier:

@@ -125,6 +125,12 @@ class UsageService:
         self.persisted(policy, list(spend.get("reports") or []))
         return True
 
+    def keep_only(self, policies: set[str]) -> None:
+        """Forget the counts of deleted policies (their status went with them)."""
+        for table in (self.periods, self.history, self.previous, self._persisted):
+            for gone in [p for p in table if p not in policies]:
+                del table[gone]
+
     def persisted(self, policy: str, reports: list[dict[str, Any]]) -> None:
         """Status now holds these report numbers: acknowledge up to them from now on."""
         self._persisted[policy] = {str(r["holder"]): int(r["number"]) for r in reports}
@@ -159,6 +165,7 @@ class UsageService:
         out: dict[str, Any] = {
             "amount": str(spent),
             "periodStart": _rfc3339(current.start),
+            "periodEnd": _rfc3339(current.end),
             "projected": str(projected(spent, current.start, current.end, now).quantize(CENT)),
             "reports": [
                 {"holder": h, "number": n} for h, n in sorted(current.ledger.sequence.items())

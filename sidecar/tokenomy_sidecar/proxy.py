@@ -607,8 +607,10 @@ class Proxy:
             x.budget = self.budgets.get(config.policy.key, config.budget)
 
     def _report(self, x: Exchange) -> None:
-        """Settle the request's reservation with what it used; failed requests count too."""
-        if x.budget is not None and (x.reservation is not None or x.usage is not None):
+        """Report what the request used and settle its reservation; failures that cost count."""
+        if x.budget is None:
+            return
+        if x.reservation is not None or x.usage is not None or x.spent > 0:
             usage = x.usage or RequestUsage(x.spent, route=x.route.name)
             x.budget.settle(x.reservation or Reservation(Decimal(0)), usage)
 
