@@ -167,14 +167,19 @@ def test_too_little_traffic_or_history_is_not_judged() -> None:
 def test_previous_period_baseline() -> None:
     alerts = Alerts.model_validate({"costSpike": {"baseline": "previousPeriod"}}).resolved()
     last_month = period_window(
-        {"amount": "720", "usage": {"requests": 72000, "cacheHits": 0, "inputTokens": 7_200_000}},
-        30 * 86400,
+        {
+            "start": "2026-11-01T00:00:00Z",
+            "end": "2026-12-01T00:00:00Z",  # 30 days
+            "amount": "720",
+            "usage": {"requests": 72000, "cacheHits": 0, "inputTokens": 7_200_000},
+        }
     )
     assert last_month is not None
     checks = {c.condition: c for c in evaluate(alerts, window(cost="1.6"), None, last_month)}
     assert checks["CostSpike"].breached  # 1.6 USD/h against 1 USD/h
     assert "previous period: 1.0000 USD/h" in checks["CostSpike"].message
     assert checks["TokensPerRequestUp"].reason == "NotEnoughData"  # no moving average yet
+    assert period_window({"start": "yesterday", "amount": "1"}) is None  # an edited status
 
 
 def test_history_windows_split_the_last_hour_from_the_day_before() -> None:

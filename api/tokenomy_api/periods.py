@@ -35,6 +35,11 @@ def bounds(period: Period, time_zone: str, now: datetime) -> tuple[datetime, dat
     return midnight(first), midnight(after)
 
 
+def rfc3339(moment: datetime) -> str:
+    """A moment as status writes it: UTC, whole seconds, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def projected(spent: Decimal, start: datetime, end: datetime, now: datetime) -> Decimal:
     """Spend at the end of the period if it goes on at the rate so far."""
     elapsed = Decimal(str((now - start).total_seconds()))

@@ -67,7 +67,7 @@ def _time(value: Any, where: str) -> datetime | None:
     try:
         if isinstance(value, int | float):
             return datetime.fromtimestamp(value, UTC)
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return datetime.fromisoformat(str(value))
     except ValueError:
         raise ValueError(f"{where}: timestamp {value!r} is not ISO 8601 or epoch seconds") from None
 

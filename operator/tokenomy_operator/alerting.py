@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -236,16 +237,20 @@ class Hold:
         return out
 
 
-def period_window(previous: Mapping[str, Any] | None, seconds: float) -> Window | None:
-    """The previous period (``status.previousPeriod``) as a baseline window."""
+def period_window(previous: Mapping[str, Any] | None) -> Window | None:
+    """The previous period (``status.previousPeriod``) as a baseline; None if unreadable."""
     if not previous:
         return None
-    usage = previous.get("usage") or {}
-    return Window(
-        seconds=seconds,
-        cost=Decimal(str(previous.get("amount", "0"))),
-        requests=int(usage.get("requests", 0)),
-        cache_hits=int(usage.get("cacheHits", 0)),
-        tokens=int(usage.get("inputTokens", 0)) + int(usage.get("outputTokens", 0)),
-        reference_requests=int(usage.get("referenceRequests", 0)),
-    )
+    try:
+        usage = previous.get("usage") or {}
+        began, ended = (datetime.fromisoformat(str(previous[k])) for k in ("start", "end"))
+        return Window(
+            seconds=(ended - began).total_seconds(),
+            cost=Decimal(str(previous.get("amount", "0"))),
+            requests=int(usage.get("requests", 0)),
+            cache_hits=int(usage.get("cacheHits", 0)),
+            tokens=int(usage.get("inputTokens", 0)) + int(usage.get("outputTokens", 0)),
+            reference_requests=int(usage.get("referenceRequests", 0)),
+        )
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
+        return None  # an edited status: no previousPeriod baseline rather than no sync

@@ -20,6 +20,7 @@ from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_api.compiled import SidecarConfig
 from tokenomy_api.costpolicy import Alerts, Budget
 from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_CONFIG_TYPE_URL
+from tokenomy_api.periods import rfc3339
 from tokenomy_operator.alerting import (
     ALERT_CONDITIONS,
     HOLD_SECONDS,
@@ -156,9 +157,7 @@ class Controller:
         m.policies.labels("false").set(len(result.policies) - ready)
         versions = {c.version for c in result.configs.values()}
         self._rendered = {v: s for v, s in self._rendered.items() if v in versions}
-        now = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        )
+        now = rfc3339(datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC))
         for key, observed in result.policies.items():
             namespace, name = key.split("/", 1)
             previous = self.state.policies.get((namespace, name), {}).get("status") or {}
@@ -218,9 +217,7 @@ class Controller:
         history = self.usage.history.get(key)
         current = history.current(wall) if history is not None else Window()
         moving = history.moving_average(wall) if history is not None else None
-        last = self.usage.previous.get(key)
-        seconds = _seconds_between(last["start"], last["end"]) if last else 0.0
-        checks = evaluate(alerts, current, moving, period_window(last, seconds))
+        checks = evaluate(alerts, current, moving, period_window(self.usage.previous.get(key)))
         hold = self.alert_holds.setdefault(key, Hold())
         before = previous.get("conditions") or []
         return [
@@ -268,13 +265,6 @@ class Controller:
 
 BAD_WHEN_TRUE = frozenset({"BudgetExceeded", *ALERT_CONDITIONS})
 """Conditions whose ``True`` is the trouble (an Event of type Warning)."""
-
-
-def _seconds_between(start: str, end: str) -> float:
-    def parse(moment: str) -> datetime.datetime:
-        return datetime.datetime.fromisoformat(moment.replace("Z", "+00:00"))
-
-    return (parse(end) - parse(start)).total_seconds()
 
 
 def _same(previous: Mapping[str, Any], status: Mapping[str, Any]) -> bool:

@@ -33,7 +33,7 @@ import grpc
 from tokenomy_api.clock import Clock
 from tokenomy_api.costpolicy import Budget
 from tokenomy_api.ledger import LeaseSettings, Ledger
-from tokenomy_api.periods import bounds, projected, share_used
+from tokenomy_api.periods import bounds, projected, rfc3339, share_used
 from tokenomy_api.usage_protocol import SERVICE, OperatorMessage, RequestUsage, SidecarMessage
 from tokenomy_operator.alerting import History
 from tokenomy_operator.totals import Totals
@@ -111,11 +111,11 @@ class UsageService:
         try:
             amount = Decimal(str(spend.get("amount", "0")))
             totals = Totals.restore(status)
-            if spend.get("periodStart") != _rfc3339(period.start):
+            if spend.get("periodStart") != rfc3339(period.start):
                 # A past period: this one starts from nothing, that one is the baseline.
-                began = datetime.fromisoformat(str(spend["periodStart"]).replace("Z", "+00:00"))
+                began = datetime.fromisoformat(str(spend["periodStart"]))
                 _, ended = self._bounds(self.budget_of(policy), began)
-                self.previous[policy] = _previous(_rfc3339(began), _rfc3339(ended), amount, status)
+                self.previous[policy] = _previous(rfc3339(began), rfc3339(ended), amount, status)
                 return False
             sequence = {str(r["holder"]): int(r["number"]) for r in spend.get("reports") or []}
         except (InvalidOperation, KeyError, TypeError, ValueError):
@@ -164,8 +164,8 @@ class UsageService:
         spent = current.ledger.spent
         out: dict[str, Any] = {
             "amount": str(spent),
-            "periodStart": _rfc3339(current.start),
-            "periodEnd": _rfc3339(current.end),
+            "periodStart": rfc3339(current.start),
+            "periodEnd": rfc3339(current.end),
             "projected": str(projected(spent, current.start, current.end, now).quantize(CENT)),
             "reports": [
                 {"holder": h, "number": n} for h, n in sorted(current.ledger.sequence.items())
@@ -184,7 +184,7 @@ class UsageService:
         if current is None or current.start != start:
             if current is not None:
                 self.previous[policy] = _previous(
-                    _rfc3339(current.start), _rfc3339(current.end), current.ledger.spent,
+                    rfc3339(current.start), rfc3339(current.end), current.ledger.spent,
                     current.totals.status(),
                 )  # fmt: skip
             current = Period(start, end, Ledger(amount, self.settings))
@@ -218,7 +218,7 @@ class UsageService:
         answer = OperatorMessage(
             acknowledged=self.acknowledged(message.policy, message.holder),
             unlimited=budget is None,
-            resets_at=_rfc3339(period.end),
+            resets_at=rfc3339(period.end),
         )
         if message.want_lease and budget is not None:
             try:
@@ -259,7 +259,3 @@ def add_to_server(service: UsageService, server: grpc.aio.Server) -> None:
 def _previous(start: str, end: str, amount: Decimal, status: Mapping[str, Any]) -> dict[str, Any]:
     """``status.previousPeriod`` from a period's totals (as :meth:`Totals.status` wrote them)."""
     return {"start": start, "end": end, "amount": str(amount), "usage": status.get("usage") or {}}
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -138,7 +138,7 @@ class RemoteBudget:
         self.wallet.acknowledged(answer.acknowledged)
         self.unlimited = answer.unlimited
         if answer.resets_at:
-            self.resets_at = datetime.fromisoformat(answer.resets_at.replace("Z", "+00:00"))
+            self.resets_at = datetime.fromisoformat(answer.resets_at)
         if answer.granted:
             expires = self.clock.monotonic() + answer.lease_seconds * EXPIRY_MARGIN
             self.wallet.renew(Decimal(answer.lease_usd), expires, self._mark)

@@ -614,7 +614,7 @@ class Proxy:
             usage = x.usage or RequestUsage(x.spent, route=x.route.name)
             x.budget.settle(x.reservation or Reservation(Decimal(0)), usage)
 
-    async def _admit(self, x: Exchange, embedding: bool = False) -> None:
+    async def _admit(self, x: Exchange) -> None:
         """Reserve the request's cost from the budget, or apply ``onExceeded``.
 
         Embeddings are never downgraded (another model's vectors would not
@@ -626,7 +626,7 @@ class Proxy:
             return
         assert x.tier is not None
         key = x.runtime.config.policy.key
-        if embedding:
+        if x.embedding:
             cost = estimate_embedding(x.tier, x.chat.body)
         else:
             names = [x.tier.name] if x.straight else walk(x.route, x.tier.name)
@@ -642,7 +642,7 @@ class Proxy:
             )
         # Served past the budget: counted when done, reserved nothing.
         x.reservation = Reservation(Decimal(0))
-        if spec.on_exceeded == "downgrade" and not embedding:
+        if spec.on_exceeded == "downgrade" and not x.embedding:
             x.tier, x.straight = x.route.tiers[0], True
             x.reason = f"{x.reason}; budget spent: cheapest tier"
         else:
@@ -853,7 +853,7 @@ class Proxy:
         x.embedding = True
         self._keeper(x)
         try:
-            await self._admit(x, embedding=True)
+            await self._admit(x)
             reply = await self._send(x, x.tier, body, stream=False, path="/embeddings")
         except ApiError as error:
             self._report(x)
