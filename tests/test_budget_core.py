@@ -12,7 +12,7 @@ import pytest
 from tokenomy_api.ledger import LeaseSettings, Ledger, overshoot_bound
 from tokenomy_api.periods import bounds, projected, share_used
 from tokenomy_api.usage_protocol import RequestUsage
-from tokenomy_sidecar.wallet import Wallet
+from tokenomy_sidecar.wallet import Reservation, Wallet
 
 
 def utc(text: str) -> datetime:
@@ -116,6 +116,17 @@ def test_wallet_reserves_then_reconciles() -> None:
     assert wallet.reserve(Decimal(2), now=31) is None  # the lease has expired
     wallet.acknowledged(1)
     assert wallet.unsent == []
+
+
+def test_compacting_keeps_money_and_numbers_of_reports_never_sent() -> None:
+    wallet = Wallet()
+    for cost in ("0.1", "0.2", "0.3", "0.4"):
+        wallet.settle(Reservation(Decimal(0)), RequestUsage(Decimal(cost), cache="miss"))
+    assert wallet.compact(after=1) == 3  # report 1 was sent: it stays as it is
+    assert [r.number for r in wallet.unsent] == [1, 4]
+    merged = wallet.unsent[-1].usage
+    assert (merged.cost, merged.cache) == (Decimal("0.9"), "")
+    assert wallet.compact(after=4) == 0
 
 
 async def spend_against(

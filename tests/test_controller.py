@@ -419,3 +419,18 @@ async def test_alerts_become_conditions_and_events() -> None:
 
 
 ALERTS = ("CostSpike", "TokensPerRequestUp", "CacheHitRateDown", "LargestTierShareUp")
+
+
+def test_sidecars_long_silent_leave_status() -> None:
+    """Pods come and go with a new name per start: status keeps only recent names."""
+    clock = ManualClock()
+    usage = UsageService(lambda p: None, clock)
+    usage.handle(SidecarMessage(holder="ns/old#1", policy="ns/agent", reports=[usage_report(1)]))
+    clock.advance(23 * 3600)
+    usage.handle(SidecarMessage(holder="ns/new#2", policy="ns/agent", reports=[usage_report(1)]))
+    holders = [r["holder"] for r in usage.status("ns/agent")["spend"]["reports"]]
+    assert holders == ["ns/new#2", "ns/old#1"]
+    clock.advance(2 * 3600)  # old: silent for 25 hours
+    spend = usage.status("ns/agent")["spend"]
+    assert [r["holder"] for r in spend["reports"]] == ["ns/new#2"]
+    assert spend["amount"] == "0.02"  # what it spent stays counted

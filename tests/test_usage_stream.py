@@ -275,3 +275,31 @@ async def sidecar_metrics(sidecar: Sidecar) -> str:
         session.get(sidecar.metrics_url + "/metrics") as response,
     ):
         return await response.text()
+
+
+async def test_reports_made_while_the_operator_is_away_are_merged_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("tokenomy_sidecar.budget_client.MAX_UNSENT", 50)
+    service = UsageService(lambda p: None, SystemClock())
+    port = free_port()
+    client = RemoteBudget(f"127.0.0.1:{port}", "shop/a", POLICY, None, SystemClock())
+    client.start()  # nobody listens yet
+    expected = Decimal(0)
+    for i in range(120):
+        held = await client.reserve(Decimal(1))
+        assert held is not None  # no budget: nothing to refuse
+        cost = Decimal(i) / 1000
+        client.settle(held, RequestUsage(cost, tier="small", cache="miss", input_tokens=10))
+        expected += cost
+        assert len(client.wallet.unsent) <= 51  # memory stays bounded
+    server = await start_server(service, port)
+    try:
+        await until(lambda: not client.wallet.unsent, 15)
+        period = service.periods[POLICY]
+        assert period.ledger.spent == expected  # every cent, once
+        assert period.totals.input_tokens == 1200  # tokens too
+        assert period.totals.requests < 120  # merged ones count as money, not requests
+    finally:
+        await client.close()
+        await server.stop(grace=None)

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 UNBUDGETED = Decimal("Infinity")
 CENT = Decimal("0.01")
 RESTORE_WAIT_SECONDS = 30.0
+HOLDER_TTL_SECONDS = 24 * 3600.0
+"""A sidecar name silent this long leaves ``status.spend.reports``: pods come and go (a new
+name per start), and status must not grow with every one. Only a sidecar that missed the
+acknowledgement of its last reports and then stays away this long would send them again."""
 
 
 @dataclass
@@ -77,6 +81,8 @@ class UsageService:
         """When False, a policy's reports wait until :meth:`restore` has seen its status."""
         self._seen: dict[str, asyncio.Event] = {}
         self._persisted: dict[str, dict[str, int]] = {}
+        self._active: dict[str, dict[str, float]] = {}
+        """Per policy, when each sidecar name last sent anything (wall time)."""
         """Per policy, the last report number per sidecar that status holds."""
 
     def seen(self, policy: str) -> asyncio.Event:
@@ -122,12 +128,13 @@ class UsageService:
             log.warning("status of %s is unreadable; counting from zero", policy)
             return False
         period.ledger.spent, period.ledger.sequence, period.totals = amount, sequence, totals
+        self._active[policy] = dict.fromkeys(sequence, self.clock.wall())
         self.persisted(policy, list(spend.get("reports") or []))
         return True
 
     def keep_only(self, policies: set[str]) -> None:
         """Forget the counts of deleted policies (their status went with them)."""
-        for table in (self.periods, self.history, self.previous, self._persisted):
+        for table in (self.periods, self.history, self.previous, self._persisted, self._active):
             for gone in [p for p in table if p not in policies]:
                 del table[gone]
 
@@ -158,7 +165,12 @@ class UsageService:
         return out
 
     def _spend(self, policy: str, current: Period) -> dict[str, Any]:
-        """``status.spend``."""
+        """``status.spend``, without the names of sidecars long gone."""
+        active = self._active.setdefault(policy, {})
+        silent_since = self.clock.wall() - HOLDER_TTL_SECONDS
+        for holder in [h for h in current.ledger.sequence if active.get(h, 0.0) < silent_since]:
+            del current.ledger.sequence[holder]
+            active.pop(holder, None)
         budget = self.budget_of(policy)
         now = datetime.fromtimestamp(self.clock.wall(), UTC)
         spent = current.ledger.spent
@@ -203,6 +215,7 @@ class UsageService:
         """One sidecar message in, the answer out."""
         period, budget = self.period(message.policy)
         ledger = period.ledger
+        self._active.setdefault(message.policy, {})[message.holder] = self.clock.wall()
         history = self.history.get(message.policy)
         if history is None:
             history = self.history[message.policy] = History(self.clock.wall())

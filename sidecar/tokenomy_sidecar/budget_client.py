@@ -43,6 +43,10 @@ EXPIRY_MARGIN = 0.9
 """Share of a lease's life the sidecar spends it for (clocks drift; the operator's rules)."""
 FLUSH_SECONDS = 0.05
 """Reports are sent at most this long after a request ends, several at a time."""
+MAX_UNSENT = 10_000
+"""Reports kept one by one while the operator is away; past this, the ones never sent are
+merged into one (money and tokens exact, per-request detail dropped), so memory stays
+bounded however long the outage."""
 
 
 class RemoteBudget:
@@ -147,7 +151,8 @@ class RemoteBudget:
 
     def _flush(self) -> None:
         self._flushing = False
-        if self.wallet.unsent:
+        # While away, nothing is queued: the reconnect sends every report not acknowledged.
+        if self.connected and self.wallet.unsent:
             self._outbox.put_nowait(self._message())
 
     # --- BudgetKeeper ------------------------------------------------------------
@@ -184,6 +189,10 @@ class RemoteBudget:
     def settle(self, reservation: Reservation, usage: RequestUsage) -> None:
         """Count the request and send its report soon."""
         self.wallet.settle(reservation, usage)
+        if len(self.wallet.unsent) > MAX_UNSENT:
+            merged = self.wallet.compact(after=self._sent)
+            if merged:
+                log.warning("operator away: %d usage reports merged into one", merged)
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)

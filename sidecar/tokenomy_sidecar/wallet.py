@@ -70,6 +70,28 @@ class Wallet:
         self.unsent.append(report)
         return report
 
+    def compact(self, after: int) -> int:
+        """Merge the reports numbered above ``after`` into one; returns how many were merged.
+
+        For a long outage: only reports the operator has never been sent may
+        be merged (it can have counted none of them, so the merged report,
+        numbered as the last, is counted exactly once). Their cost, savings
+        and tokens stay exact; which tier, cache, labels and task each had is
+        dropped, and the operator counts them as money, not as requests.
+        """
+        fresh = [r for r in self.unsent if r.number > after]
+        if len(fresh) < 2:
+            return 0
+        merged = RequestUsage(
+            cost=sum((r.usage.cost for r in fresh), ZERO),
+            saved=sum((r.usage.saved for r in fresh), ZERO),
+            input_tokens=sum(r.usage.input_tokens for r in fresh),
+            output_tokens=sum(r.usage.output_tokens for r in fresh),
+        )
+        self.unsent = [r for r in self.unsent if r.number <= after]
+        self.unsent.append(Report(fresh[-1].number, merged))
+        return len(fresh)
+
     def acknowledged(self, number: int) -> None:
         """The operator has counted every report up to ``number``."""
         self.unsent = [r for r in self.unsent if r.number > number]
