@@ -9,26 +9,78 @@ and the proxy process's CPU seconds per 1,000 requests (from /proc).
     python bench/proxy_overhead.py [--requests 2000] [--litellm PATH/TO/litellm]
 
 The sidecar runs with caching off (pure pass-through) so the numbers are
-its floor; cache hits are measured in bench/cache_latency.py.
+its floor; cache hits are measured in bench/cache_latency.py. With
+``--injected`` a second sidecar runs as an injected one would: its config
+over ADS and every request reported on the usage stream, to a control plane
+(ADS + the operator's usage service, no Kubernetes) in its own process,
+whose CPU per 1,000 requests is printed after the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
-from harness import Proc, bench_resources, envoy_binary, free_port, load, start, tokenomy
+from harness import (
+    Proc,
+    bench_resources,
+    cpu_seconds,
+    envoy_binary,
+    free_port,
+    load,
+    start,
+    tokenomy,
+)
 
 from harness_envoy import http_listener, static_cluster
 
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "How do I reset my card PIN?"}]}
 
 
+def wait_ready(metrics_port: int, timeout: float = 30.0) -> None:
+    """Until the sidecar serves a config (``/readyz``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the injected sidecar never got its config")
+
+
 def sidecar_config(folder: Path, upstream: int) -> Path:
     return bench_resources(folder, upstream, {"cache": {"exact": {"enabled": False}}})
+
+
+async def control_plane(port: int, resources: str) -> None:
+    """The child of ``--injected``: ADS with the bench policy, and the usage stream."""
+    from tokenomy_api.clock import SystemClock  # noqa: PLC0415
+    from tokenomy_api.compiler import compile_configs  # noqa: PLC0415
+    from tokenomy_api.loader import load_resources  # noqa: PLC0415
+    from tokenomy_operator.usage import UsageService, add_to_server  # noqa: PLC0415
+    from tokenomy_operator.xds.resources import snapshot_for  # noqa: PLC0415
+    from tokenomy_operator.xds.server import AdsServer, serve  # noqa: PLC0415
+    from tokenomy_operator.xds.snapshot import SnapshotCache  # noqa: PLC0415
+
+    loaded = load_resources([resources])
+    config = compile_configs(loaded.policies, loaded.routes).configs["bench/bench"]
+    cache = SnapshotCache()
+    cache.set(NODE, snapshot_for(config))
+    usage = UsageService(lambda p: None, SystemClock())
+    server, _ = await serve(
+        AdsServer(cache), f"127.0.0.1:{port}", lambda s: add_to_server(usage, s)
+    )
+    await server.wait_for_termination()
+
+
+NODE = "bench/pod"
 
 
 def envoy_config(folder: Path, port: int, upstream: int) -> Path:
@@ -99,6 +151,30 @@ async def measure(
     return rows
 
 
+def start_injected(folder: Path, upstream_port: int) -> tuple[Proc, Proc, str]:
+    """The control plane and a sidecar fed by it; returns both and the sidecar's URL."""
+    xds, port, metrics = free_port(), free_port(), free_port()
+    resources = str(sidecar_config(folder, upstream_port))
+    plane = start("control plane", [sys.executable, __file__, "--control-plane", str(xds), resources], xds)  # fmt: skip
+    try:
+        injected = start(
+            "injected sidecar",
+            tokenomy("sidecar", "--xds", f"127.0.0.1:{xds}", "--node-id", NODE, "--listen", f"127.0.0.1:{port}",
+                     "--metrics", f"127.0.0.1:{metrics}", "--log-level", "WARNING"),
+            port,
+        )  # fmt: skip
+    except BaseException:
+        plane.stop()
+        raise
+    try:
+        wait_ready(metrics)
+    except BaseException:
+        injected.stop()
+        plane.stop()
+        raise
+    return plane, injected, f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,7 +182,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--litellm", help="path of LiteLLM's `litellm` command, to include it")
     parser.add_argument("--no-envoy", action="store_true")
+    parser.add_argument(
+        "--injected", action="store_true", help="add a sidecar fed by ADS that reports usage"
+    )
+    parser.add_argument("--control-plane", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.control_plane:
+        asyncio.run(control_plane(int(args.control_plane[0]), args.control_plane[1]))
+        return
     folder = Path(tempfile.mkdtemp())
     upstream_port = free_port()
     started: list[Proc] = []
@@ -131,6 +214,11 @@ def main() -> None:
         procs.append(
             ("tokenomy sidecar", f"http://127.0.0.1:{port}/v1/chat/completions", sidecar, {})
         )
+        plane = None
+        if args.injected:
+            plane, injected, url = start_injected(folder, upstream_port)
+            started += [plane, injected]
+            procs.append(("tokenomy sidecar, injected (usage reports)", url, injected, {}))
         if not args.no_envoy:
             port = free_port()
             envoy = start(
@@ -163,7 +251,13 @@ def main() -> None:
             "| proxy | mode | concurrency | p50 ms | p99 ms | added p50 ms | req/s | proxy CPU-s / 1000 | errors |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
+        plane_cpu = cpu_seconds(plane.process.pid) if plane else 0.0
         asyncio.run(measure(procs, args.requests))
+        if plane is not None:
+            served = 2 * (args.requests + args.requests // 2)  # both modes, both concurrencies
+            used = cpu_seconds(plane.process.pid) - plane_cpu
+            print(f"\ncontrol plane (ADS + usage service): {used / served * 1000:.3f} CPU-s "
+                  f"per 1,000 reported requests")  # fmt: skip
     finally:
         for proc in reversed(started):
             proc.stop()
