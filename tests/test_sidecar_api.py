@@ -246,6 +246,26 @@ async def test_models_and_embeddings(live: Any) -> None:
     assert float(response.headers["x-tokenomy-cost-usd"]) == pytest.approx(3 * 2.5 / 1e6)
 
 
+async def test_embeddings_save_nothing_against_the_chat_reference(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    """Embeddings on a cheaper default tier are not 'savings' against the chat model."""
+    small = await standin(name="small")
+    large = await standin(name="large")
+    route = route_doc(
+        defaultTier="small",
+        tiers=[
+            {"name": "small", "backends": [backend("s", url=small.url, price={"input": "0.02", "output": "0"})]},
+            {"name": "large", "backends": [backend("l", url=large.url)]},
+        ],
+    )  # fmt: skip
+    running = await sidecar(route, policy_doc())
+    response = await running.client().embeddings.with_raw_response.create(model="chat", input="a b")
+    assert response.headers["x-tokenomy-tier"] == "small"
+    assert float(response.headers["x-tokenomy-cost-usd"]) > 0
+    assert running.metric("tokenomy_savings_usd_total") == 0
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
