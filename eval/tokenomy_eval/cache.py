@@ -29,12 +29,12 @@ import numpy as np
 import numpy.typing as npt
 
 from tokenomy_api.clock import SystemClock
+from tokenomy_eval.metrics import Array
 from tokenomy_sidecar.local_embedder import MiniLM
 from tokenomy_sidecar.semantic_index import SemanticIndex
 
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.98)
 
-Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
 
 
@@ -58,7 +58,7 @@ def embed_all(model: MiniLM, texts: list[str], batch: int = 64) -> npt.NDArray[n
     return out
 
 
-def point(similarity: Floats, correct: Bools, threshold: float) -> Point:
+def point(similarity: Array, correct: Bools, threshold: float) -> Point:
     """Hit rate and wrong-hit share when answers at or above ``threshold`` are served."""
     hit = similarity >= threshold
     hits = int(hit.sum())
@@ -66,12 +66,12 @@ def point(similarity: Floats, correct: Bools, threshold: float) -> Point:
     return Point(threshold, hits / len(similarity), wrong / hits if hits else 0.0)
 
 
-def sweep(similarity: Floats, correct: Bools) -> list[Point]:
+def sweep(similarity: Array, correct: Bools) -> list[Point]:
     """The cache at each of THRESHOLDS."""
     return [point(similarity, correct, t) for t in THRESHOLDS]
 
 
-def lowest_safe(similarity: Floats, correct: Bools, target: float) -> Point | None:
+def lowest_safe(similarity: Array, correct: Bools, target: float) -> Point | None:
     """The lowest threshold (0.005 steps) whose wrong-hit share is at most ``target``."""
     for t in np.arange(0.50, 1.0001, 0.005):
         p = point(similarity, correct, round(float(t), 3))
@@ -91,7 +91,7 @@ def read_labelled(path: Path) -> tuple[list[str], list[str]]:
 
 def labelled(
     model: MiniLM, cached: tuple[list[str], list[str]], lookups: tuple[list[str], list[str]]
-) -> tuple[Floats, Bools]:
+) -> tuple[Array, Bools]:
     """Each lookup's best similarity in the cache, and whether that entry has its label."""
     texts, labels = cached
     index = SemanticIndex(max_entries=len(texts), clock=SystemClock())
@@ -121,7 +121,7 @@ def split_labelled(
     return pick(order[:half]), pick(order[half:])
 
 
-def pairs(model: MiniLM, path: Path, limit: int, seed: int) -> tuple[Floats, Bools]:
+def pairs(model: MiniLM, path: Path, limit: int, seed: int) -> tuple[Array, Bools]:
     """Similarity of each pair's two sides, and whether the pair is a duplicate."""
     raw = path.read_bytes()
     data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
@@ -132,7 +132,7 @@ def pairs(model: MiniLM, path: Path, limit: int, seed: int) -> tuple[Floats, Boo
     return (a * b).sum(1).astype(np.float64), np.array([int(d["label"]) == 1 for d in data])
 
 
-def report(title: str, similarity: Floats, correct: Bools, target: float) -> str:
+def report(title: str, similarity: Array, correct: Bools, target: float) -> str:
     """The sweep as a Markdown table, and the safe threshold."""
     lines = [f"### {title} ({len(similarity):,} lookups)", ""]
     lines += ["| threshold | hit rate | wrong hits (share of hits) |", "|---|---|---|"]
