@@ -19,19 +19,22 @@ import yaml
 from pki import Authority, service_account_keys
 
 HERE = Path(__file__).resolve().parent
+SERVICE_IP = "10.0.0.1"
+"""The ``kubernetes`` Service's ClusterIP: the first of --service-cluster-ip-range."""
+SERVICE_SUFFIXES = ("svc", "svc.cluster.local")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
 
-def build() -> Path:
-    """The folder with kube-apiserver and etcd, built once per machine by e2e/build.sh."""
+def build(*what: str) -> Path:
+    """The folder with the binaries, built once per machine by e2e/build.sh (``node``: all)."""
     out = subprocess.run(
-        ["bash", str(HERE / "build.sh")], capture_output=True, text=True, check=False
+        ["bash", str(HERE / "build.sh"), *what], capture_output=True, text=True, check=False
     )
     if out.returncode != 0:
         raise RuntimeError(f"e2e/build.sh failed:\n{out.stderr[-4000:]}")
@@ -43,6 +46,11 @@ class ControlPlane:
     """etcd + kube-apiserver; ``kubeconfig(user, groups)`` gives credentials for anyone."""
 
     folder: Path
+    address: str = "127.0.0.1"
+    """Where the API server listens and advertises itself; a node's IP for the node tier."""
+    for_nodes: bool = False
+    """Serve kubelets and Pods: ServiceAccount tokens, the Node authorizer, the
+    ``kubernetes`` Service's names in the certificate."""
     url: str = ""
     client_ca: Authority = field(default_factory=lambda: Authority.create("tokenomy-e2e-client-ca"))
     server_ca: Authority = field(default_factory=lambda: Authority.create("tokenomy-e2e-server-ca"))
@@ -72,18 +80,31 @@ class ControlPlane:
                 stdout=log, stderr=subprocess.STDOUT,
             )
         )  # fmt: skip
-        cert, key = self.server_ca.issue("kube-apiserver", hosts=("127.0.0.1", "localhost"))
+        hosts = ("127.0.0.1", "localhost", self.address)
+        if self.for_nodes:
+            hosts += (SERVICE_IP, *(f"kubernetes.default.{s}" for s in SERVICE_SUFFIXES))
+            hosts += ("kubernetes", "kubernetes.default")
+        cert, key = self.server_ca.issue("kube-apiserver", hosts=tuple(dict.fromkeys(hosts)))
         (self.folder / "serving.crt").write_bytes(cert)
         (self.folder / "serving.key").write_bytes(key)
         (self.folder / "client-ca.crt").write_bytes(self.client_ca.pem)
         sa_key, sa_pub = service_account_keys(self.folder)
+        (self.folder / "server-ca.crt").write_bytes(self.server_ca.pem)
+        if self.for_nodes:
+            node_flags = [
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            node_flags = ["--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"]
         log = (self.folder / "apiserver.log").open("wb")
         self.processes.append(
             subprocess.Popen(
                 [
                     str(bin_dir / "kube-apiserver"),
                     f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                    "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                    f"--bind-address={self.address}", f"--advertise-address={self.address}",
                     f"--secure-port={secure}",
                     f"--tls-cert-file={self.folder / 'serving.crt'}",
                     f"--tls-private-key-file={self.folder / 'serving.key'}",
@@ -92,14 +113,13 @@ class ControlPlane:
                     f"--service-account-key-file={sa_pub}",
                     f"--service-account-signing-key-file={sa_key}",
                     "--service-cluster-ip-range=10.0.0.0/24",
-                    "--authorization-mode=RBAC",
-                    "--disable-admission-plugins=ServiceAccount",
+                    *node_flags,
                     "--allow-privileged=true",
                 ],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         )  # fmt: skip
-        self.url = f"https://127.0.0.1:{secure}"
+        self.url = f"https://{self.address}:{secure}"
         self._wait_ready()
 
     def _context(self) -> ssl.SSLContext:
@@ -139,6 +159,11 @@ class ControlPlane:
     ) -> Path:
         """A kubeconfig with a client certificate for ``user`` in ``groups``."""
         cert, key = self.client_ca.issue(user, organizations=groups, client=True)
+        return self.kubeconfig_for(cert, key, self.folder / f"kubeconfig-{user.replace(':', '_')}")
+
+    def kubeconfig_for(self, cert: bytes, key: bytes, path: Path) -> Path:
+        """A kubeconfig at ``path`` with this client certificate and key embedded."""
+        user = "user"
         b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
         config = {
             "apiVersion": "v1",
@@ -161,7 +186,6 @@ class ControlPlane:
             "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
             "current-context": "e2e",
         }
-        path = self.folder / f"kubeconfig-{user.replace(':', '_')}"
         path.write_text(yaml.safe_dump(config))
         return path
 
@@ -193,8 +217,8 @@ def install_crds(admin: Path, *namespaces: str) -> None:
         kubectl(admin, "create", "namespace", namespace, check=False)
 
 
-def start_control_plane() -> ControlPlane:
-    plane = ControlPlane(Path(tempfile.mkdtemp(prefix="tokenomy-e2e-")))
+def start_control_plane(address: str = "127.0.0.1", for_nodes: bool = False) -> ControlPlane:
+    plane = ControlPlane(Path(tempfile.mkdtemp(prefix="tokenomy-e2e-")), address, for_nodes)
     plane.start(build())
     return plane
 

@@ -292,7 +292,7 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
         30,
         "Applied=True",
     )
-    assert status["sidecars"] == {"matched": 1, "acknowledged": 1, "rejecting": 0}
+    assert status["sidecars"] == {"matched": 1, "acknowledged": 1, "rejecting": 0, "unmanaged": 0}
     assert status["configVersion"] == first_version
     usage_reports_reach_status(cluster, answers[0].headers["x-tokenomy-cost-usd"])
 

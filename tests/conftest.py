@@ -98,3 +98,35 @@ def redis_url() -> Iterator[str]:
         process.terminate()
         process.wait(timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+INTEGRATION_MODULES = frozenset(
+    {
+        "test_cli",  # the console script as a process
+        "test_demo",
+        "test_envoy_ads",  # a real Envoy
+        "test_monitoring",  # promtool
+        "test_operator_wiring",  # the webhook's TLS server
+        "test_sidecar_api",
+        "test_sidecar_budget",
+        "test_sidecar_config",
+        "test_sidecar_failover",
+        "test_sidecar_routing",
+        "test_usage_stream",  # real gRPC
+        "test_xds",
+    }
+)
+"""Modules whose tests run real processes or servers on 127.0.0.1."""
+PROCESS_FIXTURES = frozenset({"standin", "sidecar", "redis_url", "redis_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/ is ``unit`` or ``integration`` (``pytest -m unit``)."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if path.parent != here:
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        slow = path.stem in INTEGRATION_MODULES or fixtures & PROCESS_FIXTURES
+        item.add_marker(pytest.mark.integration if slow else pytest.mark.unit)

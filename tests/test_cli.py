@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,62 @@ def test_crds_stdout_is_one_yaml_stream() -> None:
         "costpolicies.tokenomy.dev",
         "modelroutes.tokenomy.dev",
     }
+
+
+# Started as the sidecar image starts it; once /readyz answers, the process
+# writes the names of every module it has loaded and exits.
+MODULES_AT_READY = """
+import json, os, sys, threading, time, urllib.request
+metrics, api, out = sys.argv[1:4]
+def report():
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics}/readyz", timeout=1)
+            break
+        except Exception:
+            time.sleep(0.05)
+    with open(out, "w") as f:
+        json.dump(sorted(sys.modules), f)
+    os._exit(0)
+threading.Thread(target=report, daemon=True).start()
+from tokenomy_cli.main import main
+main(["sidecar", "--config", "examples/local/", "--listen", f"127.0.0.1:{api}",
+      "--metrics", f"127.0.0.1:{metrics}"])
+"""
+
+CONTROL_PLANE_MODULES = (
+    "kopf",
+    "kubernetes",
+    "tokenomy_operator",
+    "tokenomy_eval",
+    "tokenomy_demo",
+)
+
+
+def test_the_sidecar_process_loads_no_control_plane_modules(tmp_path: Path) -> None:
+    """The sidecar image has no kopf or kubernetes client: starting it must not need them."""
+    from support import free_port  # noqa: PLC0415
+
+    out = tmp_path / "modules.json"
+    result = subprocess.run(
+        [sys.executable, "-c", MODULES_AT_READY, str(free_port()), str(free_port()), str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(out.read_text())
+    assert "tokenomy_sidecar.app" in loaded  # it did start
+    assert [m for m in loaded if m.split(".")[0] in CONTROL_PLANE_MODULES] == []
+
+
+def test_compile_imports_neither_data_plane_nor_control_plane() -> None:
+    code = (
+        "import json, sys; from tokenomy_cli.main import main; main(['compile', '-f', 'examples/'])"
+        "; print(json.dumps(sorted(sys.modules)), file=sys.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = {m.split(".")[0] for m in json.loads(result.stderr.splitlines()[-1])}
+    assert "tokenomy_api" in loaded
+    assert not loaded & {"tokenomy_sidecar", "tokenomy_operator", "kopf", "aiohttp", "numpy"}

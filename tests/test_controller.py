@@ -67,13 +67,33 @@ def test_condition_keeps_its_transition_time_while_unchanged() -> None:
 def test_applied_condition(rollout: Rollout, applied: str, reason: str) -> None:
     observed = PolicyStatus(1, True, "Compiled", "", "v1", ())
     status = policy_status(observed, rollout, {}, "now")
-    _, applied_condition = status["conditions"]
+    _, applied_condition, _ = status["conditions"]
     assert (applied_condition["status"], applied_condition["reason"]) == (applied, reason)
     assert status["sidecars"] == {
         "matched": rollout.matched,
         "acknowledged": rollout.acknowledged,
         "rejecting": rollout.rejecting,
+        "unmanaged": 0,
     }
+
+
+@pytest.mark.parametrize(
+    ("unmanaged", "status", "named"),
+    [
+        ((), "True", ""),
+        (("shop/a",), "False", "shop/a"),
+        (tuple(f"shop/p{i:02}" for i in range(12)), "False", "shop/p09 and 2 more"),
+    ],
+)
+def test_pods_without_a_sidecar_are_named(
+    unmanaged: tuple[str, ...], status: str, named: str
+) -> None:
+    observed = PolicyStatus(1, True, "Compiled", "", "v1", (), unmanaged)
+    out = policy_status(observed, Rollout(0, 0, 0), {}, "now")
+    injected = out["conditions"][2]
+    assert (injected["type"], injected["status"]) == ("SidecarsInjected", status)
+    assert named in injected["message"]
+    assert out["sidecars"]["unmanaged"] == len(unmanaged)
 
 
 @pytest.fixture
@@ -124,7 +144,12 @@ async def test_policy_reaches_the_sidecar_and_status_says_applied(loop: Any) -> 
             )
         )
         status = writer.statuses[key]
-        assert status["sidecars"] == {"matched": 1, "acknowledged": 1, "rejecting": 0}
+        assert status["sidecars"] == {
+            "matched": 1,
+            "acknowledged": 1,
+            "rejecting": 0,
+            "unmanaged": 0,
+        }
         assert status["configVersion"] == sidecar.holder.current.config.version
         assert status["conditions"][0]["reason"] == "Compiled"
         assert (
@@ -389,9 +414,11 @@ async def test_alerts_become_conditions_and_events() -> None:
         send(3, cost=Decimal(0), cache="exact", input_tokens=0, output_tokens=0)
         clock.advance(600)
     await controller.sync()
-    assert {c["reason"] for n, c in conditions().items() if n not in {"Ready", "Applied"}} == {
-        "WithinBaseline"
-    }
+    assert {
+        c["reason"]
+        for n, c in conditions().items()
+        if n not in {"Ready", "Applied", "SidecarsInjected"}
+    } == {"WithinBaseline"}
     for _ in range(6):  # an hour: 3x the spend, longer prompts, no hits, all on the large tier
         send(10, cost=Decimal("0.03"), tier="large", reference=True, input_tokens=200)
         clock.advance(600)

@@ -217,3 +217,16 @@ def test_service_backends_get_their_endpoints() -> None:
     ]
     assert endpoint_urls == ["http://10.1.1.1:8080/v1"]
     assert result.routes["ns/chat"].endpoints == (("t", "vllm", 1),)
+
+
+def test_selected_pods_without_a_sidecar_are_unmanaged_unless_they_opted_out() -> None:
+    state = state_with(route_doc(), policy_doc(), pods=())
+    state.pods = {
+        ("ns", "with"): Pod("ns", "with", {"app": "agent"}, injected=True),
+        ("ns", "early"): Pod("ns", "early", {"app": "agent"}),
+        ("ns", "out"): Pod("ns", "out", {"app": "agent"}, opted_out=True),
+        ("ns", "other"): Pod("ns", "other", {"app": "other"}),
+    }
+    status = state.reconcile().policies["ns/agent"]
+    assert status.pods == ("ns/with",)
+    assert status.unmanaged == ("ns/early",)

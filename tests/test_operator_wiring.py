@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import getpass
 import ssl
 from pathlib import Path
 
@@ -9,11 +11,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from cryptography import x509
+from kubernetes import client
+from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from tokenomy_operator.certs import generate, service_hosts
-from tokenomy_operator.cli import native_sidecars_supported
+from tokenomy_operator.cli import native_sidecars_supported, peering_identity
 from tokenomy_operator.controller import Controller
-from tokenomy_operator.handlers import register
+from tokenomy_operator.handlers import TOKEN_RECHECK, connection_info, register
 from tokenomy_operator.injection import InjectionSettings
 from tokenomy_operator.webhook import HANDLER_ID
 from tokenomy_operator.webhook import register as register_webhook
@@ -86,3 +90,54 @@ def test_handlers_watch_what_the_operator_needs() -> None:
 )
 def test_native_sidecars_from_the_server_version(major: str, minor: str, native: bool) -> None:
     assert native_sidecars_supported(major, minor) is native
+
+
+def test_in_cluster_login_uses_the_service_account_token_and_follows_its_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-cluster loader keeps the token as BearerToken behind a refresh hook."""
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("first-token")
+    ca.write_text(generate(["x"]).ca.decode())
+    config = client.Configuration()
+    loader = InClusterConfigLoader(
+        str(token),
+        str(ca),
+        environ={"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"},
+    )
+    loader.load_and_set(config)
+    now = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+    info = connection_info(config, now)
+    assert (info.server, info.token, info.ca_path) == (
+        "https://10.0.0.1:443",
+        "first-token",
+        str(ca),
+    )
+    assert (info.scheme or "").lower() == "bearer"
+    assert info.expiration == now + TOKEN_RECHECK  # kopf logs in again, and re-reads
+    token.write_text("rotated-token")  # the kubelet rotates the projected token
+    loader.token_expires_at = datetime.datetime.now() - datetime.timedelta(seconds=1)
+    assert connection_info(config, now).token == "rotated-token"
+
+
+def test_kubeconfig_token_login_does_not_expire() -> None:
+    config = client.Configuration()
+    config.host = "https://127.0.0.1:6443"
+    config.api_key = {"authorization": "Bearer static"}
+    info = connection_info(config, datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC))
+    assert (info.scheme, info.token, info.expiration) == ("Bearer", "static", None)
+
+
+def test_peering_identity_needs_no_passwd_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uid 65532 in the image has no passwd entry: getpass.getuser() raises KeyError."""
+
+    def no_user() -> str:
+        raise KeyError("getpwuid(): uid not found: 65532")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    monkeypatch.delenv("USER", raising=False)
+    assert peering_identity({"POD_NAME": "tokenomy-operator-7d9-abc"}, "h", 1) == (
+        "tokenomy-operator-7d9-abc"
+    )
+    assert peering_identity({"POD_ID": "a", "POD_NAME": "b"}, "h", 1) == "a"
+    assert peering_identity({}, "host", 42).endswith("@host/42")

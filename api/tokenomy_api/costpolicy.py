@@ -485,6 +485,9 @@ class Sidecars(ApiModel):
     """Sidecars serving the current config version."""
     rejecting: Annotated[int, Field(ge=0)] = 0
     """Sidecars that rejected (NACKed) the current version."""
+    unmanaged: Annotated[int, Field(ge=0)] = 0
+    """Selected pods running without a sidecar (admitted before the policy existed or
+    while the webhook was unreachable); condition ``SidecarsInjected`` names them."""
 
 
 class ReportMark(ApiModel):

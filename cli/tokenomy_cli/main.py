@@ -57,8 +57,18 @@ def _version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every subcommand's arguments."""
+def chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is one), if any."""
+    return next((word for word in argv if word in SUBCOMMANDS), None)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; with ``only``, just that subcommand's module is imported.
+
+    Importing a subcommand's module loads its dependencies: ``tokenomy
+    sidecar`` must not pay for kopf and the kubernetes client (nor have them
+    installed), so ``main`` imports only the one it runs.
+    """
     parser = argparse.ArgumentParser(
         prog="tokenomy",
         description="Run AI agents on Kubernetes cheaply without making them worse.",
@@ -66,14 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tokenomy {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in SUBCOMMANDS.items():
-        module: Subcommand = importlib.import_module(module_name)
-        module.add_arguments(sub.add_parser(name, help=_HELP[name], description=_HELP[name]))
+        command = sub.add_parser(name, help=_HELP[name], description=_HELP[name])
+        if only is None or name == only:
+            module: Subcommand = importlib.import_module(module_name)
+            module.add_arguments(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(chosen(words)).parse_args(words)
     module: Subcommand = importlib.import_module(SUBCOMMANDS[args.command])
     try:
         return module.run(args)

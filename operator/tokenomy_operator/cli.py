@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import signal
+import socket
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import kopf
@@ -22,7 +25,7 @@ from tokenomy_operator.injection import InjectionSettings
 from tokenomy_operator.kube import KubeStatusWriter
 from tokenomy_operator.metrics import serve_metrics
 from tokenomy_operator.usage import UsageService, add_to_server
-from tokenomy_operator.webhook import publish_ca
+from tokenomy_operator.webhook import policy_reader, publish_ca
 from tokenomy_operator.webhook import register as register_webhook
 from tokenomy_operator.xds.server import AdsServer, serve
 from tokenomy_operator.xds.snapshot import SnapshotCache
@@ -130,6 +133,25 @@ def native_sidecars_supported(major: str, minor: str) -> bool:
     )
 
 
+def peering_identity(environ: Mapping[str, str], hostname: str, pid: int) -> str:
+    """This replica's name in kopf's peering objects, never from the passwd database.
+
+    kopf's own guess (``detect_own_id``) asks ``getpass.getuser()``, which
+    raises ``KeyError`` for a uid without a passwd entry: exactly a container
+    running as 65532. In a Pod the name is the Pod's (``POD_ID``, which kopf
+    documents, or ``POD_NAME`` from the Deployment); elsewhere
+    ``user@host/pid``, the user falling back to the uid.
+    """
+    pod = environ.get("POD_ID") or environ.get("POD_NAME")
+    if pod:
+        return pod
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{hostname}/{pid}"
+
+
 async def serve_operator(args: argparse.Namespace) -> int:
     """Run the xDS server, the control loop and kopf until SIGTERM or SIGINT."""
     api = _kube(args.kubeconfig)
@@ -143,7 +165,17 @@ async def serve_operator(args: argparse.Namespace) -> int:
     )
     log.info("xDS (ADS) and usage reports on port %d", port)
     loop_task = asyncio.create_task(controller.run())
-    metrics_runner = await serve_metrics(controller.metrics, *args.metrics_listen)
+    published = asyncio.Event()
+
+    def not_ready() -> str:
+        if controller.latest is None:
+            return "the watches have not been reconciled yet"
+        if not args.no_webhook and args.webhook_configuration and not published.is_set():
+            return f"the webhook's CA is not yet in {args.webhook_configuration}"
+        return ""
+
+    metrics_host, metrics_port = args.metrics_listen
+    metrics_runner = await serve_metrics(controller.metrics, metrics_host, metrics_port, not_ready)
 
     webhook_server = None
     if not args.no_webhook:
@@ -154,6 +186,7 @@ async def serve_operator(args: argparse.Namespace) -> int:
         )
         if args.webhook_configuration:
             await publish_ca(api, args.webhook_configuration, certs.ca)
+            published.set()
         webhook_server = kopf.WebhookServer(
             addr=args.webhook_listen[0],
             port=args.webhook_listen[1],
@@ -170,7 +203,7 @@ async def serve_operator(args: argparse.Namespace) -> int:
         else args.native_sidecar == "yes",
     )
     if not args.no_webhook:
-        register_webhook(registry, controller, injection)
+        register_webhook(registry, controller, injection, policy_reader(api))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,6 +217,7 @@ async def serve_operator(args: argparse.Namespace) -> int:
             namespaces=args.namespace,
             standalone=not args.peering,
             peering_name=args.peering or None,
+            identity=peering_identity(os.environ, socket.gethostname(), os.getpid()),  # type: ignore[arg-type]
         )
     finally:
         loop_task.cancel()

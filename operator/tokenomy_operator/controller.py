@@ -163,6 +163,7 @@ class Controller:
             previous = self.state.policies.get((namespace, name), {}).get("status") or {}
             config = result.configs.get(key)
             status = policy_status(observed, self._rollout(observed, config), previous, now)
+            m.policy_unmanaged.labels(namespace, name).set(len(observed.unmanaged))
             warnings: list[int] = []
             if self.usage is not None:
                 self.usage.restore(key, previous)

@@ -7,6 +7,7 @@ controller's loop, started with the operator.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import Any
 
@@ -15,12 +16,10 @@ from kubernetes import client
 
 from tokenomy_api.names import COST_POLICY_PLURAL, GROUP, MODEL_ROUTE_PLURAL, VERSION
 from tokenomy_operator.controller import Controller
+from tokenomy_operator.injection import INJECTED, opted_out
 from tokenomy_operator.state import Pod
 
 log = logging.getLogger(__name__)
-
-INJECTED_ANNOTATION = "tokenomy.dev/injected"
-"""Set by the injection webhook on pods that got a sidecar."""
 
 
 def _key(body: kopf.Body) -> tuple[str, str]:
@@ -59,7 +58,8 @@ def register(
             namespace,
             name,
             dict(body.metadata.labels or {}),
-            injected=INJECTED_ANNOTATION in (body.metadata.annotations or {}),
+            injected=INJECTED in (body.metadata.annotations or {}),
+            opted_out=bool(opted_out(body)),
         )
         previous = state.pods.get((namespace, name))
         if event["type"] == "DELETED" or terminating:
@@ -97,7 +97,9 @@ def register(
     def login(**_: Any) -> kopf.ConnectionInfo:
         # Our own registry has none of kopf's default login handlers: reuse the
         # official client's configuration, already loaded (in-cluster or kubeconfig).
-        return connection_info(client.Configuration.get_default_copy())
+        return connection_info(
+            client.Configuration.get_default_copy(), datetime.datetime.now(datetime.UTC)
+        )
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -115,9 +117,29 @@ def register(
     return registry
 
 
-def connection_info(config: client.Configuration) -> kopf.ConnectionInfo:
-    """kopf's credentials from the official client's loaded configuration."""
-    scheme, _, token = (config.api_key.get("authorization") or "").partition(" ")
+TOKEN_RECHECK = datetime.timedelta(minutes=1)
+"""How long kopf keeps a token read from a refreshing source before asking again."""
+
+
+def connection_info(config: client.Configuration, now: datetime.datetime) -> kopf.ConnectionInfo:
+    """kopf's credentials from the official client's loaded configuration.
+
+    In a Pod the client's in-cluster loader keeps the ServiceAccount token
+    under ``BearerToken`` with a refresh hook that re-reads the token file
+    (the kubelet rotates bound tokens; one read once stops working within
+    about an hour); a kubeconfig token sits under ``authorization``.
+    ``get_api_key_with_prefix`` runs the hook first. With a hook, the
+    credentials expire after ``TOKEN_RECHECK``, so kopf logs in again and
+    picks up a rotated token before the old one is refused.
+    """
+    header = (
+        config.get_api_key_with_prefix("BearerToken")
+        or config.get_api_key_with_prefix("authorization")
+        or ""
+    )
+    parts = header.split(" ", 1)
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+    refreshing = config.refresh_api_key_hook is not None and bool(token)
     return kopf.ConnectionInfo(
         server=config.host,
         ca_path=config.ssl_ca_cert,
@@ -126,4 +148,5 @@ def connection_info(config: client.Configuration) -> kopf.ConnectionInfo:
         private_key_path=config.key_file,
         scheme=scheme or None,
         token=token or None,
+        expiration=now + TOKEN_RECHECK if refreshing else None,
     )

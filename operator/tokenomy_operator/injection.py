@@ -23,6 +23,7 @@ OPT_OUT = "tokenomy.dev/inject"
 CONTAINER = "tokenomy-sidecar"
 SECRETS_DIR = "/var/run/tokenomy/secrets"
 MODELS_DIR = "/etc/tokenomy/models"
+REGION_LABEL = "topology.kubernetes.io/region"
 MODEL_KEY = "model.npz"
 """The ConfigMap key a trained routing model is read from."""
 
@@ -57,6 +58,10 @@ class InjectionSettings:
     """Sidecar resources."""
 
 
+NOT_SELECTED = "no CostPolicy selects the pod"
+"""The one refusal that newer policies (not yet seen through the watch) can overturn."""
+
+
 @dataclass(frozen=True)
 class Decision:
     """Whether to inject, which policy's config the sidecar serves, and why."""
@@ -64,6 +69,18 @@ class Decision:
     inject: bool
     reason: str
     policy: str = ""
+
+
+def opted_out(pod: Mapping[str, Any]) -> str:
+    """Why a Pod is never injected whatever selects it ('' if it is not exempt)."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        return "hostNetwork pods share the node's loopback"
+    if labels.get(OPT_OUT) == "false" or annotations.get(OPT_OUT) == "false":
+        return f"opted out with {OPT_OUT}=false"
+    return ""
 
 
 def decide(
@@ -78,10 +95,9 @@ def decide(
     annotations = meta.get("annotations") or {}
     if namespace in settings.excluded_namespaces:
         return Decision(False, f"namespace {namespace} is excluded")
-    if (pod.get("spec") or {}).get("hostNetwork"):
-        return Decision(False, "hostNetwork pods share the node's loopback")
-    if labels.get(OPT_OUT) == "false" or annotations.get(OPT_OUT) == "false":
-        return Decision(False, f"opted out with {OPT_OUT}=false")
+    exempt = opted_out(pod)
+    if exempt:
+        return Decision(False, exempt)
     if INJECTED in annotations:
         return Decision(False, "already injected")
     selecting = sorted(
@@ -93,7 +109,7 @@ def decide(
         key=lambda p: (p.metadata.creation_timestamp, p.metadata.name),
     )
     if not selecting:
-        return Decision(False, "no CostPolicy selects the pod")
+        return Decision(False, NOT_SELECTED)
     chosen = selecting[0].metadata.name
     return Decision(True, f"selected by CostPolicy {chosen}", f"{namespace}/{chosen}")
 
@@ -158,6 +174,14 @@ def _sidecar(settings: InjectionSettings, secrets: list[str], models: list[str])
             {
                 "name": "POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            # For placement.region.strategy: nearest. Kubernetes 1.35 copies the
+            # node's topology labels onto the Pod when it is bound
+            # (PodTopologyLabelsAdmission, on by default); on older clusters the
+            # value is empty and the sidecar says it cannot place by region.
+            {
+                "name": "TOKENOMY_POD_REGION",
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{REGION_LABEL}']"}},
             },
         ],
         # Port names are at most 15 characters.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -70,6 +70,12 @@ class OperatorMetrics:
             policy,
             registry=r,
         )
+        self.policy_unmanaged = Gauge(
+            "tokenomy_policy_unmanaged_pods",
+            "Pods the CostPolicy selects that run without a sidecar.",
+            policy,
+            registry=r,
+        )
         self.policy_alert = Gauge(
             "tokenomy_policy_alert",
             "1 while an alert condition of the CostPolicy is True.",
@@ -104,15 +110,29 @@ class OperatorMetrics:
         )
 
 
-async def serve_metrics(metrics: OperatorMetrics, host: str, port: int) -> web.AppRunner:
-    """``/metrics`` and ``/healthz`` on their own port."""
+async def serve_metrics(
+    metrics: OperatorMetrics, host: str, port: int, not_ready: Callable[[], str] = lambda: ""
+) -> web.AppRunner:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on their own port.
+
+    ``not_ready`` says why the operator cannot serve yet ('' once it can);
+    ``/readyz`` answers 503 with that reason until then, so a rollout waits
+    for a replica that injects and serves, not merely one that listens.
+    """
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def readyz(_: web.Request) -> web.Response:
+        reason = not_ready()
+        if reason:
+            return web.json_response({"status": "not ready", "reason": reason}, status=503)
+        return web.json_response({"status": "ready"})
+
     app = web.Application()
     app.router.add_get("/metrics", metrics.page)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

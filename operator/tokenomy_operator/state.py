@@ -34,6 +34,8 @@ class Pod:
     labels: Mapping[str, str]
     injected: bool = False
     """Whether the pod carries a Tokenomy sidecar (the injection annotation)."""
+    opted_out: bool = False
+    """Whether the pod is never to be injected (``tokenomy.dev/inject=false``, host network)."""
 
     @property
     def node_id(self) -> str:
@@ -53,6 +55,9 @@ class PolicyStatus:
     """Version of the config in force (the last good one when the spec is invalid)."""
     pods: tuple[str, ...]
     """Node ids of the selected pods that carry a sidecar."""
+    unmanaged: tuple[str, ...] = ()
+    """Node ids of selected pods without a sidecar that did not opt out: admitted
+    before the policy existed or while the webhook was unreachable."""
 
 
 @dataclass(frozen=True)
@@ -142,11 +147,15 @@ class ClusterState:
     ) -> dict[str, PolicyStatus]:
         out = {}
         injected = {p.node_id for p in self.pods.values() if p.injected}
+        exempt = {p.node_id for p in self.pods.values() if p.opted_out}
         for (namespace, name), body in self.policies.items():
             key = f"{namespace}/{name}"
             found = problems.get((COST_POLICY_KIND, key), [])
             config = configs.get(key)
             pods = tuple(sorted(n for n, p in nodes.items() if p == key and n in injected))
+            unmanaged = tuple(
+                sorted(n for n, p in nodes.items() if p == key and n not in injected | exempt)
+            )
             generation = int((body.get("metadata") or {}).get("generation") or 0)
             if found:
                 kept = f" The last good config ({config.version}) stays in force." if config else ""
@@ -158,11 +167,18 @@ class ClusterState:
                     message + kept,
                     config.version if config else "",
                     pods,
+                    unmanaged,
                 )
             else:
                 version = config.version if config else ""
                 out[key] = PolicyStatus(
-                    generation, True, "Compiled", f"config version {version}", version, pods
+                    generation,
+                    True,
+                    "Compiled",
+                    f"config version {version}",
+                    version,
+                    pods,
+                    unmanaged,
                 )
         return out
 

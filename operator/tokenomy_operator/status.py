@@ -95,14 +95,48 @@ def policy_status(
             "matched": rollout.matched,
             "acknowledged": rollout.acknowledged,
             "rejecting": rollout.rejecting,
+            "unmanaged": len(observed.unmanaged),
         },
         "conditions": [
             _ready(observed, conditions, now),
             condition(
                 "Applied", applied[0], applied[1], applied[2], observed.generation, conditions, now
             ),
+            _injected(observed, conditions, now),
         ],
     }
+
+
+SHOWN_UNMANAGED = 10
+"""Pods named in the ``SidecarsInjected`` message; the count covers the rest."""
+
+
+def _injected(
+    observed: PolicyStatus, previous: Sequence[Mapping[str, Any]], now: str
+) -> dict[str, Any]:
+    """``SidecarsInjected``: whether every pod the policy selects runs its sidecar.
+
+    A pod admitted before its policy existed, or while the webhook was down
+    (``failurePolicy: Ignore`` lets it start), runs unmanaged until it is
+    recreated; this condition (and its Warning Event) is how anyone learns.
+    """
+    if not observed.unmanaged:
+        return condition(
+            "SidecarsInjected", True, "AllInjected",
+            "every selected pod runs a sidecar", observed.generation, previous, now,
+        )  # fmt: skip
+    names = ", ".join(observed.unmanaged[:SHOWN_UNMANAGED])
+    more = len(observed.unmanaged) - SHOWN_UNMANAGED
+    if more > 0:
+        names += f" and {more} more"
+    message = (
+        f"{len(observed.unmanaged)} selected pod(s) run without a sidecar: {names}; "
+        "they were admitted before the policy existed or while the webhook was "
+        "unreachable: recreate them (e.g. kubectl rollout restart)"
+    )
+    return condition(
+        "SidecarsInjected", False, "PodsWithoutSidecar", message, observed.generation, previous, now
+    )
 
 
 def route_status(observed: RouteStatus, previous: Mapping[str, Any], now: str) -> dict[str, Any]:

@@ -1,17 +1,34 @@
-"""The injection webhook: kopf's admission server calling the pure injection functions."""
+"""The injection webhook: kopf's admission server calling the pure injection functions.
+
+The decision is made from the controller's snapshot, which trails the API by
+a watch event. A Pod applied together with the CostPolicy that selects it
+(one ``kubectl apply``, an Argo CD sync) is admitted before that policy
+reaches the watch, so when the snapshot finds no policy the webhook reads the
+namespace's policies from the API, and when one selects the Pod it waits
+briefly for the controller to compile it (the sidecar's Secret mounts come
+from the compiled config).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 from kubernetes import client
 
+from tokenomy_api.compiled import SidecarConfig
+from tokenomy_api.names import COST_POLICY_PLURAL, GROUP, VERSION
+from tokenomy_api.resources import parse_documents
 from tokenomy_operator.controller import Controller
-from tokenomy_operator.injection import InjectionSettings, decide, mutate
+from tokenomy_operator.injection import NOT_SELECTED, InjectionSettings, decide, mutate
+
+PolicyReader = Callable[[str], Awaitable[list[dict[str, Any]]]]
+"""The CostPolicies of a namespace, read from the API server."""
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +37,18 @@ HANDLER_ID = "inject"
 
 
 def register(
-    registry: kopf.OperatorRegistry, controller: Controller, settings: InjectionSettings
+    registry: kopf.OperatorRegistry,
+    controller: Controller,
+    settings: InjectionSettings,
+    read_policies: PolicyReader | None = None,
+    settle: float = 5.0,
 ) -> None:
-    """Add the Pod-create mutation handler to ``registry``."""
+    """Add the Pod-create mutation handler to ``registry``.
+
+    ``read_policies`` reads through to the API when the snapshot selects
+    nothing; ``settle`` bounds the wait for a just-created policy's config
+    (the webhook's own timeout is 10 s).
+    """
 
     @kopf.on.mutate(
         "",
@@ -33,19 +59,29 @@ def register(
         ignore_failures=True,
         registry=registry,
     )
-    def inject(body: kopf.Body, patch: kopf.Patch, warnings: list[str], **_: Any) -> None:
+    async def inject(body: kopf.Body, patch: kopf.Patch, warnings: list[str], **_: Any) -> None:
         pod = dict(body)
         # The API server sets the request's namespace on the object before admission.
         namespace = body.metadata.namespace or ""
         latest = controller.latest
-        if latest is None:
-            warnings.append("tokenomy: the operator has not synced yet; pod left unchanged")
-            return
-        decision = decide(pod, namespace, latest.parsed, settings)
+        decision = decide(pod, namespace, latest.parsed if latest else [], settings)
+        if decision.reason == NOT_SELECTED and read_policies is not None:
+            try:
+                fresh = parse_documents(("", d) for d in await read_policies(namespace))
+            except Exception as error:  # the snapshot's answer stands
+                log.warning("could not read CostPolicies of %s: %s", namespace, error)
+            else:
+                decision = decide(pod, namespace, fresh.policies, settings)
         if not decision.inject:
             log.debug("not injecting %s/%s: %s", namespace, body.metadata.name, decision.reason)
             return
-        mutated = mutate(pod, decision, latest.configs.get(decision.policy), settings)
+        config = await _compiled(controller, decision.policy, settle)
+        if config is None:
+            warnings.append(
+                f"tokenomy: CostPolicy {decision.policy} has not compiled yet; "
+                "the sidecar gets no Secret mounts until the pod is recreated"
+            )
+        mutated = mutate(pod, decision, config, settings)
         for field in ("containers", "initContainers", "volumes"):
             if mutated["spec"].get(field) != pod.get("spec", {}).get(field):
                 patch.spec[field] = mutated["spec"][field]
@@ -53,6 +89,32 @@ def register(
         log.info(
             "injected a sidecar into %s/%s (%s)", namespace, body.metadata.name, decision.reason
         )
+
+
+async def _compiled(controller: Controller, policy: str, settle: float) -> SidecarConfig | None:
+    """The policy's config in force, waiting up to ``settle`` seconds for a new one."""
+    deadline = time.monotonic() + settle
+    while True:
+        latest = controller.latest
+        config = latest.configs.get(policy) if latest is not None else None
+        if config is not None or time.monotonic() >= deadline:
+            return config
+        controller.poke()
+        await asyncio.sleep(0.05)
+
+
+def policy_reader(api: client.ApiClient) -> PolicyReader:
+    """Read a namespace's CostPolicies through ``api`` (list, which the operator may)."""
+    objects = client.CustomObjectsApi(api)
+
+    async def read(namespace: str) -> list[dict[str, Any]]:
+        listing = await asyncio.to_thread(
+            objects.list_namespaced_custom_object, GROUP, VERSION, namespace, COST_POLICY_PLURAL
+        )
+        items: list[dict[str, Any]] = listing.get("items") or []  # type: ignore[attr-defined]
+        return items
+
+    return read
 
 
 async def publish_ca(api: client.ApiClient, configuration: str, ca: bytes) -> None:

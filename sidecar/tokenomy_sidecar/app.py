@@ -109,6 +109,12 @@ class Sidecar:
         budget = runtime.config.budget
         if budget is not None:
             m.budget.labels(policy.namespace, policy.name, budget.period).set(float(budget.amount))
+        if runtime.config.placement.region.strategy == "nearest" and not self.settings.pod_region:
+            log.warning(
+                "placement.region.strategy is nearest but this pod's region is unknown "
+                "(--pod-region, env TOKENOMY_POD_REGION; injected from the Pod's "
+                "topology.kubernetes.io/region label): backends are ordered as for cheapest"
+            )
 
     # --- probes and metrics ------------------------------------------------------
 

@@ -111,7 +111,7 @@ async def serve(args: argparse.Namespace) -> int:
         listen_port=args.listen[1],
         metrics_host=args.metrics[0],
         metrics_port=args.metrics[1],
-        pod_region=args.pod_region,
+        pod_region=args.pod_region or None,
         models_dir=_models_dir(args),
         # Standalone, this process is the policy's only replica: it keeps the budget;
         # injected, the budget is the operator's, shared through leases.

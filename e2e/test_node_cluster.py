@@ -1,0 +1,220 @@
+"""The node tier: the operator and injected sidecars as Pods on a real kubelet node.
+
+What a user does, step for step as the README's "Run it on a cluster" says:
+apply the shipped manifests with the image names overlaid, apply an agent
+with its policy and models in one go, and watch requests flow through the
+injected sidecar to in-cluster models. Nothing here patches the manifests
+for the test; the webhook is called through its Service as shipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from realnode import IMAGE_CACHE, NodeCluster
+
+from controlplane import kubectl
+
+pytestmark = pytest.mark.node
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SYSTEM = "tokenomy-system"
+T = TypeVar("T")
+MEASURED: dict[str, float] = {}
+"""Timings the README quotes, written to MEASUREMENTS after the module."""
+MEASUREMENTS = IMAGE_CACHE / "node-measurements.json"
+
+
+def wait(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(admin: Path, *args: str) -> Any:
+    return json.loads(kubectl(admin, "get", "-o", "json", *args).stdout)
+
+
+def agent_lines(admin: Path, pod: str = "agent", namespace: str = "shop") -> list[dict[str, Any]]:
+    out = kubectl(admin, "logs", "-n", namespace, pod, "-c", "agent", check=False)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def describe(admin: Path, namespace: str) -> str:
+    return "\n".join(
+        kubectl(admin, *args, check=False).stdout[-4000:]
+        for args in (
+            ("get", "pods", "-A", "-o", "wide"),
+            ("describe", "pods", "-n", namespace),
+            ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+            ("logs", "-n", SYSTEM, "deploy/tokenomy-operator", "--tail=60"),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: NodeCluster) -> Iterator[NodeCluster]:
+    """Scenario 1: the shipped manifests, applied; the operator Deployment Available."""
+    admin = cluster.admin
+    started = time.monotonic()
+    kubectl(admin, "apply", "--server-side", "-k", str(REPO / "manifests" / "local-images"))
+    rollout = kubectl(
+        admin, "rollout", "status", "-n", SYSTEM, "deploy/tokenomy-operator", "--timeout=240s",
+        check=False,
+    )  # fmt: skip
+    assert rollout.returncode == 0, describe(admin, SYSTEM)
+    MEASURED["apply_to_operator_available_s"] = time.monotonic() - started
+    MEASURED.update(cluster.node.timings)
+    yield cluster
+    MEASUREMENTS.parent.mkdir(parents=True, exist_ok=True)
+    MEASUREMENTS.write_text(json.dumps({k: round(v, 2) for k, v in MEASURED.items()}, indent=2))
+
+
+def test_operator_is_available_and_its_webhook_trusted(operator: NodeCluster) -> None:
+    admin = operator.admin
+    deployment = get(admin, "-n", SYSTEM, "deploy/tokenomy-operator")
+    available = {c["type"]: c["status"] for c in deployment["status"]["conditions"]}
+    assert available["Available"] == "True"
+    hook = get(admin, "mutatingwebhookconfiguration/tokenomy-sidecar-injector")
+    assert hook["webhooks"][0]["clientConfig"].get("caBundle"), "the operator publishes its CA"
+    # In-cluster auth works: the operator read the CRDs and wrote nothing as anonymous.
+    logs = kubectl(admin, "logs", "-n", SYSTEM, "deploy/tokenomy-operator").stdout
+    assert "system:anonymous" not in logs
+    assert "KeyError" not in logs
+
+
+@pytest.fixture(scope="module")
+def agent(operator: NodeCluster) -> NodeCluster:
+    """Scenarios 2-3: models, route, policy and agent Pod in one apply."""
+    admin = operator.admin
+    started = time.monotonic()
+    kubectl(admin, "apply", "-f", str(REPO / "examples" / "cluster" / "agent.yaml"))
+
+    def serving() -> bool:
+        return any(line["ok"] for line in agent_lines(admin))
+
+    try:
+        wait(serving, 240, "the agent's first answer")
+    except AssertionError as error:
+        raise AssertionError(describe(admin, "shop")) from error
+    MEASURED["pod_create_to_first_answer_s"] = time.monotonic() - started
+    return operator
+
+
+def test_the_pod_applied_with_its_policy_gets_a_native_sidecar(agent: NodeCluster) -> None:
+    pod = get(agent.admin, "-n", "shop", "pod/agent")
+    [sidecar] = [
+        c for c in pod["spec"].get("initContainers", []) if c["name"] == "tokenomy-sidecar"
+    ]
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == agent.images["sidecar"]
+    assert pod["metadata"]["annotations"]["tokenomy.dev/injected"] == "shop/agent"
+    # PodTopologyLabels copied the node's region onto the Pod; the sidecar reads it.
+    assert pod["metadata"]["labels"]["topology.kubernetes.io/region"] == "eu-west-1"
+
+
+def test_requests_reach_the_models_through_the_sidecar(agent: NodeCluster) -> None:
+    admin = agent.admin
+    lines = wait(
+        lambda: (ls := agent_lines(admin)) and sum(1 for x in ls if x.get("cache") == "exact") >= 5 and ls,
+        120, "exact-cache hits",
+    )  # fmt: skip
+    failed = [x for x in lines if not x["ok"]]
+    assert not failed, failed[:3]
+    misses = [x for x in lines if x["cache"] == "miss"]
+    # Spot preferred, nearest region: the in-cluster backend whose placement
+    # came from the node's labels, not the cheaper far or on-demand ones.
+    assert {x["backend"] for x in misses} == {"near"}, misses
+    assert {x["tier"] for x in misses} == {"small"}
+
+
+def test_status_shows_the_sidecar_and_its_spend(agent: NodeCluster) -> None:
+    admin = agent.admin
+
+    def reported() -> dict[str, Any] | None:
+        status = get(admin, "-n", "shop", "costpolicy/agent").get("status") or {}
+        spend = status.get("spend") or {}
+        ok = (status.get("sidecars") or {}).get("acknowledged") == 1 and float(
+            spend.get("amount") or 0
+        ) > 0
+        hit_rate = float(str(status.get("cacheHitRate") or "0").rstrip("%"))
+        return status if ok and hit_rate > 0 else None
+
+    status = wait(reported, 90, "spend and hit rate in the CostPolicy status")
+    assert status["sidecars"]["unmanaged"] == 0
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Applied"]["status"] == "True"
+    assert conditions["SidecarsInjected"]["status"] == "True"
+    table = kubectl(admin, "get", "costpolicies", "-n", "shop").stdout
+    assert "agent" in table
+
+
+def test_a_policy_change_reaches_the_running_sidecar_and_a_bad_one_is_refused(
+    agent: NodeCluster,
+) -> None:
+    admin = agent.admin
+    before = get(admin, "-n", "shop", "costpolicy/agent")["status"]["configVersion"]
+    kubectl(admin, "patch", "-n", "shop", "costpolicy/agent", "--type=merge",
+            "-p", '{"spec": {"cache": {"exact": {"enabled": false}}}}')  # fmt: skip
+    seen = len(agent_lines(admin))
+    wait(lambda: any(x.get("cache") != "exact" for x in agent_lines(admin)[seen + 2 :]),
+         60, "answers without the exact cache")  # fmt: skip
+    changed = get(admin, "-n", "shop", "costpolicy/agent")["status"]["configVersion"]
+    assert changed != before
+    pod = get(admin, "-n", "shop", "pod/agent")
+    restarts = {s["name"]: s["restartCount"] for s in pod["status"]["initContainerStatuses"]}
+    assert restarts["tokenomy-sidecar"] == 0  # no restart: the config came over xDS
+
+    # Valid for the schema, not for the compiler: the cascade names a tier the route lacks.
+    kubectl(admin, "patch", "-n", "shop", "costpolicy/agent", "--type=merge",
+            "-p", '{"spec": {"cascade": {"tiers": ["small", "medium"]}}}')  # fmt: skip
+
+    def refused() -> dict[str, Any] | None:
+        status = get(admin, "-n", "shop", "costpolicy/agent")["status"]
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        return status if ready["status"] == "False" else None
+
+    status = wait(refused, 60, "Ready=False on the invalid change")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert "spec.cascade.tiers[1]" in ready["message"]
+    assert status["configVersion"] == changed  # the last good config stays in force
+    seen = len(agent_lines(admin))
+    wait(lambda: len(agent_lines(admin)) >= seen + 5, 60, "more answers")
+    assert all(x["ok"] for x in agent_lines(admin)[seen:])
+    kubectl(admin, "patch", "-n", "shop", "costpolicy/agent", "--type=json",
+            "-p", '[{"op": "remove", "path": "/spec/cascade"}]')  # fmt: skip
+
+
+def test_a_pod_admitted_before_its_policy_is_reported_unmanaged(agent: NodeCluster) -> None:
+    admin = agent.admin
+    kubectl(admin, "create", "namespace", "later")
+    kubectl(admin, "run", "early", "-n", "later", "--image", agent.images["example-agent"],
+            "--labels", "app=early", "--restart=Never")  # fmt: skip
+    policy = {
+        "apiVersion": "tokenomy.dev/v1alpha1",
+        "kind": "CostPolicy",
+        "metadata": {"name": "late", "namespace": "later"},
+        "spec": {"selector": {"matchLabels": {"app": "early"}}, "routes": ["chat"]},
+    }
+    kubectl(admin, "apply", "-f", "-", stdin=json.dumps(policy))
+
+    def flagged() -> dict[str, Any] | None:
+        status = get(admin, "-n", "later", "costpolicy/late").get("status") or {}
+        return status if (status.get("sidecars") or {}).get("unmanaged") == 1 else None
+
+    status = wait(flagged, 60, "the unmanaged pod in status")
+    injected = next(c for c in status["conditions"] if c["type"] == "SidecarsInjected")
+    assert injected["status"] == "False"
+    assert "later/early" in injected["message"]
+    events = get(admin, "-n", "later", "events")["items"]
+    assert any(e["reason"] == "PodsWithoutSidecar" and e["type"] == "Warning" for e in events)
