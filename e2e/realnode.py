@@ -520,9 +520,32 @@ def node_tools_missing() -> list[str]:
     return missing
 
 
+STALE_MARKS = ("/tmp/tokenomy-node-", "/run/tkn-", "/tmp/tokenomy-e2e-")
+"""Paths in the command lines of what a run starts; a killed run's leftovers carry them."""
+
+
+def reap_stale(bin_dir: Path) -> None:
+    """Stop and remove what a killed earlier run left (its teardown never ran)."""
+    stale = [pid for pid, args in _processes().items() if any(m in args for m in STALE_MARKS)]
+    for pid in stale:
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    time.sleep(0.5 if stale else 0)
+    for mark in STALE_MARKS:
+        for folder in Path(mark).parent.glob(Path(mark).name + "*"):
+            _unmount_under(folder)
+    for ns in _netns():
+        if ns.startswith("cni-"):
+            run("ip", "netns", "delete", ns, check=False)
+    subprocess.run([str(bin_dir / "kube-proxy"), "--cleanup"], capture_output=True, check=False)
+    _remove_cni_chains()
+    _remove_links()
+
+
 def start(images_out: Path) -> tuple[ControlPlane, RealNode, dict[str, str]]:
     """Build what is missing, then the control plane and the node; images by short name."""
     bin_dir = build("node")
+    reap_stale(bin_dir)
     names = build_images(bin_dir, images_out)
     from controlplane import start_control_plane  # noqa: PLC0415
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -193,6 +194,54 @@ def test_a_policy_change_reaches_the_running_sidecar_and_a_bad_one_is_refused(
     assert all(x["ok"] for x in agent_lines(admin)[seen:])
     kubectl(admin, "patch", "-n", "shop", "costpolicy/agent", "--type=json",
             "-p", '[{"op": "remove", "path": "/spec/cascade"}]')  # fmt: skip
+
+
+def costs(lines: list[dict[str, Any]]) -> Decimal:
+    return sum((Decimal(x["cost"]) for x in lines if x["ok"] and x.get("cost")), Decimal(0))
+
+
+def test_the_standby_takes_over_without_a_failed_request_or_a_double_count(
+    agent: NodeCluster,
+) -> None:
+    """Scenario 5: two replicas; the Lease holder is deleted while the agent keeps asking."""
+    admin = agent.admin
+    replicas = get(admin, "-n", SYSTEM, "pods", "-l", "app.kubernetes.io/name=tokenomy-operator")
+    names = {p["metadata"]["name"] for p in replicas["items"]}
+    assert len(names) == 2
+    leader = get(admin, "-n", SYSTEM, "lease/tokenomy-operator")["spec"]["holderIdentity"]
+    assert leader in names
+    labelled = get(admin, "-n", SYSTEM, "pods", "-l", "tokenomy.dev/leader=true")["items"]
+    assert [p["metadata"]["name"] for p in labelled] == [leader]
+    before = agent_lines(admin)
+    started = time.monotonic()
+    kubectl(admin, "delete", "pod", "-n", SYSTEM, leader, "--wait=false")
+    # The webhook keeps injecting while the leader goes (every replica serves it).
+    kubectl(admin, "run", "probe", "-n", "shop", "--image", agent.images["sidecar"],
+            "--labels", "app=agent", "--restart=Never", "--command", "--", "sleep", "3600")  # fmt: skip
+    probe = get(admin, "-n", "shop", "pod/probe")
+    assert [c["name"] for c in probe["spec"].get("initContainers", [])] == ["tokenomy-sidecar"]
+
+    def new_leader() -> str:
+        holder = get(admin, "-n", SYSTEM, "lease/tokenomy-operator")["spec"].get("holderIdentity")
+        return holder if holder and holder != leader else ""
+
+    successor = wait(new_leader, 60, "the standby to take the Lease", interval=0.2)
+    MEASURED["leader_takeover_s"] = time.monotonic() - started
+    assert successor in names
+    wait(lambda: len(agent_lines(admin)) >= len(before) + 30, 120, "answers after the takeover")
+    after = agent_lines(admin)
+    failed = [x for x in after[len(before) :] if not x["ok"]]
+    assert not failed, failed[:3]
+
+    # Spend resumes on the new leader: what was answered before the takeover
+    # is all counted, and nothing twice (never more than the agent was billed).
+    def spend() -> Decimal:
+        status = get(admin, "-n", "shop", "costpolicy/agent").get("status") or {}
+        return Decimal(str((status.get("spend") or {}).get("amount") or "0"))
+
+    wait(lambda: spend() >= costs(before), 90, "spend to include every answer before the takeover")
+    assert spend() <= costs(agent_lines(admin))
+    kubectl(admin, "delete", "pod", "-n", "shop", "probe", "--wait=false")
 
 
 def test_a_pod_admitted_before_its_policy_is_reported_unmanaged(agent: NodeCluster) -> None:

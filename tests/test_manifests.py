@@ -14,6 +14,7 @@ import yaml
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.handlers import register
 from tokenomy_operator.injection import InjectionSettings
+from tokenomy_operator.leadership import LEADER_LABEL
 from tokenomy_operator.webhook import HANDLER_ID
 from tokenomy_operator.xds.server import AdsServer
 from tokenomy_operator.xds.snapshot import SnapshotCache
@@ -52,7 +53,10 @@ def test_base_renders_everything_the_operator_needs(base: list[dict[str, Any]]) 
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "Deployment",
+            "Service",
             "Service",
             "MutatingWebhookConfiguration",
         ]
@@ -70,9 +74,27 @@ def test_webhook_points_at_the_handler_and_never_blocks(base: list[dict[str, Any
     assert hook["failurePolicy"] == "Ignore"
     excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"]
     assert set(InjectionSettings().excluded_namespaces) == set(excluded)
-    service = one(base, "Service")
-    assert hook["clientConfig"]["service"]["name"] == service["metadata"]["name"]
+    services = {d["metadata"]["name"]: d for d in base if d["kind"] == "Service"}
+    service = services[hook["clientConfig"]["service"]["name"]]
     assert {p["port"] for p in service["spec"]["ports"]} == {15010, 443}
+
+
+def test_injected_sidecars_reach_both_services_and_the_leader_is_labelled(
+    base: list[dict[str, Any]],
+) -> None:
+    services = {d["metadata"]["name"]: d for d in base if d["kind"] == "Service"}
+    settings = InjectionSettings()
+    for address in (settings.xds_address, settings.usage_address):
+        name, namespace = address.split(".")[:2]
+        assert name in services, address
+        assert namespace == "tokenomy-system"
+    leader = services["tokenomy-operator-leader"]["spec"]["selector"]
+    assert leader[LEADER_LABEL] == "true"
+    rules = one(base, "Role")["rules"]
+    assert allowed(rules, "coordination.k8s.io", "leases", "update")
+    assert allowed(rules, "", "pods", "patch")
+    args = one(base, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-election=tokenomy-operator" in args
 
 
 def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
@@ -119,3 +141,14 @@ def test_monitoring_renders() -> None:
     dashboard = docs["ConfigMap"]
     assert dashboard["metadata"]["labels"] == {"grafana_dashboard": "1"}
     assert json.loads(dashboard["data"]["dashboard.json"])["uid"] == "tokenomy"
+
+
+def test_local_images_overlay_renames_both_images_only() -> None:
+    base, local = render("base"), render("local-images")
+    assert len(base) == len(local)
+    [container] = one(local, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["image"].startswith("localhost/tokenomy/operator:")
+    sidecar = [a for a in container["args"] if a.startswith("--sidecar-image=")]
+    assert sidecar == ["--sidecar-image=localhost/tokenomy/sidecar:0.1.0"]
+    [before] = one(base, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(container["args"]) == len(before["args"])

@@ -14,7 +14,7 @@ from cryptography import x509
 from kubernetes import client
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
-from tokenomy_operator.certs import generate, service_hosts
+from tokenomy_operator.certs import WebhookCerts, generate, service_hosts, usable
 from tokenomy_operator.cli import native_sidecars_supported, peering_identity
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.handlers import TOKEN_RECHECK, connection_info, register
@@ -141,3 +141,13 @@ def test_peering_identity_needs_no_passwd_entry(monkeypatch: pytest.MonkeyPatch)
     )
     assert peering_identity({"POD_ID": "a", "POD_NAME": "b"}, "h", 1) == "a"
     assert peering_identity({}, "host", 42).endswith("@host/42")
+
+
+def test_stored_webhook_certificates_are_reused_only_while_they_fit() -> None:
+    hosts = service_hosts("tokenomy-operator", "tokenomy-system")
+    certs = generate(hosts)
+    now = datetime.datetime.now(datetime.UTC)
+    assert usable(certs, hosts, now)
+    assert not usable(certs, [*hosts, "other.example"], now)  # a name it does not carry
+    assert not usable(certs, hosts, now + datetime.timedelta(days=340))  # under 30 days left
+    assert not usable(WebhookCerts(b"x", b"not a certificate", b"k"), hosts, now)

@@ -112,3 +112,16 @@ def service_hosts(service: str, namespace: str) -> list[str]:
         f"{service}.{namespace}",
         service,
     ]
+
+
+def usable(certs: WebhookCerts, hosts: Sequence[str], now: datetime.datetime) -> bool:
+    """Whether stored certificates serve ``hosts`` for at least another 30 days."""
+    try:
+        cert = x509.load_pem_x509_certificate(certs.cert)
+    except ValueError:
+        return False
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = {str(v) for v in sans.get_values_for_type(x509.DNSName)}
+    names |= {str(v) for v in sans.get_values_for_type(x509.IPAddress)}
+    fresh = cert.not_valid_after_utc - now > datetime.timedelta(days=30)
+    return fresh and set(hosts) <= names

@@ -23,9 +23,10 @@ from tokenomy_operator.controller import Controller
 from tokenomy_operator.handlers import register
 from tokenomy_operator.injection import InjectionSettings
 from tokenomy_operator.kube import KubeStatusWriter
+from tokenomy_operator.leadership import LeaseElector, label_own_pod
 from tokenomy_operator.metrics import serve_metrics
-from tokenomy_operator.usage import UsageService, add_to_server
-from tokenomy_operator.webhook import policy_reader, publish_ca
+from tokenomy_operator.usage import LeaderUsage, UsageService, add_to_server
+from tokenomy_operator.webhook import policy_reader, publish_ca, shared_certs
 from tokenomy_operator.webhook import register as register_webhook
 from tokenomy_operator.xds.server import AdsServer, serve
 from tokenomy_operator.xds.snapshot import SnapshotCache
@@ -78,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-webhook", action="store_true", help="do not serve the injection webhook"
     )
     parser.add_argument(
+        "--webhook-secret",
+        default="",
+        help="Secret (in --webhook-namespace) holding the webhook's CA and certificate, "
+        "shared by every replica; '' makes one per process (a single replica only)",
+    )
+    parser.add_argument(
         "--metrics-listen",
         type=_address,
         default=("0.0.0.0", 8080),
@@ -97,9 +104,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="init container with restartPolicy: Always (auto: if the API server is 1.29+)",
     )
     parser.add_argument(
-        "--peering",
+        "--leader-election",
         default="",
-        help="kopf peering name for leader election among replicas; standalone if empty",
+        metavar="LEASE",
+        help="elect a leader among replicas with this Lease (in --webhook-namespace); "
+        "the leader keeps the ledgers and writes status, every replica serves xDS and "
+        "the webhook; a single replica leads alone if empty",
+    )
+    parser.add_argument(
+        "--usage-address",
+        default=f"tokenomy-operator-leader.{here}.svc:15010",
+        help="where injected sidecars send usage (the leader's Service)",
     )
     parser.add_argument("--kubeconfig", help="outside a cluster: the kubeconfig to use")
     parser.add_argument(
@@ -152,6 +167,27 @@ def peering_identity(environ: Mapping[str, str], hostname: str, pid: int) -> str
     return f"{user}@{hostname}/{pid}"
 
 
+async def _elect(
+    args: argparse.Namespace, api: client.ApiClient, controller: Controller, identity: str
+) -> asyncio.Task[None] | None:
+    """Start the leader election (``--leader-election``), or lead alone without it."""
+    if not args.leader_election:
+        controller.lead(True)
+        return None
+    controller.lead(False)
+    pod = os.environ.get("POD_NAME", "")
+
+    async def changed(leading: bool) -> None:
+        controller.lead(leading)
+        if pod:
+            await label_own_pod(api, args.webhook_namespace, pod, leading)
+
+    if pod:  # a restarted container may still carry the label of a past term
+        await label_own_pod(api, args.webhook_namespace, pod, False)
+    elector = LeaseElector(api, args.webhook_namespace, args.leader_election, identity, changed)
+    return asyncio.create_task(elector.run())
+
+
 async def serve_operator(args: argparse.Namespace) -> int:
     """Run the xDS server, the control loop and kopf until SIGTERM or SIGINT."""
     api = _kube(args.kubeconfig)
@@ -159,11 +195,14 @@ async def serve_operator(args: argparse.Namespace) -> int:
     ads = AdsServer(cache)
     controller = Controller(cache, ads, KubeStatusWriter(api))
     # Reports wait until the controller has read each policy's status.spend.
-    usage = controller.usage = UsageService(controller.budget_of, SystemClock(), ready=False)
+    controller.new_usage = lambda: UsageService(controller.budget_of, SystemClock(), ready=False)
+    usage = LeaderUsage(lambda: controller.usage)
     grpc_server, port = await serve(
         ads, f"{args.xds_listen[0]}:{args.xds_listen[1]}", lambda s: add_to_server(usage, s)
     )
     log.info("xDS (ADS) and usage reports on port %d", port)
+    identity = peering_identity(os.environ, socket.gethostname(), os.getpid())
+    elector_task = await _elect(args, api, controller, identity)
     loop_task = asyncio.create_task(controller.run())
     published = asyncio.Event()
 
@@ -180,7 +219,11 @@ async def serve_operator(args: argparse.Namespace) -> int:
     webhook_server = None
     if not args.no_webhook:
         hosts = [*service_hosts(args.webhook_service, args.webhook_namespace), *args.webhook_host]
-        certs = generate(hosts)
+        certs = (
+            await shared_certs(api, args.webhook_namespace, args.webhook_secret, hosts)
+            if args.webhook_secret
+            else generate(hosts)
+        )
         ca_path, cert_path, key_path = certs.write(
             Path(tempfile.mkdtemp(prefix="tokenomy-webhook-"))
         )
@@ -198,6 +241,7 @@ async def serve_operator(args: argparse.Namespace) -> int:
     injection = InjectionSettings(
         image=args.sidecar_image,
         xds_address=args.xds_address,
+        usage_address=args.usage_address,
         native_sidecar=await _native_sidecars(api)
         if args.native_sidecar == "auto"
         else args.native_sidecar == "yes",
@@ -215,11 +259,16 @@ async def serve_operator(args: argparse.Namespace) -> int:
             stop_flag=stop,
             clusterwide=not args.namespace,
             namespaces=args.namespace,
-            standalone=not args.peering,
-            peering_name=args.peering or None,
-            identity=peering_identity(os.environ, socket.gethostname(), os.getpid()),  # type: ignore[arg-type]
+            # Every replica watches and serves; leadership is our own Lease
+            # (leadership.py), so kopf's peering, which pauses all but one, is off.
+            standalone=True,
+            identity=identity,  # type: ignore[arg-type]
         )
     finally:
+        if elector_task is not None:  # hand the Lease back first: the standby takes over
+            elector_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await elector_task
         loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task

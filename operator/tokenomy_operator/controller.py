@@ -101,6 +101,24 @@ class Controller:
         """Called after every sync, for tests and metrics."""
         self.latest: Reconciliation | None = None
         """The outcome of the last sync, which the injection webhook decides by."""
+        self.leading = True
+        """Whether this replica writes status and keeps the ledgers (see leadership.py)."""
+        self.new_usage: Callable[[], UsageService] | None = None
+        """Makes the ledgers a replica keeps while it leads; None: the ``usage`` given, always."""
+
+    def lead(self, leading: bool) -> None:
+        """Start or stop being the replica that writes status and keeps the ledgers.
+
+        A new leader starts empty ledgers that wait, like a restarted
+        operator's, until each policy's status (as the old leader last wrote
+        it, seen through the watch) is restored into them; sidecars resend
+        what status does not hold yet.
+        """
+        self.leading = leading
+        self._written.clear()
+        if self.new_usage is not None:
+            self.usage = self.new_usage() if leading else None
+        self.poke()
 
     def budget_of(self, policy: str) -> Budget | None:
         """The budget of a policy (``namespace/name``) in force, if it has one."""
@@ -184,7 +202,7 @@ class Controller:
                     )  # fmt: skip
                     warnings = crossed_thresholds(previous.get("spend"), spend, budget)
             await self._write("CostPolicy", COST_POLICY_PLURAL, namespace, name, status, previous)
-            for percent in warnings:
+            for percent in warnings if self.leading else []:
                 await self.writer.event(
                     "CostPolicy", namespace, name, "Warning", "BudgetThreshold",
                     f"{percent}% of the budget is spent ({status['spend']['amount']} USD)",
@@ -256,7 +274,7 @@ class Controller:
         previous: Mapping[str, Any],
     ) -> None:
         key = (plural, f"{namespace}/{name}")
-        if self._written.get(key) == status or _same(previous, status):
+        if not self.leading or self._written.get(key) == status or _same(previous, status):
             return
         await self.writer.patch_status(plural, namespace, name, status)
         self._written[key] = status

@@ -35,7 +35,9 @@ class InjectionSettings:
     image: str = "tokenomy/sidecar:0.1.0"
     """Sidecar image."""
     xds_address: str = "tokenomy-operator.tokenomy-system.svc:15010"
-    """Where sidecars reach the operator's xDS server."""
+    """Where sidecars reach the operator's xDS server (any replica)."""
+    usage_address: str = "tokenomy-operator-leader.tokenomy-system.svc:15010"
+    """Where sidecars send usage and ask for budget leases (the leader)."""
     listen_port: int = 15100
     """Port of the OpenAI API on the pod's loopback."""
     metrics_port: int = 15090
@@ -162,6 +164,8 @@ def _sidecar(settings: InjectionSettings, secrets: list[str], models: list[str])
             "sidecar",
             "--xds",
             settings.xds_address,
+            "--usage",
+            settings.usage_address,
             "--listen",
             f"127.0.0.1:{settings.listen_port}",
             "--metrics",

@@ -257,7 +257,34 @@ class UsageService:
             yield self.handle(message)
 
 
-def add_to_server(service: UsageService, server: grpc.aio.Server) -> None:
+class LeaderUsage:
+    """The usage stream as a replica serves it: its ledgers while it leads, else a refusal.
+
+    Sidecars send usage to the leader's Service; one that reaches a standby
+    (the label moved a moment ago) is told so and reconnects, keeping its
+    reports until a leader acknowledges them.
+    """
+
+    def __init__(self, current: Callable[[], UsageService | None]) -> None:
+        self.current = current
+
+    async def stream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """``Stream``, delegated to the ledgers in force."""
+        service = self.current()
+        if service is None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "this operator replica is not the leader: usage goes to the "
+                "tokenomy-operator-leader Service",
+            )
+            return
+        async for answer in service.stream(requests, context):
+            yield answer
+
+
+def add_to_server(service: UsageService | LeaderUsage, server: grpc.aio.Server) -> None:
     """Serve ``tokenomy.usage.v1.Usage`` on a gRPC server (before it starts)."""
     handler = grpc.stream_stream_rpc_method_handler(
         service.stream,

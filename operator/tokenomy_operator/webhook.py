@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,10 +21,12 @@ from typing import Any
 
 import kopf
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from tokenomy_api.compiled import SidecarConfig
 from tokenomy_api.names import COST_POLICY_PLURAL, GROUP, VERSION
 from tokenomy_api.resources import parse_documents
+from tokenomy_operator.certs import WebhookCerts, generate, usable
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.injection import NOT_SELECTED, InjectionSettings, decide, mutate
 
@@ -115,6 +118,63 @@ def policy_reader(api: client.ApiClient) -> PolicyReader:
         return items
 
     return read
+
+
+TLS_SECRET_KEYS = ("ca.crt", "tls.crt", "tls.key")
+
+
+async def shared_certs(
+    api: client.ApiClient, namespace: str, name: str, hosts: list[str]
+) -> WebhookCerts:
+    """The webhook's certificates, the same for every replica, kept in a Secret.
+
+    Each replica serves the webhook behind one Service, so all must present
+    a certificate the one ``caBundle`` trusts. The first replica creates the
+    Secret; the others (and restarts) read it; a Secret that no longer fits
+    (other names, under 30 days left) is replaced. Two replicas creating at
+    once: the loser reads the winner's.
+    """
+    core = client.CoreV1Api(api)
+    now = datetime.datetime.now(datetime.UTC)
+    for _ in range(3):
+        try:
+            secret = await asyncio.to_thread(core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            secret = None
+        if secret is not None:
+            data = secret.data or {}
+            if all(k in data for k in TLS_SECRET_KEYS):
+                stored = WebhookCerts(*(base64.b64decode(data[k]) for k in TLS_SECRET_KEYS))
+                if usable(stored, hosts, now):
+                    return stored
+        certs = generate(hosts)
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name=name,
+                namespace=namespace,
+                resource_version=secret.metadata.resource_version
+                if secret is not None and secret.metadata is not None
+                else None,
+            ),
+            type="Opaque",
+            data={
+                k: base64.b64encode(v).decode()
+                for k, v in zip(TLS_SECRET_KEYS, (certs.ca, certs.cert, certs.key), strict=True)
+            },
+        )
+        try:
+            if secret is None:
+                await asyncio.to_thread(core.create_namespaced_secret, namespace, body)
+            else:
+                await asyncio.to_thread(core.replace_namespaced_secret, name, namespace, body)
+        except ApiException as error:
+            if error.status in (409, 422):
+                continue  # another replica wrote first: use theirs
+            raise
+        return certs
+    raise RuntimeError(f"could not agree on the webhook certificate in Secret {namespace}/{name}")
 
 
 async def publish_ca(api: client.ApiClient, configuration: str, ca: bytes) -> None:

@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--policy", metavar="NS/NAME", help="the CostPolicy to serve, if several")
     parser.add_argument(
+        "--usage",
+        metavar="HOST:PORT",
+        default=os.environ.get("TOKENOMY_USAGE_ADDRESS"),
+        help="in a cluster: where usage reports go (the operator leader's Service; "
+        "default: the --xds address)",
+    )
+    parser.add_argument(
         "--listen", type=_address, default=("127.0.0.1", 15100), metavar="HOST:PORT"
     )
     parser.add_argument("--metrics", type=_address, default=("0.0.0.0", 15090), metavar="HOST:PORT")
@@ -116,7 +123,7 @@ async def serve(args: argparse.Namespace) -> int:
         # Standalone, this process is the policy's only replica: it keeps the budget;
         # injected, the budget is the operator's, shared through leases.
         enforce_local_budget=bool(args.config),
-        usage_address=None if args.config else args.xds,
+        usage_address=None if args.config else (args.usage or args.xds),
         node_id=args.node_id or "",
         pod_labels=_pod_labels(os.environ.get("TOKENOMY_POD_LABELS", "")),
     )
