@@ -11,10 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from controlplane import ControlPlane, start_control_plane
 from realnode import NodeCluster, node_tools_missing
 from realnode import start as start_node_cluster
-
-from controlplane import ControlPlane, start_control_plane
 
 
 @pytest.fixture(scope="session")

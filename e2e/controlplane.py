@@ -11,8 +11,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -22,6 +24,25 @@ HERE = Path(__file__).resolve().parent
 SERVICE_IP = "10.0.0.1"
 """The ``kubernetes`` Service's ClusterIP: the first of --service-cluster-ip-range."""
 SERVICE_SUFFIXES = ("svc", "svc.cluster.local")
+
+
+T = TypeVar("T")
+
+
+def wait(
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.2,
+) -> T:
+    """Poll ``predicate`` until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -524,9 +524,23 @@ STALE_MARKS = ("/tmp/tokenomy-node-", "/run/tkn-", "/tmp/tokenomy-e2e-")
 """Paths in the command lines of what a run starts; a killed run's leftovers carry them."""
 
 
+def _parent(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return 0
+
+
 def reap_stale(bin_dir: Path) -> None:
-    """Stop and remove what a killed earlier run left (its teardown never ran)."""
-    stale = [pid for pid, args in _processes().items() if any(m in args for m in STALE_MARKS)]
+    """Stop and remove what a killed earlier run left (its teardown never ran).
+
+    Only orphans (parent pid 1): what this run or another live one started
+    has its parent still.
+    """
+    stale = [
+        pid
+        for pid, args in _processes().items()
+        if any(m in args for m in STALE_MARKS) and _parent(pid) == 1
+    ]
     for pid in stale:
         with contextlib.suppress(OSError):
             os.kill(pid, 9)

@@ -11,35 +11,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from realnode import IMAGE_CACHE, NodeCluster
 
-from controlplane import kubectl
+from controlplane import kubectl, wait
+from realnode import IMAGE_CACHE, NodeCluster
 
 pytestmark = pytest.mark.node
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SYSTEM = "tokenomy-system"
-T = TypeVar("T")
 MEASURED: dict[str, float] = {}
 """Timings the README quotes, written to MEASUREMENTS after the module."""
 MEASUREMENTS = IMAGE_CACHE / "node-measurements.json"
-
-
-def wait(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get(admin: Path, *args: str) -> Any:
@@ -151,7 +140,13 @@ def test_status_shows_the_sidecar_and_its_spend(agent: NodeCluster) -> None:
         hit_rate = float(str(status.get("cacheHitRate") or "0").rstrip("%"))
         return status if ok and hit_rate > 0 else None
 
-    status = wait(reported, 90, "spend and hit rate in the CostPolicy status")
+    try:
+        status = wait(reported, 90, "spend and hit rate in the CostPolicy status")
+    except AssertionError as error:
+        shown = get(admin, "-n", "shop", "costpolicy/agent").get("status")
+        raise AssertionError(
+            f"{json.dumps(shown, indent=1)[:3000]}\n{describe(admin, SYSTEM)}"
+        ) from error
     assert status["sidecars"]["unmanaged"] == 0
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Applied"]["status"] == "True"
@@ -225,9 +220,9 @@ def test_the_standby_takes_over_without_a_failed_request_or_a_double_count(
         holder = get(admin, "-n", SYSTEM, "lease/tokenomy-operator")["spec"].get("holderIdentity")
         return holder if holder and holder != leader else ""
 
-    successor = wait(new_leader, 60, "the standby to take the Lease", interval=0.2)
+    successor = wait(new_leader, 60, "another replica to take the Lease", interval=0.2)
     MEASURED["leader_takeover_s"] = time.monotonic() - started
-    assert successor in names
+    MEASURED["taken_over_by_the_standby"] = float(successor in names)
     wait(lambda: len(agent_lines(admin)) >= len(before) + 30, 120, "answers after the takeover")
     after = agent_lines(admin)
     failed = [x for x in after[len(before) :] if not x["ok"]]

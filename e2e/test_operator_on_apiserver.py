@@ -22,23 +22,11 @@ import openai
 import pytest
 import yaml
 
-from controlplane import ControlPlane, free_port, install_crds, kubectl, stop_all
+from controlplane import ControlPlane, free_port, install_crds, kubectl, stop_all, wait
 
 REPO = Path(__file__).resolve().parent.parent
 NS = "shop"
 OPERATOR_USER = "system:serviceaccount:tokenomy-system:tokenomy-operator"
-
-
-def wait(
-    predicate: Any, timeout: float = 30.0, what: str = "condition", interval: float = 0.1
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def port_open(port: int) -> bool:

@@ -94,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sidecar-image", default=InjectionSettings.image)
     parser.add_argument(
         "--xds-address",
-        default=f"tokenomy-operator.{here}.svc:15010",
-        help="where injected sidecars reach xDS",
+        default=f"tokenomy-operator-leader.{here}.svc:15010",
+        help="where injected sidecars reach xDS (the leader's Service: its status counts "
+        "the acknowledgements of the streams it serves)",
     )
     parser.add_argument(
         "--native-sidecar",
@@ -108,8 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         metavar="LEASE",
         help="elect a leader among replicas with this Lease (in --webhook-namespace); "
-        "the leader keeps the ledgers and writes status, every replica serves xDS and "
-        "the webhook; a single replica leads alone if empty",
+        "the leader serves the sidecars, keeps the ledgers and writes status, every "
+        "replica serves the webhook; a single replica leads alone if empty",
     )
     parser.add_argument(
         "--usage-address",

@@ -34,8 +34,9 @@ class InjectionSettings:
 
     image: str = "tokenomy/sidecar:0.1.0"
     """Sidecar image."""
-    xds_address: str = "tokenomy-operator.tokenomy-system.svc:15010"
-    """Where sidecars reach the operator's xDS server (any replica)."""
+    xds_address: str = "tokenomy-operator-leader.tokenomy-system.svc:15010"
+    """Where sidecars reach the operator's xDS server: the leader, whose status
+    counts the sidecars that acknowledged a version from the streams it serves."""
     usage_address: str = "tokenomy-operator-leader.tokenomy-system.svc:15010"
     """Where sidecars send usage and ask for budget leases (the leader)."""
     listen_port: int = 15100

@@ -1,12 +1,14 @@
 """Leader election among operator replicas over a ``coordination.k8s.io`` Lease.
 
-Every replica watches, compiles, serves xDS and the injection webhook from
-its own state: those are reads, and two replicas serving them means a
-replica can go without a sidecar or an admission noticing. Only the leader
-keeps what must exist once: the spend ledgers and budget leases (the usage
-stream) and the status writes. The leader labels its own Pod
-``tokenomy.dev/leader=true``; the ``tokenomy-operator-leader`` Service
-selects that label, and sidecars send usage there.
+Every replica watches, compiles and serves the injection webhook from its
+own state: those are reads, and two replicas serving admissions means a
+replica can go without an admission noticing. The leader serves what must
+come from one place: the sidecars' streams (xDS, whose ACKs its status
+counts, and usage, whose spend ledgers and budget leases must exist once)
+and the status writes. It labels its own Pod ``tokenomy.dev/leader=true``;
+the ``tokenomy-operator-leader`` Service selects that label, and injected
+sidecars dial it. A standby keeps its watches warm, so taking over is a
+relabel and a restore, not a start.
 
 The decision is a pure function of the Lease and the clock
 (:func:`decide`), table-tested; :class:`LeaseElector` is the I/O around it,

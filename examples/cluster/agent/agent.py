@@ -14,6 +14,8 @@ import openai
 
 QUESTIONS = os.environ.get("AGENT_QUESTIONS", "hello|what is 2 + 2?").split("|")
 PAUSE = float(os.environ.get("AGENT_PAUSE", "0.5"))
+TASK_SIZE = int(os.environ.get("AGENT_TASK_SIZE", "0"))
+"""Requests per task (x-tokenomy-task, for cost per task); 0 sends no task id."""
 
 client = openai.OpenAI(api_key="unused", max_retries=0, timeout=10)
 for n, question in enumerate(itertools.cycle(QUESTIONS)):
@@ -22,6 +24,7 @@ for n, question in enumerate(itertools.cycle(QUESTIONS)):
         raw = client.chat.completions.with_raw_response.create(
             model=os.environ.get("AGENT_MODEL", "chat"),
             messages=[{"role": "user", "content": question}],
+            extra_headers={"x-tokenomy-task": f"task-{n // TASK_SIZE}"} if TASK_SIZE else None,
         )
         answer = raw.parse()
         line = {
