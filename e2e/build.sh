@@ -24,7 +24,8 @@ COREDNS_VERSION="${COREDNS_VERSION:-v1.13.2}"
 CACHE="${TOKENOMY_E2E_CACHE:-$HOME/.cache/tokenomy-e2e}/kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}-r2"
 BIN="$CACHE/bin"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns pause)
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.305.0}"  # Prometheus 3.5's Go module version
+NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns pause prometheus)
 
 have_all() {
   local name
@@ -37,7 +38,7 @@ if have_all "${wanted[@]}"; then
   echo "$BIN"
   exit 0
 fi
-mkdir -p "$BIN" "$CACHE/kubernetes" "$CACHE/etcd" "$CACHE/coredns" "$CACHE/pause"
+mkdir -p "$BIN" "$CACHE/kubernetes" "$CACHE/etcd" "$CACHE/coredns" "$CACHE/pause" "$CACHE/prometheus"
 
 staging_version="v0.${KUBE_VERSION#v1.}"
 minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
@@ -171,6 +172,20 @@ func main() {
 }
 GO
   go build -trimpath -ldflags "-s -w" -o "$BIN/pause" . >&2
+fi
+
+if [[ "${1:-}" == node && ! -x "$BIN/prometheus" ]]; then
+  # Debian's prometheus is built without Kubernetes service discovery. Only
+  # that discovery is compiled in (Prometheus's own build tags); the wrapper
+  # repeats the replace directive of Prometheus's go.mod, which a dependency's
+  # go.mod cannot pass on.
+  cd "$CACHE/prometheus"
+  replace="$(go mod download -json "github.com/prometheus/prometheus@${PROMETHEUS_VERSION}" \
+    | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' | xargs grep '^replace' || true)"
+  printf 'module tokenomy.dev/e2e/prometheus\n\ngo 1.24\n\n%s\n' "$replace" > go.mod
+  go get "github.com/prometheus/prometheus/cmd/prometheus@${PROMETHEUS_VERSION}" >&2
+  go build -tags remove_all_sd,enable_kubernetes_sd -trimpath -ldflags "-s -w" \
+    -o "$BIN/prometheus" github.com/prometheus/prometheus/cmd/prometheus >&2
 fi
 
 echo "$BIN"
