@@ -59,21 +59,8 @@ def run(*args: str, check: bool = True, **kwargs: object) -> subprocess.Complete
 
 def build_images(bin_dir: Path, out: Path) -> dict[str, str]:
     """Build every image (e2e/node/images.sh); image name by short name, e.g. ``sidecar``."""
-    started = time.monotonic()
     result = run("bash", str(HERE / "node" / "images.sh"), str(bin_dir), str(out))
-    names = {line.rsplit("/", 1)[-1].split(":")[0]: line for line in result.stdout.split()}
-    (out / "build-seconds").write_text(f"{time.monotonic() - started:.1f}")
-    return names
-
-
-def image_sizes(names: dict[str, str]) -> dict[str, int]:
-    """Bytes of each built image, as buildah reports them."""
-    env = {**os.environ, "STORAGE_DRIVER": "overlay"}
-    out = {}
-    for short, image in names.items():
-        listing = json.loads(run("buildah", "images", "--json", image, env=env).stdout)
-        out[short] = int(listing[0]["size"])
-    return out
+    return {line.rsplit("/", 1)[-1].split(":")[0]: line for line in result.stdout.split()}
 
 
 @dataclass
