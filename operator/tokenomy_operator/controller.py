@@ -202,7 +202,7 @@ class Controller:
                     )  # fmt: skip
                     warnings = crossed_thresholds(previous.get("spend"), spend, budget)
             await self._write("CostPolicy", COST_POLICY_PLURAL, namespace, name, status, previous)
-            for percent in warnings if self.leading else []:
+            for percent in warnings:  # none unless leading: a standby has no usage
                 await self.writer.event(
                     "CostPolicy", namespace, name, "Warning", "BudgetThreshold",
                     f"{percent}% of the budget is spent ({status['spend']['amount']} USD)",
