@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import random
 from typing import Any
 
 import pytest
 
+from tokenomy_api import compiled
 from tokenomy_api.compiled import SidecarConfig
 from tokenomy_api.compiler import ServiceEndpoint, compile_configs
 from tokenomy_api.costpolicy import CostPolicy
@@ -37,21 +40,35 @@ def test_defaults_are_resolved_into_the_config() -> None:
     assert chat.default_tier == "large"  # unset: the strongest, so failures never degrade
     assert chat.reference_tier == "large"
     assert chat.cascade_tiers == []  # cascade off
-    assert config.cascade_confidence is None
-    assert config.alerts.cost_spike.threshold == 50
-    assert config.alerts.tokens_per_request.threshold == 20
-    assert config.alerts.cache_hit_drop.threshold == 10
-    assert config.alerts.large_tier_shift.threshold == 10
+    assert config.cascade is None
+    assert chat.retry.timeout_seconds == 60.0  # durations travel as numbers
+    assert config.cache.exact.ttl_seconds == 3600.0
     small = chat.tiers[0].backends[0]
     assert small.cluster == "ns/chat/small/s1"
     assert small.price.cached_input == small.price.input  # unset: full input price
     assert config.route_for("unknown") is None
 
 
-def test_user_alert_thresholds_are_kept() -> None:
-    config = compile_one(policy(alerts={"costSpike": {"threshold": 200}}))
-    assert config.alerts.cost_spike.threshold == 200
-    assert config.alerts.cache_hit_drop.threshold == 10
+def test_alert_thresholds_resolve_in_the_spec_and_never_reach_the_sidecar() -> None:
+    spec = policy(alerts={"costSpike": {"threshold": 200}}).spec
+    assert spec.alerts.resolved().cost_spike.threshold == 200
+    assert spec.alerts.resolved().cache_hit_drop.threshold == 10
+    assert spec.alerts.resolved().tokens_per_request.threshold == 20
+    quiet = compile_one(policy(alerts={"costSpike": {"threshold": 200}}))
+    assert quiet.to_json() == compile_one(policy()).to_json()
+    assert "alerts" not in quiet.dump()
+
+
+def test_the_contract_imports_no_crd_type() -> None:
+    tree = ast.parse(inspect.getsource(compiled))
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported & {"tokenomy_api.costpolicy", "tokenomy_api.modelroute"} == set()
+    assert set(SidecarConfig.model_fields) == {
+        "version", "policy", "routes", "cache", "cascade", "routing",
+        "placement", "prompt", "output", "budget", "attribution",
+    }  # fmt: skip
 
 
 def test_explicit_default_tier() -> None:
@@ -82,7 +99,7 @@ def test_cascade_resolution(
     chat = config.routes[0]
     assert chat.cascade_tiers == expected_tiers
     assert [t.cascade_threshold for t in chat.tiers] == thresholds
-    assert (config.cascade_confidence is not None) == cascade["enabled"]
+    assert (config.cascade is not None) == cascade["enabled"]
 
 
 def test_routing_resolution() -> None:
@@ -374,7 +391,7 @@ def test_pass_through_keeps_routes_and_drops_every_optimisation() -> None:
         r.model_copy(update={"cascade_tiers": []}).model_dump() for r in config.routes
     ]
     assert (plain.cache.exact.enabled, plain.cache.semantic.enabled) == (False, False)
-    assert plain.cascade_confidence is None
+    assert plain.cascade is None
     assert plain.routing.complexity is False
     assert plain.output.max_tokens is None
     assert plain.budget is None

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from tokenomy_api.clock import ManualClock
-from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
 from tokenomy_api.usage_protocol import Report, RequestUsage, SidecarMessage
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.state import Pod, PolicyStatus
@@ -185,13 +184,63 @@ async def test_policy_reaches_the_sidecar_and_status_says_applied(loop: Any) -> 
         await until(lambda: sidecar.holder.current.config.output.max_tokens == 99)
         await until(lambda: writer.statuses[key]["conditions"][0]["status"] == "True")
         assert writer.statuses[key]["configVersion"] == sidecar.holder.current.config.version
-        assert (
-            source.acked
-            == controller.ads.streams["ns/agent-1"].types[SIDECAR_CONFIG_TYPE_URL].acked
-        )
+        assert source.acked == controller.replies["ns/agent-1"].acked
     finally:
         client.cancel()
         await sidecar.stop()
+
+
+async def test_acks_never_recompile_and_an_alert_change_pushes_nothing(loop: Any) -> None:
+    controller, writer, address = loop
+    state = controller.state
+    reconciles: list[int] = []
+    reconcile = state.reconcile
+    state.reconcile = lambda: (reconciles.append(1), reconcile())[1]  # type: ignore[method-assign]
+    replies: list[str] = []
+    controller.ads.listeners.append(lambda node, type_url, version, error: replies.append(version))
+    state.routes[("ns", "chat")] = route_doc()
+    state.policies[("ns", "agent")] = policy_doc()
+    for i in range(3):
+        state.pods[("ns", f"agent-{i}")] = Pod("ns", f"agent-{i}", {"app": "agent"}, injected=True)
+    controller.poke()
+    sidecars = [Sidecar(SidecarSettings(listen_port=0, metrics_port=0)) for _ in range(3)]
+    sources = [
+        XdsSource(address, f"ns/agent-{i}", s.holder, s.metrics, Credentials(), backoff_base=0.02)
+        for i, s in enumerate(sidecars)
+    ]
+    clients = [asyncio.create_task(source.run()) for source in sources]
+    key = ("costpolicies", "ns", "agent")
+    try:
+        await until(
+            lambda: key in writer.statuses and writer.statuses[key]["sidecars"]["acknowledged"] == 3
+        )
+        assert len(reconciles) == 1  # three ACKs rewrote the status without a reconcile
+        version = writer.statuses[key]["configVersion"]
+        assert {s.holder.current.config.version for s in sidecars} == {version}  # type: ignore[union-attr]
+        compiled = state.compiled["ns"]
+
+        # The operator's own write of status is no input to the compiler.
+        state.policies[("ns", "agent")] = {**policy_doc(), "status": writer.statuses[key]}
+        controller.poke()
+        await until(lambda: len(reconciles) == 2)
+        assert state.compiled["ns"] is compiled
+
+        # Alerts are operator-only: a new threshold changes no sidecar's config.
+        pushed = len(replies)
+        state.policies[("ns", "agent")] = policy_doc(alerts={"costSpike": {"threshold": 300}})
+        controller.poke()
+        await until(lambda: len(reconciles) == 3)
+        await asyncio.sleep(0.2)
+        assert state.compiled["ns"] is not compiled  # recompiled, to the same config
+        assert len(replies) == pushed  # nothing was sent, so nothing was answered
+        assert controller.latest is not None
+        assert controller.latest.configs["ns/agent"].version == version
+        assert controller.latest.specs["ns/agent"].alerts.cost_spike.threshold == 300
+    finally:
+        for client in clients:
+            client.cancel()
+        for sidecar in sidecars:
+            await sidecar.stop()
 
 
 async def test_unchanged_status_is_not_rewritten(loop: Any) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tokenomy_api.modelroute import Price
+from tokenomy_api.compiled import Price
 from tokenomy_demo import html, report, scoring
 from tokenomy_demo.cli import EXAMPLES, demo
 from tokenomy_demo.run import Result

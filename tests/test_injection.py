@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tokenomy_api.compiled import CompiledCascade
 from tokenomy_api.compiler import compile_configs
-from tokenomy_api.costpolicy import Confidence
 from tokenomy_api.loader import load_resources
 from tokenomy_operator.injection import (
     CONTAINER,
@@ -158,8 +158,8 @@ def test_trained_models_are_mounted_from_their_configmaps() -> None:
     routing = config.routing.model_copy(
         update={"complexity": True, "complexity_model": "my-router"}
     )
-    confidence = Confidence(method="scorer", scorer="my-scorer")
-    trained = config.model_copy(update={"routing": routing, "cascade_confidence": confidence})
+    confidence = CompiledCascade(method="scorer", samples=3, scorer="my-scorer", format_checks=True)
+    trained = config.model_copy(update={"routing": routing, "cascade": confidence})
     assert models_of(trained) == ["my-router", "my-scorer"]
     mutated = mutate(pod, Decision(True, "", "support/support-agent"), trained, SETTINGS)
     sidecar = mutated["spec"]["initContainers"][0]

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tokenomy_api.compiled import CompiledDomain, CompiledRoute, SidecarConfig
+from tokenomy_api.compiled import CompiledDomain, CompiledRoute, Price, SidecarConfig
 from tokenomy_api.compiler import compile_configs
-from tokenomy_api.modelroute import Price
 from tokenomy_sidecar.routing.confidence import (
     agreement,
     final_answer,

@@ -12,8 +12,7 @@ import openai
 import pytest
 
 from tokenomy_api.clock import ManualClock
-from tokenomy_api.compiled import CompiledBackend, CompiledTier
-from tokenomy_api.modelroute import Price
+from tokenomy_api.compiled import CompiledBackend, CompiledTier, Price
 from tokenomy_sidecar.stages.budget import DEFAULT_OUTPUT_RESERVE, estimate, estimate_embedding
 
 from helpers import backend, policy_doc, route_doc

@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from tokenomy_api.clock import ManualClock
-from tokenomy_api.compiled import SidecarConfig
+from tokenomy_api.compiled import CompiledOutput as Output
+from tokenomy_api.compiled import CompiledPlacement, Price, SidecarConfig
+from tokenomy_api.compiled import CompiledPrompt as Prompt
 from tokenomy_api.compiler import compile_configs
-from tokenomy_api.costpolicy import Output, Placement, Prompt
-from tokenomy_api.modelroute import Price
 from tokenomy_sidecar.errors import ApiError
 from tokenomy_sidecar.request import parse_chat
 from tokenomy_sidecar.sse import assemble, cacheable, replay, split_events
@@ -165,7 +165,10 @@ def test_weights_share_traffic() -> None:
     config = compile_configs([policy()], [route(**doc)]).configs["ns/agent"]
     tier = config.routes[0].tiers[0]
     rng = random.Random(42)
-    firsts = [rank(tier, Placement(), None, {}, 0.0, rng)[0].backend.name for _ in range(4000)]
+    firsts = [
+        rank(tier, CompiledPlacement(nearest=False), None, {}, 0.0, rng)[0].backend.name
+        for _ in range(4000)
+    ]
     share = firsts.count("a") / len(firsts)
     assert 0.70 < share < 0.80
 

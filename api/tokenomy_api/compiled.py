@@ -3,35 +3,44 @@
 The compiler (:mod:`tokenomy_api.compiler`) produces it, the operator ships
 it over xDS, the sidecar validates and applies it. Everything is resolved:
 defaults filled, tier references checked, backends filtered and ordered by
-the policy's placement, ``service`` backends expanded to endpoints. The
-sidecar never has to look at a CostPolicy or ModelRoute.
+the policy's placement, ``service`` addresses expanded, durations turned into
+seconds. The sidecar never has to look at a CostPolicy or ModelRoute.
+
+These are the contract's own types, not the CRD's: renaming a field of a
+CostPolicy changes the compiler, never what travels. Only what a sidecar
+reads is here; operator-only parts (alerts, warning thresholds, status
+bookkeeping) stay in the operator, so changing them pushes nothing. A change
+that old sidecars could not read gets a new :data:`CONTRACT`, and with it a
+new xDS type URL (:data:`tokenomy_api.names.SIDECAR_CONFIG_TYPE_URL`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from tokenomy_api.costpolicy import (
-    Alerts,
-    Attribution,
-    Batching,
-    Budget,
-    Cache,
-    Confidence,
-    Output,
-    Placement,
-    Prompt,
-    Tools,
-)
-from tokenomy_api.meta import ApiModel, DnsLabel, Fraction, ResourceName, SecretKeyRef, dump
-from tokenomy_api.modelroute import Capacity, Embedding, Price, Provider, Retry
+from tokenomy_api.meta import WIRE, DnsLabel, Fraction, Money, ResourceName
+
+CONTRACT: Final = "v1"
+"""Version of this contract's schema; part of the xDS type URL."""
+
+Seconds = Annotated[float, Field(ge=0)]
+"""A duration in seconds."""
+
+Capacity = Literal["spot", "on-demand", "reserved"]
+"""How the capacity behind an endpoint is bought."""
 
 
-class PolicyRef(ApiModel):
+class Section(BaseModel):
+    """Base of every contract type: camelCase on the wire, frozen, unknown fields refused."""
+
+    model_config = WIRE
+
+
+class PolicyRef(Section):
     """The CostPolicy a config was compiled from."""
 
     namespace: ResourceName
@@ -45,7 +54,30 @@ class PolicyRef(ApiModel):
         return f"{self.namespace}/{self.name}"
 
 
-class CompiledEndpoint(ApiModel):
+class SecretKey(Section):
+    """A key of a Secret in the policy's namespace, mounted into the sidecar."""
+
+    name: ResourceName
+    """Name of the Secret."""
+    key: Annotated[str, Field(min_length=1, max_length=253)]
+    """Key within the Secret."""
+
+
+class Price(Section):
+    """List price in USD per million tokens."""
+
+    input: Money
+    """Per million input (prompt) tokens."""
+    output: Money
+    """Per million output (completion) tokens."""
+    cached_input: Money | None = None
+    """Per million input tokens read from the provider's prompt cache; ``input`` if unset."""
+
+
+# --- routes --------------------------------------------------------------------
+
+
+class CompiledEndpoint(Section):
     """One address a backend's requests can be sent to."""
 
     url: str
@@ -60,28 +92,28 @@ class CompiledEndpoint(ApiModel):
     """Preference from the policy's placement: 0 first, higher only when lower ones fail."""
 
 
-class CompiledBackend(ApiModel):
+class CompiledBackend(Section):
     """A backend of a tier, with its endpoints."""
 
     name: DnsLabel
     """Name of the backend in the ModelRoute."""
     cluster: str
     """Name unique across the config: ``namespace/route/tier/backend`` (the Envoy cluster)."""
-    provider: Provider
+    provider: Literal["openai"]
     """API dialect."""
     model: str
     """The provider's model name sent upstream."""
     endpoints: list[CompiledEndpoint]
     """Addresses, in priority order; empty while a Service has no ready endpoint."""
-    credentials: SecretKeyRef | None = None
+    credentials: SecretKey | None = None
     """The Secret key with the API key, if any."""
     price: Price
-    """List price per million tokens."""
+    """List price per million tokens; ``cachedInput`` filled in."""
     weight: Annotated[int, Field(ge=0)]
     """Share of traffic among equally preferred backends."""
 
 
-class CompiledTier(ApiModel):
+class CompiledTier(Section):
     """A tier with its resolved thresholds."""
 
     name: DnsLabel
@@ -95,22 +127,31 @@ class CompiledTier(ApiModel):
     when unset."""
 
 
-class CompiledDomain(ApiModel):
-    """A domain route resolved against the policy's routes."""
+class CompiledRetry(Section):
+    """How hard a route's calls are tried."""
 
-    name: DnsLabel
-    """Name of the domain."""
-    tier: DnsLabel
-    """Tier its requests go to."""
-    keywords: list[str]
-    """Lower-cased keywords."""
-    examples: list[str]
-    """Example queries."""
-    similarity: Fraction
-    """Cosine similarity to an example that selects the domain."""
+    attempts: Annotated[int, Field(ge=1)]
+    """Tries per call across a tier's backends, the first included."""
+    timeout_seconds: Seconds
+    """Time allowed for one try, until the response's first byte."""
 
 
-class CompiledRoute(ApiModel):
+class CompiledEmbedding(Section):
+    """Where a route's vectors come from."""
+
+    provider: Literal["openai", "local"]
+    """``local``: a model inside the sidecar; ``openai``: an embeddings API."""
+    model: str
+    """The embedding model's name."""
+    url: str | None = None
+    """Base URL of the embeddings API (a Service resolved to its cluster DNS name)."""
+    credentials: SecretKey | None = None
+    """The API key to send, if any."""
+    price: Price | None = None
+    """List price of embedding calls (only ``input`` is used)."""
+
+
+class CompiledRoute(Section):
     """A ModelRoute as the sidecar needs it."""
 
     name: ResourceName
@@ -125,14 +166,142 @@ class CompiledRoute(ApiModel):
     """Tier savings are measured against (the last, strongest one)."""
     cascade_tiers: list[DnsLabel]
     """Tiers the cascade walks, cheapest first; empty when the cascade is off."""
-    retry: Retry
+    retry: CompiledRetry
     """Retry budget."""
-    embedding: Embedding | None = None
+    embedding: CompiledEmbedding | None = None
     """Embedding model, when the route has one."""
 
+    def tier(self, name: str) -> CompiledTier:
+        """The tier called ``name`` (the compiler checked every reference)."""
+        return next(t for t in self.tiers if t.name == name)
 
-class CompiledRouting(ApiModel):
-    """Routing resolved for the sidecar."""
+    @property
+    def reference_price(self) -> Price:
+        """The price savings are measured against: the reference tier's first backend."""
+        return self.tier(self.reference_tier).backends[0].price
+
+
+# --- one section per stage ------------------------------------------------------
+
+
+class CompiledExactCache(Section):
+    """The exact cache."""
+
+    enabled: bool
+    """Whether it is on."""
+    ttl_seconds: Seconds
+    """How long an answer stays servable."""
+
+
+class CompiledSemanticCache(Section):
+    """The semantic cache."""
+
+    enabled: bool
+    """Whether it is on."""
+    threshold: Fraction
+    """Cosine similarity at or above which a stored answer is served."""
+    ttl_seconds: Seconds
+    """How long an answer stays servable."""
+
+
+class CompiledScope(Section):
+    """The cache's hard partition."""
+
+    type: Literal["policy", "namespace", "header"]
+    """What entries are shared across."""
+    header: str | None = None
+    """The partitioning request header, for ``header``."""
+
+
+class CompiledRedis(Section):
+    """A Redis shared by the policy's sidecars."""
+
+    url: str
+    """``redis://`` or ``rediss://`` URL."""
+    password: SecretKey | None = None
+    """The Secret key holding the password, if any."""
+
+
+class CompiledStore(Section):
+    """Where cache entries live."""
+
+    type: Literal["memory", "redis"]
+    """Per sidecar, or shared."""
+    max_entries: Annotated[int, Field(ge=1)]
+    """Entries kept per partition in memory."""
+    redis: CompiledRedis | None = None
+    """The Redis server, for ``redis``."""
+
+
+class CompiledNever(Section):
+    """Requests never served from or stored into the cache."""
+
+    with_tools: bool
+    """Requests that offer tools."""
+    temperature_above: float | None = None
+    """Requests asking for more randomness than this."""
+    headers: list[str] = Field(default_factory=list)
+    """Requests carrying any of these headers."""
+
+
+class CompiledCache(Section):
+    """Caching stages: identify (partition), exact and semantic cache."""
+
+    exact: CompiledExactCache
+    """The exact cache."""
+    semantic: CompiledSemanticCache
+    """The semantic cache."""
+    scope: CompiledScope
+    """The partition entries are confined to."""
+    store: CompiledStore
+    """Where entries live."""
+    never: CompiledNever
+    """What is never cached."""
+
+    @classmethod
+    def off(cls) -> CompiledCache:
+        """No caching at all."""
+        return cls(
+            exact=CompiledExactCache(enabled=False, ttl_seconds=0),
+            semantic=CompiledSemanticCache(enabled=False, threshold=1.0, ttl_seconds=0),
+            scope=CompiledScope(type="policy"),
+            store=CompiledStore(type="memory", max_entries=1),
+            never=CompiledNever(with_tools=True),
+        )
+
+
+class CompiledCascade(Section):
+    """The cascade stage: how answers of cheaper tiers are judged."""
+
+    method: Literal["logprobs", "agreement", "verifier", "scorer", "format"]
+    """How confidence is measured."""
+    samples: Annotated[int, Field(ge=2)]
+    """Samples drawn for ``agreement``."""
+    verifier_prompt: str | None = None
+    """Prompt for ``verifier``; the built-in one when unset."""
+    scorer: str | None = None
+    """The learned scorer for ``scorer``: ``builtin`` or a mounted model's name."""
+    format_checks: bool
+    """Also escalate on a truncated answer, a refusal or a ``response_format`` mismatch."""
+
+
+class CompiledDomain(Section):
+    """A domain route resolved against the policy's routes."""
+
+    name: DnsLabel
+    """Name of the domain."""
+    tier: DnsLabel
+    """Tier its requests go to."""
+    keywords: list[str]
+    """Lower-cased keywords."""
+    examples: list[str]
+    """Example queries."""
+    similarity: Fraction
+    """Cosine similarity to an example that selects the domain."""
+
+
+class CompiledRouting(Section):
+    """The routing stage."""
 
     complexity: bool
     """Whether complexity routing is on."""
@@ -144,7 +313,56 @@ class CompiledRouting(ApiModel):
     """Domain routes, checked in order."""
 
 
-class SidecarConfig(ApiModel):
+class CompiledPlacement(Section):
+    """Backend choice at request time (what the compiler could not decide)."""
+
+    nearest: bool
+    """Prefer endpoints in the pod's own region."""
+
+
+class CompiledPrompt(Section):
+    """The trim stage's input side."""
+
+    history_window: Annotated[int, Field(ge=1)] | None = None
+    """Most recent messages kept (system messages always kept); all when unset."""
+    deduplicate: bool = False
+    """Drop messages that repeat an earlier one word for word."""
+
+
+class CompiledOutput(Section):
+    """The trim stage's output side."""
+
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Upper bound on ``max_tokens``."""
+    brevity: str | None = None
+    """An instruction added to the system prompt."""
+
+
+class CompiledBudget(Section):
+    """The budget stage."""
+
+    amount: Money
+    """USD per period."""
+    period: Literal["daily", "weekly", "monthly"]
+    """Calendar period the amount applies to."""
+    time_zone: str
+    """IANA time zone periods start in."""
+    on_exceeded: Literal["alert", "downgrade", "reject"]
+    """What happens once it is spent."""
+    fail_mode: Literal["lease", "stop"]
+    """When the operator is unreachable: spend the current lease, or stop."""
+
+
+class CompiledAttribution(Section):
+    """The metering stage's labels."""
+
+    pod_labels: list[str]
+    """Pod labels copied onto metrics and usage reports."""
+    header: str | None = None
+    """Request header that overrides the pod's ``feature`` label."""
+
+
+class SidecarConfig(Section):
     """Everything a sidecar needs to serve one CostPolicy's pods."""
 
     version: str
@@ -153,27 +371,21 @@ class SidecarConfig(ApiModel):
     """The policy compiled."""
     routes: list[CompiledRoute]
     """Routes by model name, sorted."""
-    cache: Cache
-    """Caching, defaults filled."""
-    cascade_confidence: Confidence | None = None
+    cache: CompiledCache
+    """Caching."""
+    cascade: CompiledCascade | None = None
     """How the cascade judges answers; none when the cascade is off."""
     routing: CompiledRouting
     """Routing."""
-    placement: Placement
-    """Placement (region and spot preference) for dynamic decisions."""
-    prompt: Prompt
+    placement: CompiledPlacement
+    """Request-time placement."""
+    prompt: CompiledPrompt
     """Prompt trimming."""
-    output: Output
+    output: CompiledOutput
     """Output caps."""
-    batching: Batching
-    """Batching."""
-    tools: Tools
-    """Tool proxy."""
-    budget: Budget | None = None
+    budget: CompiledBudget | None = None
     """Budget, if any."""
-    alerts: Alerts
-    """Alerts."""
-    attribution: Attribution
+    attribution: CompiledAttribution
     """Attribution."""
 
     def route_for(self, model: str) -> CompiledRoute | None:
@@ -186,34 +398,37 @@ class SidecarConfig(ApiModel):
         What a sidecar serves when its policy is deleted: requests keep flowing
         exactly as the app sent them, to the backends they went to before.
         """
-        body = self.model_copy(
+        return self.model_copy(
             update={
                 "routes": [r.model_copy(update={"cascade_tiers": []}) for r in self.routes],
-                "cache": Cache.model_validate(
-                    {"exact": {"enabled": False}, "semantic": {"enabled": False}}
-                ),
-                "cascade_confidence": None,
+                "cache": CompiledCache.off(),
+                "cascade": None,
                 "routing": CompiledRouting(
                     complexity=False, complexity_model="builtin", domains=[]
                 ),
-                "prompt": Prompt(),
-                "output": Output(),
-                "batching": Batching(),
-                "tools": Tools(),
+                "prompt": CompiledPrompt(),
+                "output": CompiledOutput(),
                 "budget": None,
             }
-        )
-        return body.model_copy(update={"version": content_version(dump(body))})
+        ).versioned()
+
+    def versioned(self) -> SidecarConfig:
+        """This config with its version set to the hash of its content."""
+        return self.model_copy(update={"version": content_version(self.dump())})
+
+    def dump(self) -> dict[str, Any]:
+        """The config as JSON data (camelCase, no ``None``)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def to_json(self) -> bytes:
         """The canonical bytes of this config: what travels and what is hashed."""
-        return canonical_json(dump(self))
+        return canonical_json(self.dump())
 
     @classmethod
     def from_json(cls, data: bytes | str) -> SidecarConfig:
         """Parse and verify a config; a version that does not match its content is refused."""
         config = cls.model_validate_json(data)
-        expected = content_version(dump(config))
+        expected = content_version(config.dump())
         if config.version != expected:
             raise ValueError(
                 f"config version {config.version} does not match its content ({expected})"
@@ -227,6 +442,10 @@ def canonical_json(data: Any) -> bytes:
 
 
 def content_version(data: dict[str, Any]) -> str:
-    """The version of a dumped config: a hash of everything but the version field."""
+    """The version of dumped content: a hash of everything but a ``version`` field.
+
+    The one notion of version: configs, and the xDS snapshots that carry
+    them, are versioned by this hash of their content.
+    """
     body = {k: v for k, v in data.items() if k != "version"}
     return hashlib.sha256(canonical_json(body)).hexdigest()[:16]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tokenomy_api import compiled as c
 from tokenomy_api.compiled import (
     CompiledBackend,
     CompiledDomain,
@@ -26,11 +27,19 @@ from tokenomy_api.compiled import (
     CompiledTier,
     PolicyRef,
     SidecarConfig,
-    content_version,
 )
-from tokenomy_api.costpolicy import CostPolicy, Placement, TierThreshold
-from tokenomy_api.meta import dump
-from tokenomy_api.modelroute import Backend, Capacity, ModelRoute, Price, Tier
+from tokenomy_api.costpolicy import Cache, CostPolicy, CostPolicySpec, Placement, TierThreshold
+from tokenomy_api.meta import SecretKeyRef, parse_duration
+from tokenomy_api.modelroute import (
+    Backend,
+    Capacity,
+    Credentials,
+    Embedding,
+    ModelRoute,
+    Price,
+    Retry,
+    Tier,
+)
 from tokenomy_api.names import COST_POLICY_KIND, MODEL_ROUTE_KIND
 from tokenomy_api.problems import Problem
 
@@ -174,12 +183,13 @@ def _compile_policy(
     if problems:
         return None, problems
 
-    body = {
-        "policy": PolicyRef(namespace=namespace, name=name),
-        "routes": sorted(compiled_routes, key=lambda r: r.model),
-        "cache": spec.cache,
-        "cascade_confidence": spec.cascade.confidence if spec.cascade.enabled else None,
-        "routing": CompiledRouting(
+    config = SidecarConfig(
+        version="",
+        policy=PolicyRef(namespace=namespace, name=name),
+        routes=sorted(compiled_routes, key=lambda r: r.model),
+        cache=_cache(spec.cache),
+        cascade=_cascade(spec),
+        routing=CompiledRouting(
             complexity=spec.routing.complexity.enabled,
             complexity_model=spec.routing.complexity.model,
             cost_aware=spec.routing.complexity.cost_aware,
@@ -194,17 +204,109 @@ def _compile_policy(
                 for d in spec.routing.domains
             ],
         ),
-        "placement": spec.placement,
-        "prompt": spec.prompt,
-        "output": spec.output,
-        "batching": spec.batching,
-        "tools": spec.tools,
-        "budget": spec.budget,
-        "alerts": spec.alerts.resolved(),
-        "attribution": spec.attribution,
-    }
-    draft = SidecarConfig.model_validate({"version": "", **body})
-    return draft.model_copy(update={"version": content_version(dump(draft))}), []
+        placement=c.CompiledPlacement(nearest=spec.placement.region.strategy == "nearest"),
+        prompt=c.CompiledPrompt(
+            history_window=spec.prompt.history_window, deduplicate=spec.prompt.deduplicate
+        ),
+        output=c.CompiledOutput(max_tokens=spec.output.max_tokens, brevity=spec.output.brevity),
+        budget=_budget(spec),
+        attribution=c.CompiledAttribution(
+            pod_labels=spec.attribution.pod_labels, header=spec.attribution.header
+        ),
+    )
+    return config.versioned(), []
+
+
+def _seconds(duration: str) -> float:
+    return parse_duration(duration).total_seconds()
+
+
+def _secret(ref: SecretKeyRef | None) -> c.SecretKey | None:
+    return c.SecretKey(name=ref.name, key=ref.key) if ref is not None else None
+
+
+def _credentials(credentials: Credentials | None) -> c.SecretKey | None:
+    return _secret(credentials.secret_ref) if credentials is not None else None
+
+
+def _price(price: Price) -> c.Price:
+    cached = price.cached_input if price.cached_input is not None else price.input
+    return c.Price(input=price.input, output=price.output, cached_input=cached)
+
+
+def _cache(cache: Cache) -> c.CompiledCache:
+    redis = cache.store.redis
+    return c.CompiledCache(
+        exact=c.CompiledExactCache(
+            enabled=cache.exact.enabled, ttl_seconds=_seconds(cache.exact.ttl)
+        ),
+        semantic=c.CompiledSemanticCache(
+            enabled=cache.semantic.enabled,
+            threshold=cache.semantic.threshold,
+            ttl_seconds=_seconds(cache.semantic.ttl),
+        ),
+        scope=c.CompiledScope(type=cache.scope.type, header=cache.scope.header),
+        store=c.CompiledStore(
+            type=cache.store.type,
+            max_entries=cache.store.max_entries,
+            redis=(
+                c.CompiledRedis(url=redis.url, password=_secret(redis.password_secret_ref))
+                if redis is not None
+                else None
+            ),
+        ),
+        never=c.CompiledNever(
+            with_tools=cache.never.with_tools,
+            temperature_above=cache.never.temperature_above,
+            headers=cache.never.headers,
+        ),
+    )
+
+
+def _cascade(spec: CostPolicySpec) -> c.CompiledCascade | None:
+    if not spec.cascade.enabled:
+        return None
+    confidence = spec.cascade.confidence
+    return c.CompiledCascade(
+        method=confidence.method,
+        samples=confidence.samples,
+        verifier_prompt=confidence.verifier_prompt,
+        scorer=confidence.scorer,
+        format_checks=confidence.format_checks,
+    )
+
+
+def _budget(spec: CostPolicySpec) -> c.CompiledBudget | None:
+    budget = spec.budget
+    if budget is None:
+        return None
+    return c.CompiledBudget(
+        amount=budget.amount,
+        period=budget.period,
+        time_zone=budget.time_zone,
+        on_exceeded=budget.on_exceeded,
+        fail_mode=budget.fail_mode,
+    )
+
+
+def _retry(retry: Retry) -> c.CompiledRetry:
+    return c.CompiledRetry(attempts=retry.attempts, timeout_seconds=_seconds(retry.timeout))
+
+
+def _embedding(embedding: Embedding | None, namespace: str) -> c.CompiledEmbedding | None:
+    if embedding is None:
+        return None
+    url = embedding.url
+    if embedding.service is not None:
+        service = embedding.service
+        url = f"http://{service.name}.{namespace}.svc.cluster.local:{service.port}{service.path}"
+    return c.CompiledEmbedding(
+        provider=embedding.provider,
+        model=embedding.model,
+        url=url,
+        credentials=_credentials(embedding.credentials),
+        price=_price(embedding.price) if embedding.price is not None else None,
+    )
 
 
 def _embedding_users(policy: CostPolicy) -> str:
@@ -300,8 +402,8 @@ def _compile_route(
         default_tier=route.spec.default_tier or names[-1],
         reference_tier=names[-1],
         cascade_tiers=list(cascade_tiers),
-        retry=route.spec.retry,
-        embedding=route.spec.embedding,
+        retry=_retry(route.spec.retry),
+        embedding=_embedding(route.spec.embedding, namespace),
     )
 
 
@@ -373,12 +475,8 @@ def _compile_backend(
         provider=backend.provider,
         model=backend.model,
         endpoints=kept,
-        credentials=backend.credentials.secret_ref if backend.credentials else None,
-        price=Price(
-            input=price.input,
-            output=price.output,
-            cached_input=price.cached_input if price.cached_input is not None else price.input,
-        ),
+        credentials=_credentials(backend.credentials),
+        price=_price(price),
         weight=backend.weight,
     )
 

@@ -111,6 +111,16 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 """A number from 0 to 1 inclusive."""
 
 
+WIRE = ConfigDict(
+    alias_generator=to_camel,
+    populate_by_name=True,
+    extra="forbid",
+    frozen=True,
+    use_attribute_docstrings=True,
+)
+"""How every Tokenomy type is written: camelCase, frozen, unknown fields refused."""
+
+
 class ApiModel(BaseModel):
     """Base of every API type: camelCase on the wire, unknown fields refused.
 
@@ -119,14 +129,7 @@ class ApiModel(BaseModel):
     with the same message in both places.
     """
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_attribute_docstrings=True,
-        ser_json_inf_nan="strings",
-    )
+    model_config = ConfigDict(**WIRE, ser_json_inf_nan="strings")
 
     rules: ClassVar[tuple[Rule, ...]] = ()
 

@@ -22,4 +22,6 @@ MODEL_ROUTE_SHORT_NAMES: Final = ("mroute",)
 # xDS type URL of the compiled sidecar config. Model backends travel as the
 # standard Envoy Cluster and ClusterLoadAssignment types, so a real Envoy can
 # consume them; the policy has no Envoy equivalent and gets a type of its own.
-SIDECAR_CONFIG_TYPE_URL: Final = "type.googleapis.com/tokenomy.dev.v1alpha1.SidecarConfig"
+# Its version is the contract's (tokenomy_api.compiled.CONTRACT), not the CRDs':
+# a sidecar subscribes to the contract it can read.
+SIDECAR_CONFIG_TYPE_URL: Final = "type.googleapis.com/tokenomy.dev.sidecar.v1.SidecarConfig"

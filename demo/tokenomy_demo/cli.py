@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tokenomy_api.compiled import Price
 from tokenomy_api.compiler import compile_configs
-from tokenomy_api.modelroute import Price
 from tokenomy_api.resources import parse_documents
 from tokenomy_demo import html, report, scoring
 from tokenomy_demo.run import demo_call, read_examples, replay, scripts, started

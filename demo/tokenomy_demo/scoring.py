@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from tokenomy_api.modelroute import Price
+from tokenomy_api.compiled import Price
 from tokenomy_demo.report import MILLION, words
 from tokenomy_demo.run import SYSTEM
 from tokenomy_demo.workload import Question, support_answer

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokenomy_api.modelroute import Price
+from tokenomy_api.compiled import Price
 from tokenomy_eval import metrics
 from tokenomy_eval.dataset import Query
 from tokenomy_eval.routing import FOLDS, Row, outcomes, stable_threshold

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from decimal import InvalidOperation
 from pathlib import Path
 
-from tokenomy_api.modelroute import Price
+from tokenomy_api.compiled import Price
 from tokenomy_eval import cache
 from tokenomy_eval.cascade import evaluate_cascade
 from tokenomy_eval.dataset import Query, load_jsonl, load_routellm, load_routerbench, split

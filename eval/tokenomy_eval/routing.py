@@ -17,8 +17,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from tokenomy_api.compiled import CompiledBackend, CompiledRoute, CompiledTier
-from tokenomy_api.modelroute import Price, Retry
+from tokenomy_api.compiled import CompiledBackend, CompiledRetry, CompiledRoute, CompiledTier, Price
 from tokenomy_eval import metrics
 from tokenomy_eval.dataset import Query
 from tokenomy_sidecar.routing.complexity import ComplexityModel
@@ -153,7 +152,7 @@ class Pair:
             default_tier="strong",
             reference_tier="strong",
             cascade_tiers=[],
-            retry=Retry(),
+            retry=CompiledRetry(attempts=3, timeout_seconds=60),
         )
 
 

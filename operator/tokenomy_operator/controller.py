@@ -1,10 +1,13 @@
 """The control loop: on any change, reconcile, push snapshots, write statuses.
 
-Changes arrive from kopf's watches (and from sidecars' ACKs and NACKs) as a
-poke; pokes within ``debounce`` seconds are handled together, so a burst of
-events costs one reconcile. Snapshots are rendered once per config version
-and shared by every pod of the policy; statuses are written only when they
-differ from what the resource already shows.
+Changes arrive from kopf's watches as a poke, and sidecars' ACKs and NACKs
+through the ADS server's callbacks as a refresh; whatever arrives within
+``debounce`` seconds is handled together, so a burst of events costs one
+sync. Only a poke reconciles (and the compile inside is redone only for
+namespaces whose inputs changed); a refresh recounts the rollout and
+rewrites statuses. Snapshots are rendered once per config version and shared
+by every pod of the policy; statuses are written only when they differ from
+what the resource already shows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tokenomy_api.clock import Clock, SystemClock
@@ -91,12 +95,16 @@ class Controller:
         self.alert_hold = alert_hold
         """How long an alert must hold before its condition turns True."""
         self.alert_holds: dict[str, Hold] = {}
+        self.replies: dict[str, Reply] = {}
+        """The latest answer of each connected sidecar to its config, by node id."""
         ads.listeners.append(self.metrics.xds_reply)
+        ads.listeners.append(self._replied)
+        ads.departures.append(self._departed)
         self.state = ClusterState()
         self._dirty = asyncio.Event()
+        self._changed = True
         self._rendered: dict[str, Snapshot] = {}
         self._written: dict[tuple[str, str], dict[str, Any]] = {}
-        ads.listeners.append(lambda *_: self.poke())
         self.synced: Callable[[Reconciliation], None] | None = None
         """Called after every sync, for tests and metrics."""
         self.latest: Reconciliation | None = None
@@ -122,12 +130,30 @@ class Controller:
 
     def budget_of(self, policy: str) -> Budget | None:
         """The budget of a policy (``namespace/name``) in force, if it has one."""
-        config = self.latest.configs.get(policy) if self.latest is not None else None
-        return config.budget if config is not None else None
+        spec = self.latest.specs.get(policy) if self.latest is not None else None
+        return spec.budget if spec is not None else None
 
     def poke(self) -> None:
-        """Something changed; sync soon."""
+        """The cluster state changed; reconcile soon."""
+        self._changed = True
         self._dirty.set()
+
+    def refresh(self) -> None:
+        """Only what statuses show changed (ACKs, spend); rewrite them soon."""
+        self._dirty.set()
+
+    def _replied(self, node: str, type_url: str, version: str, error: str) -> None:
+        if type_url == SIDECAR_CONFIG_TYPE_URL:
+            before = self.replies.get(node, Reply())
+            if error:
+                self.replies[node] = Reply(before.acked, version, error)
+            else:
+                self.replies[node] = Reply(version)
+            self.refresh()
+
+    def _departed(self, node: str) -> None:
+        if self.replies.pop(node, None) is not None:
+            self.refresh()
 
     async def run(self) -> None:
         """Sync after every burst of changes, until cancelled."""
@@ -140,7 +166,10 @@ class Controller:
             await asyncio.sleep(self.debounce)
             self._dirty.clear()
             try:
-                await self.sync()
+                if self._changed or self.latest is None:
+                    await self.sync()
+                else:
+                    await self.report(self.latest)
             except Exception:
                 log.exception("sync failed; retrying on the next change")
                 await asyncio.sleep(1)
@@ -154,9 +183,27 @@ class Controller:
 
     async def sync(self) -> Reconciliation:
         """One reconcile: snapshots for every selected pod, then statuses."""
+        self._changed = False
         with self.metrics.reconcile.time():
             result = self.state.reconcile()
         self.latest = result
+        self._push(result)
+        return await self.report(result)
+
+    async def report(self, result: Reconciliation) -> Reconciliation:
+        """Statuses (rollout, spend, alerts) for the last reconcile, without reconciling."""
+        m = self.metrics
+        m.nodes.set(self.ads.connected())
+        ready = sum(1 for p in result.policies.values() if p.ready)
+        m.policies.labels("true").set(ready)
+        m.policies.labels("false").set(len(result.policies) - ready)
+        await self._statuses(result)
+        if self.synced is not None:
+            self.synced(result)
+        return result
+
+    def _push(self, result: Reconciliation) -> None:
+        """Put every selected pod's snapshot in place; the ADS server sends what changed."""
         wanted = {}
         for node, policy in result.nodes.items():
             config = result.configs.get(policy)
@@ -167,14 +214,13 @@ class Controller:
                 self.cache.drop(node)
         for node, snapshot in wanted.items():
             self.cache.set(node, snapshot)
-        m = self.metrics
-        m.nodes.set(len(self.ads.streams))
-        m.snapshots.set(len(wanted))
-        ready = sum(1 for p in result.policies.values() if p.ready)
-        m.policies.labels("true").set(ready)
-        m.policies.labels("false").set(len(result.policies) - ready)
+        self.metrics.snapshots.set(len(wanted))
         versions = {c.version for c in result.configs.values()}
         self._rendered = {v: s for v, s in self._rendered.items() if v in versions}
+
+    async def _statuses(self, result: Reconciliation) -> None:
+        """Write each resource's status (and Events) where it changed."""
+        m = self.metrics
         now = rfc3339(datetime.datetime.fromtimestamp(self.clock.wall(), datetime.UTC))
         for key, observed in result.policies.items():
             namespace, name = key.split("/", 1)
@@ -187,10 +233,11 @@ class Controller:
                 self.usage.restore(key, previous)
                 status.update(self.usage.status(key))
                 spend = status.get("spend")
-                budget = config.budget if config is not None else None
-                if config is not None:
+                spec = result.specs.get(key)
+                budget = spec.budget if spec is not None else None
+                if spec is not None:
                     status["conditions"] += self._alerts(
-                        key, config.alerts, observed, previous, now
+                        key, spec.alerts.resolved(), observed, previous, now
                     )
                     self.metrics.policy_usage(namespace, name, status)
                 if spend is not None and budget is not None:
@@ -218,9 +265,6 @@ class Controller:
             previous = self.state.routes.get((namespace, name), {}).get("status") or {}
             status = route_status(observed_route, previous, now)
             await self._write("ModelRoute", MODEL_ROUTE_PLURAL, namespace, name, status, previous)
-        if self.synced is not None:
-            self.synced(result)
-        return result
 
     def _alerts(
         self,
@@ -249,19 +293,18 @@ class Controller:
     def _rollout(self, observed: PolicyStatus, config: SidecarConfig | None) -> Rollout:
         if config is None:
             return Rollout(len(observed.pods), 0, 0)
-        current = self._snapshot(config).version(SIDECAR_CONFIG_TYPE_URL)
+        current = config.version
         acknowledged = rejecting = 0
         errors = set()
         for node in observed.pods:
-            stream = self.ads.streams.get(node)
-            state = stream.types.get(SIDECAR_CONFIG_TYPE_URL) if stream else None
-            if state is None:
+            reply = self.replies.get(node)
+            if reply is None:
                 continue
-            if state.acked == current:
+            if reply.acked == current:
                 acknowledged += 1
-            elif state.rejected == current:
+            elif reply.rejected == current:
                 rejecting += 1
-                errors.add(state.error)
+                errors.add(reply.error)
         return Rollout(len(observed.pods), acknowledged, rejecting, tuple(sorted(errors)))
 
     async def _write(
@@ -280,6 +323,18 @@ class Controller:
         self._written[key] = status
         for event in _transitions(previous, status):
             await self.writer.event(kind, namespace, name, *event)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one sidecar last said about its config."""
+
+    acked: str = ""
+    """The version it last accepted."""
+    rejected: str = ""
+    """The version it last refused, until it accepts another."""
+    error: str = ""
+    """Why it refused it."""
 
 
 BAD_WHEN_TRUE = frozenset({"BudgetExceeded", *ALERT_CONDITIONS})

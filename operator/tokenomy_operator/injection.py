@@ -128,10 +128,10 @@ def secrets_of(config: SidecarConfig) -> list[str]:
     }
     for route in config.routes:
         if route.embedding is not None and route.embedding.credentials is not None:
-            names.add(route.embedding.credentials.secret_ref.name)
+            names.add(route.embedding.credentials.name)
     redis = config.cache.store.redis
-    if redis is not None and redis.password_secret_ref is not None:
-        names.add(redis.password_secret_ref.name)
+    if redis is not None and redis.password is not None:
+        names.add(redis.password.name)
     return sorted(names)
 
 
@@ -140,7 +140,7 @@ def models_of(config: SidecarConfig) -> list[str]:
     names = set()
     if config.routing.complexity and config.routing.complexity_model != "builtin":
         names.add(config.routing.complexity_model)
-    confidence = config.cascade_confidence
+    confidence = config.cascade
     scorer = confidence.scorer if confidence is not None and confidence.method == "scorer" else None
     if scorer is not None and scorer != "builtin":
         names.add(scorer)

@@ -9,13 +9,14 @@ one was refused.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenomy_api.compiled import SidecarConfig
-from tokenomy_api.compiler import compile_configs
-from tokenomy_api.costpolicy import CostPolicy
+from tokenomy_api.compiled import SidecarConfig, canonical_json
+from tokenomy_api.compiler import Compilation, ServiceEndpoint, ServiceKey, compile_configs
+from tokenomy_api.costpolicy import CostPolicy, CostPolicySpec
 from tokenomy_api.names import COST_POLICY_KIND, MODEL_ROUTE_KIND
 from tokenomy_api.problems import Problem
 from tokenomy_api.resources import parse_documents
@@ -78,6 +79,9 @@ class Reconciliation:
 
     configs: dict[str, SidecarConfig]
     """The config in force per policy key."""
+    specs: dict[str, CostPolicySpec]
+    """The spec each config in force was compiled from: the operator-only parts
+    (alerts, budget warnings) come from it, never from the sidecars' config."""
     parsed: list[CostPolicy]
     """The policies that passed their schema, for the injection decision."""
     nodes: dict[str, str]
@@ -96,34 +100,68 @@ class ClusterState:
     services: dict[Key, dict[str, Any]] = field(default_factory=dict)
     slices: dict[Key, dict[str, Any]] = field(default_factory=dict)
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)
-    last_good: dict[str, SidecarConfig] = field(default_factory=dict)
-    """The last config each policy compiled to; kept in force while its spec is invalid."""
+    last_good: dict[str, tuple[SidecarConfig, CostPolicySpec]] = field(default_factory=dict)
+    """The last config each policy compiled to, with its spec; kept in force while the
+    policy's spec is invalid."""
+    compiled: dict[str, _Compiled] = field(default_factory=dict)
+    """The last compile of each namespace, redone only when its inputs change."""
 
     def reconcile(self) -> Reconciliation:
-        """Compile everything and decide configs, pod assignments and statuses."""
-        docs = [("", d) for d in (*self.routes.values(), *self.policies.values())]
-        resources = parse_documents(docs)
+        """Compile what changed and decide configs, pod assignments and statuses."""
         endpoints = service_endpoints(self.services.values(), self.slices.values(), self.nodes)
-        compilation = compile_configs(resources.policies, resources.routes, endpoints)
+        namespaces = {ns for ns, _ in self.routes} | {ns for ns, _ in self.policies}
+        self.compiled = {ns: self._compile(ns, endpoints) for ns in sorted(namespaces)}
+        parsed = [p for c in self.compiled.values() for p in c.policies]
         problems: dict[tuple[str, str], list[Problem]] = {}
-        for problem in [*resources.problems, *compilation.problems]:
+        for problem in (p for c in self.compiled.values() for p in c.problems):
             problems.setdefault((problem.kind, f"{problem.namespace}/{problem.name}"), []).append(
                 problem
             )
-        for key, config in compilation.configs.items():
-            self.last_good[key] = config
+        specs = {f"{p.metadata.namespace}/{p.metadata.name}": p.spec for p in parsed}
+        for compiled in self.compiled.values():
+            for key, config in compiled.configs.items():
+                self.last_good[key] = (config, specs[key])
         live = {f"{ns}/{name}" for ns, name in self.policies}
         for key in list(self.last_good):
             if key not in live:
                 del self.last_good[key]  # a deleted policy takes its config along
-        configs = dict(self.last_good)
-        nodes = self._assign(resources.policies)
+        configs = {key: config for key, (config, _) in self.last_good.items()}
+        nodes = self._assign(parsed)
         return Reconciliation(
             configs=configs,
-            parsed=resources.policies,
+            specs={key: spec for key, (_, spec) in self.last_good.items()},
+            parsed=parsed,
             nodes=nodes,
             policies=self._policy_statuses(problems, configs, nodes),
             routes=self._route_statuses(problems, endpoints),
+        )
+
+    def _compile(
+        self, namespace: str, endpoints: Mapping[ServiceKey, list[ServiceEndpoint]]
+    ) -> _Compiled:
+        """One namespace's compile: the previous one while its inputs are unchanged.
+
+        Inputs are the specs and identities of its policies and routes and
+        the endpoints of its Services; statuses (rewritten every few seconds)
+        and ACKs are not, so they never cause a compile.
+        """
+        docs = [
+            d for key, d in (*self.routes.items(), *self.policies.items()) if key[0] == namespace
+        ]
+        seen = {k: v for k, v in endpoints.items() if k[0] == namespace}
+        fingerprint = hashlib.sha256(
+            canonical_json([[_compiled_part(d) for d in docs], sorted(map(repr, seen.items()))])
+        ).digest()
+        previous = self.compiled.get(namespace)
+        if previous is not None and previous.fingerprint == fingerprint:
+            return previous
+        resources = parse_documents([("", d) for d in docs])
+        compilation: Compilation = compile_configs(resources.policies, resources.routes, seen)
+        return _Compiled(
+            fingerprint,
+            resources.policies,
+            compilation.configs,
+            [*resources.problems, *compilation.problems],
         )
 
     def _assign(self, policies: list[CostPolicy]) -> dict[str, str]:
@@ -207,6 +245,23 @@ class ClusterState:
             else:
                 out[key] = RouteStatus(generation, True, "Valid", "", tuple(counts))
         return out
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """One namespace's compile and the fingerprint of what it was compiled from."""
+
+    fingerprint: bytes
+    policies: list[CostPolicy]
+    configs: dict[str, SidecarConfig]
+    problems: list[Problem]
+
+
+def _compiled_part(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a resource the compiler reads: everything but status and bookkeeping."""
+    meta = doc.get("metadata") or {}
+    kept = {k: v for k, v in meta.items() if k not in ("resourceVersion", "managedFields")}
+    return {**{k: v for k, v in doc.items() if k != "status"}, "metadata": kept}
 
 
 def _describe(problems: list[Problem]) -> str:

@@ -109,7 +109,7 @@ class Sidecar:
         budget = runtime.config.budget
         if budget is not None:
             m.budget.labels(policy.namespace, policy.name, budget.period).set(float(budget.amount))
-        if runtime.config.placement.region.strategy == "nearest" and not self.settings.pod_region:
+        if runtime.config.placement.nearest and not self.settings.pod_region:
             log.warning(
                 "placement.region.strategy is nearest but this pod's region is unknown "
                 "(--pod-region, env TOKENOMY_POD_REGION; injected from the Pod's "

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from tokenomy_api.clock import Clock
-from tokenomy_api.costpolicy import Budget
+from tokenomy_api.compiled import CompiledBudget
 from tokenomy_api.periods import bounds
 from tokenomy_api.usage_protocol import METHOD, OperatorMessage, RequestUsage, SidecarMessage
 from tokenomy_sidecar.stages.budget import BudgetKeeper, reset_message
@@ -53,7 +53,7 @@ class RemoteBudget:
     """One policy's budget for this sidecar."""
 
     def __init__(
-        self, address: str, node: str, policy: str, budget: Budget | None, clock: Clock
+        self, address: str, node: str, policy: str, budget: CompiledBudget | None, clock: Clock
     ) -> None:
         self.address = address
         self.holder = f"{node}#{secrets.token_hex(4)}"
@@ -224,7 +224,7 @@ class RemoteKeepers:
     clock: Clock
     budgets: dict[str, RemoteBudget] = field(default_factory=dict)
 
-    def get(self, policy: str, budget: Budget | None) -> BudgetKeeper:
+    def get(self, policy: str, budget: CompiledBudget | None) -> BudgetKeeper:
         """The policy's budget, updated to the one in force."""
         keeper = self.budgets.get(policy)
         if keeper is None:

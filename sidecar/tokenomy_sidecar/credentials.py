@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from tokenomy_api.meta import SecretKeyRef
+from tokenomy_api.compiled import SecretKey
 from tokenomy_api.resources import Secret
 
 SECRETS_DIR = Path("/var/run/tokenomy/secrets")
@@ -25,7 +25,7 @@ class Credentials:
         }
         self.directory = directory
 
-    def get(self, ref: SecretKeyRef) -> str | None:
+    def get(self, ref: SecretKey) -> str | None:
         """The key's value without surrounding whitespace, or None if nowhere to be found."""
         value = self._values.get((ref.name, ref.key))
         if value is None and self.directory is not None:

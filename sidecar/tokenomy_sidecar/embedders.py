@@ -11,7 +11,6 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from tokenomy_api.modelroute import Embedding
 from tokenomy_sidecar.local_embedder import MiniLM
 from tokenomy_sidecar.stages.metering import Usage
 
@@ -75,12 +74,3 @@ class RemoteEmbedder:
         vectors = np.array([row["embedding"] for row in rows], dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12), Usage.from_openai(body.get("usage"))
-
-
-def embedding_url(spec: Embedding, namespace: str) -> str:
-    """The base URL of a remote embedder."""
-    if spec.url is not None:
-        return spec.url
-    assert spec.service is not None  # Embedding's rule
-    service = spec.service
-    return f"http://{service.name}.{namespace}.svc.cluster.local:{service.port}{service.path}"

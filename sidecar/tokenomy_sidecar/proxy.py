@@ -24,17 +24,20 @@ import orjson
 from aiohttp import web
 
 from tokenomy_api.clock import Clock
-from tokenomy_api.compiled import CompiledDomain, CompiledRoute, CompiledTier
-from tokenomy_api.costpolicy import Confidence
-from tokenomy_api.meta import parse_duration
-from tokenomy_api.modelroute import Embedding, Price
+from tokenomy_api.compiled import (
+    CompiledCascade,
+    CompiledDomain,
+    CompiledEmbedding,
+    CompiledRoute,
+    CompiledTier,
+    Price,
+)
 from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.embedders import (
     Embedder,
     LocalEmbedder,
     RemoteEmbedder,
     Vectors,
-    embedding_url,
 )
 from tokenomy_sidecar.errors import ApiError, error_response
 from tokenomy_sidecar.metrics import Metrics
@@ -302,7 +305,7 @@ class Proxy:
         return entry
 
     def _embedder(self, x: Exchange) -> Embedder:
-        spec: Embedding | None = x.route.embedding
+        spec: CompiledEmbedding | None = x.route.embedding
         assert spec is not None  # the compiler requires it for the semantic cache
         key = (x.route.name, spec.model_dump_json())
         embedder = self._embedders.get(key)
@@ -310,14 +313,14 @@ class Proxy:
             if spec.provider == "local":
                 embedder = LocalEmbedder()
             else:
-                ref = spec.credentials.secret_ref if spec.credentials else None
+                ref = spec.credentials
                 secret = x.runtime.credential_for(ref) if ref is not None else None
                 embedder = RemoteEmbedder(
                     self.upstream.session,
-                    embedding_url(spec, x.runtime.config.policy.namespace),
+                    spec.url or "",
                     spec.model,
                     secret,
-                    _seconds(x.route.retry.timeout),
+                    x.route.retry.timeout_seconds,
                 )
             self._embedders[key] = embedder
         return embedder
@@ -423,7 +426,7 @@ class Proxy:
         Returns None when every cheaper tier was passed over: ``x.tier`` is
         then the last tier, which answers as usual (streamed if asked).
         """
-        confidence = x.runtime.config.cascade_confidence
+        confidence = x.runtime.config.cascade
         assert confidence is not None  # the compiler sets it whenever cascade tiers exist
         question = semantic_cache.question(x.chat.body) or ""
         trail = []
@@ -448,7 +451,7 @@ class Proxy:
         return None
 
     async def _try_tier(
-        self, x: Exchange, tier: CompiledTier, confidence: Confidence, question: str
+        self, x: Exchange, tier: CompiledTier, confidence: CompiledCascade, question: str
     ) -> tuple[Verdict, dict[str, Any] | None, Reply]:
         """One cascade try: ask the tier, judge its answer; every call is metered."""
         reply = await self._send(x, tier, trial_body(x.chat.body, confidence), stream=False)
@@ -468,7 +471,12 @@ class Proxy:
         return verdict, client_answer(completion, choice, x.chat.body), reply
 
     async def _verify(
-        self, x: Exchange, tier: CompiledTier, confidence: Confidence, question: str, answer: str
+        self,
+        x: Exchange,
+        tier: CompiledTier,
+        confidence: CompiledCascade,
+        question: str,
+        answer: str,
     ) -> float | None:
         """Ask the same tier how likely its answer is right; None if it will not say."""
         template = confidence.verifier_prompt or DEFAULT_VERIFIER_PROMPT
@@ -520,7 +528,7 @@ class Proxy:
         entry = f"{tier}\n{backend}\n".encode() + orjson.dumps(completion)
         try:
             if exact:
-                ttl = _seconds(cache.exact.ttl)
+                ttl = cache.exact.ttl_seconds
                 await x.runtime.store.put(x.decision.partition, x.key, entry, ttl)
             if semantic:
                 x.semantic_partition = x.semantic_partition or semantic_cache.context_partition(
@@ -528,7 +536,7 @@ class Proxy:
                 )
                 vector = await self._embed(x)
                 if vector is not None:
-                    ttl = _seconds(cache.semantic.ttl)
+                    ttl = cache.semantic.ttl_seconds
                     self.semantic.add(x.semantic_partition, vector, entry, ttl)
         except Exception:
             log.warning("cache store failed", exc_info=True)
@@ -584,7 +592,7 @@ class Proxy:
             path,
             body,
             x.route.retry.attempts,
-            _seconds(x.route.retry.timeout),
+            x.route.retry.timeout_seconds,
             x.runtime.credential,
             stream,
         )
@@ -881,12 +889,6 @@ class Proxy:
 
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-
-
-@functools.lru_cache(maxsize=256)
-def _seconds(duration: str) -> float:
-    # Durations repeat from request to request; parse each once.
-    return parse_duration(duration).total_seconds()
 
 
 async def not_found(request: web.Request) -> web.Response:

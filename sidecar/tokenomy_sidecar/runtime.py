@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenomy_api.clock import Clock
-from tokenomy_api.compiled import CompiledBackend, CompiledRoute, SidecarConfig
-from tokenomy_api.costpolicy import CacheStore as StoreSpec
-from tokenomy_api.meta import SecretKeyRef
+from tokenomy_api.compiled import CompiledBackend, CompiledRoute, SecretKey, SidecarConfig
+from tokenomy_api.compiled import CompiledStore as StoreSpec
 from tokenomy_sidecar.credentials import Credentials
 from tokenomy_sidecar.routing.complexity import ComplexityModel
 from tokenomy_sidecar.routing.models import ModelFiles
@@ -45,7 +44,7 @@ class Runtime:
         """The API key for a backend, if it has one."""
         return self.keys.get(backend.cluster)
 
-    def credential_for(self, ref: SecretKeyRef) -> str | None:
+    def credential_for(self, ref: SecretKey) -> str | None:
         """Any Secret key the config's credentials can reach."""
         return self.credentials.get(ref)
 
@@ -63,7 +62,7 @@ def default_store_factory(clock: Clock) -> StoreFactory:
     def build(spec: StoreSpec, credentials: Credentials) -> CacheStore:
         if spec.type == "redis":
             assert spec.redis is not None  # CacheStore's rule
-            ref = spec.redis.password_secret_ref
+            ref = spec.redis.password
             password = credentials.get(ref) if ref is not None else None
             if ref is not None and password is None:
                 raise ConfigRejectedError(
@@ -141,7 +140,7 @@ class ConfigHolder:
                 if config.routing.complexity
                 else None
             )
-            confidence = config.cascade_confidence
+            confidence = config.cascade
             scorer = (
                 self.models.scorer(confidence.scorer)
                 if confidence is not None and confidence.method == "scorer" and confidence.scorer

@@ -47,7 +47,6 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from tokenomy_api import xds_type
 from tokenomy_api.compiled import CompiledTier, SidecarConfig
-from tokenomy_api.meta import parse_duration
 from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
 from tokenomy_operator.xds.server import CLUSTER, ENDPOINT, ROUTE
 from tokenomy_operator.xds.snapshot import Snapshot, make_snapshot
@@ -191,7 +190,7 @@ def route_configuration(config: SidecarConfig) -> RouteConfiguration:
     routes = []
     for route in config.routes:
         retry = _retry_policy(route.retry.attempts)
-        timeout = Duration(seconds=max(1, int(_seconds(route.retry.timeout))))
+        timeout = Duration(seconds=max(1, int(route.retry.timeout_seconds)))
         for tier in route.tiers:
             routes.append(
                 Route(
@@ -225,7 +224,7 @@ def route_configuration(config: SidecarConfig) -> RouteConfiguration:
             match=RouteMatch(prefix="/"),
             route=RouteAction(
                 cluster=cluster_name(config, first.name, first.default_tier),
-                timeout=Duration(seconds=max(1, int(_seconds(first.retry.timeout)))),
+                timeout=Duration(seconds=max(1, int(first.retry.timeout_seconds))),
                 retry_policy=_retry_policy(first.retry.attempts),
             ),
         )
@@ -236,10 +235,6 @@ def route_configuration(config: SidecarConfig) -> RouteConfiguration:
     )
 
 
-def _seconds(duration: str) -> float:
-    return parse_duration(duration).total_seconds()
-
-
 def snapshot_for(config: SidecarConfig) -> Snapshot:
     """Every resource a node of this policy should have."""
     clusters: dict[str, AnyProto] = {}
@@ -247,7 +242,7 @@ def snapshot_for(config: SidecarConfig) -> Snapshot:
     for route in config.routes:
         for tier in route.tiers:
             name = cluster_name(config, route.name, tier.name)
-            built = cluster(name, tier, _seconds(route.retry.timeout))
+            built = cluster(name, tier, route.retry.timeout_seconds)
             clusters[name] = _pack(built)
             if built.type == Cluster.EDS:
                 assignments[name] = _pack(load_assignment(name, tier))
@@ -258,4 +253,5 @@ def snapshot_for(config: SidecarConfig) -> Snapshot:
         ROUTE: {config.policy.key: _pack(route_configuration(config))} if config.routes else {},
         SIDECAR_CONFIG_TYPE_URL: {config.policy.key: tokenomy},
     }
-    return make_snapshot(resources)
+    # The config's own version, so that what a sidecar ACKs is what status shows.
+    return make_snapshot(resources, {SIDECAR_CONFIG_TYPE_URL: config.version})

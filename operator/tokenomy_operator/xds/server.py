@@ -68,7 +68,10 @@ class StreamState:
 
 
 Listener = Callable[[str, str, str, str], None]
-"""Called with (node, type URL, version, error): error is ``""`` for an ACK."""
+"""Called with (node, type URL, version, error) on each ACK (error ``""``) or NACK."""
+
+Departure = Callable[[str], None]
+"""Called with the node id when a node's (latest) stream ends."""
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -79,6 +82,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.streams: dict[str, StreamState] = {}
         """Connected nodes (the latest stream of each)."""
         self.listeners: list[Listener] = []
+        """Told of every ACK and NACK: how the control loop learns of rollouts."""
+        self.departures: list[Departure] = []
+        """Told when a node disconnects: its answers no longer stand."""
         self._nonces = itertools.count(1)
 
     async def StreamAggregatedResources(  # noqa: N802 - the gRPC method's name
@@ -127,7 +133,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self.cache.unwatch(state.node, queue)
                 if self.streams.get(state.node) is state:
                     del self.streams[state.node]
+                    for departure in self.departures:
+                        departure(state.node)
                 log.info("node %s disconnected", state.node)
+
+    def connected(self) -> int:
+        """How many nodes have a stream open."""
+        return len(self.streams)
 
     def _on_request(self, state: StreamState, request: DiscoveryRequest) -> list[DiscoveryResponse]:
         ts = state.types.setdefault(request.type_url, TypeState())

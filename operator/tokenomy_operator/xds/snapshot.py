@@ -3,7 +3,9 @@
 Modelled on go-control-plane's snapshot cache: the operator sets a snapshot
 per node (a pod's sidecar, or an Envoy); streams serving that node are woken
 when it changes. Versions are content hashes per type, so setting the same
-content again changes nothing and wakes nobody.
+content again changes nothing and wakes nobody; a type whose content already
+has a version (Tokenomy's config, :func:`tokenomy_api.compiled.content_version`)
+keeps that one, so one content never has two versions.
 """
 
 from __future__ import annotations
@@ -38,15 +40,26 @@ class Snapshot:
         return resources.version if resources else ""
 
 
-def make_snapshot(resources: Mapping[str, Mapping[str, AnyProto]]) -> Snapshot:
-    """A snapshot from resources by type URL and name, each type versioned by its content."""
+def make_snapshot(
+    resources: Mapping[str, Mapping[str, AnyProto]], versions: Mapping[str, str] | None = None
+) -> Snapshot:
+    """A snapshot from resources by type URL and name, each type versioned by its content.
+
+    ``versions`` gives the version of types whose content is versioned already.
+    """
+    versions = versions or {}
     types = {}
     for type_url, items in resources.items():
-        digest = hashlib.sha256()
-        for name in sorted(items):
-            digest.update(name.encode() + b"\0" + items[name].SerializeToString(deterministic=True))
-        types[type_url] = TypeResources(digest.hexdigest()[:16], dict(sorted(items.items())))
+        version = versions.get(type_url) or _digest(items)
+        types[type_url] = TypeResources(version, dict(sorted(items.items())))
     return Snapshot(types)
+
+
+def _digest(items: Mapping[str, AnyProto]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(items):
+        digest.update(name.encode() + b"\0" + items[name].SerializeToString(deterministic=True))
+    return digest.hexdigest()[:16]
 
 
 class SnapshotCache:

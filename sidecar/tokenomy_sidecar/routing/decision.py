@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from tokenomy_api.compiled import CompiledDomain, CompiledRoute, CompiledRouting
-from tokenomy_api.modelroute import Price
+from tokenomy_api.compiled import CompiledDomain, CompiledRoute, CompiledRouting, Price
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from tokenomy_api.compiled import CompiledBackend, CompiledEndpoint, CompiledTier
-from tokenomy_api.costpolicy import Placement
+from tokenomy_api.compiled import (
+    CompiledBackend,
+    CompiledEndpoint,
+    CompiledPlacement,
+    CompiledTier,
+)
 
 EJECT_BASE_SECONDS = 0.5
 """First ejection after a failure; doubles with each consecutive failure."""
@@ -75,7 +79,7 @@ def blended_price(backend: CompiledBackend) -> Decimal:
 
 def rank(
     tier: CompiledTier,
-    placement: Placement,
+    placement: CompiledPlacement,
     pod_region: str | None,
     health: Mapping[str, EndpointHealth],
     now: float,
@@ -94,7 +98,7 @@ def rank(
         for endpoint in backend.endpoints:
             state = health.get(endpoint.url)
             ejected = state is not None and state.ejected_until > now
-            far = placement.region.strategy == "nearest" and endpoint.region != pod_region
+            far = placement.nearest and endpoint.region != pod_region
             # Weighted random order (Efraimidis-Spirakis): larger key = earlier.
             weight = backend.weight
             lottery = rng.random() ** (1.0 / weight) if weight > 0 else 0.0

@@ -23,8 +23,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from tokenomy_api.clock import Clock
-from tokenomy_api.compiled import CompiledTier
-from tokenomy_api.costpolicy import Budget
+from tokenomy_api.compiled import CompiledBudget, CompiledTier
 from tokenomy_api.ledger import Ledger
 from tokenomy_api.periods import bounds
 from tokenomy_api.usage_protocol import RequestUsage
@@ -92,7 +91,7 @@ class BudgetKeeper(Protocol):
 class Keepers(Protocol):
     """The budget keeper of each policy a sidecar serves."""
 
-    def get(self, policy: str, budget: Budget | None) -> BudgetKeeper | None:
+    def get(self, policy: str, budget: CompiledBudget | None) -> BudgetKeeper | None:
         """The keeper of ``policy``, told the budget in force; None when nothing is kept."""
         ...
 
@@ -101,7 +100,7 @@ class Keepers(Protocol):
         ...
 
 
-def reset_message(budget: Budget, policy: str, end: datetime) -> str:
+def reset_message(budget: CompiledBudget, policy: str, end: datetime) -> str:
     """The refusal's words: which budget is spent and when it resets."""
     return (
         f"the {budget.period} budget of {budget.amount} USD of CostPolicy {policy} "
@@ -113,13 +112,13 @@ def reset_message(budget: Budget, policy: str, end: datetime) -> str:
 class LocalBudget:
     """A standalone sidecar's budget: its own ledger per period, and its wallet."""
 
-    budget: Budget
+    budget: CompiledBudget
     clock: Clock
     wallet: Wallet = field(default_factory=Wallet)
     _ledger: Ledger | None = None
     _period: tuple[datetime, datetime] | None = None
 
-    def update(self, budget: Budget) -> None:
+    def update(self, budget: CompiledBudget) -> None:
         """A new config's budget: same period and spend, new amount and rules."""
         self.budget = budget
         if self._ledger is not None:
@@ -177,7 +176,7 @@ class LocalKeepers:
     clock: Clock
     budgets: dict[str, LocalBudget] = field(default_factory=dict)
 
-    def get(self, policy: str, budget: Budget | None) -> BudgetKeeper | None:
+    def get(self, policy: str, budget: CompiledBudget | None) -> BudgetKeeper | None:
         """The policy's budget, updated to the one in force; None without one.
 
         Standalone, usage goes to metrics only: there is no status to report it to.

@@ -12,18 +12,17 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from tokenomy_api.compiled import CompiledTier
-from tokenomy_api.costpolicy import Confidence
+from tokenomy_api.compiled import CompiledCascade, CompiledTier
 from tokenomy_sidecar.routing.confidence import agreement, content, logprob_confidence
 from tokenomy_sidecar.routing.scorer import AnswerScorer
 
 VERIFIER_MAX_TOKENS = 8
 DEFAULT_THRESHOLD = 0.7
-"""Confidence a kept answer needs when neither the tier nor the policy sets one."""
+"""CompiledCascade a kept answer needs when neither the tier nor the policy sets one."""
 
 
 def cascade_threshold(
-    tier: CompiledTier, confidence: Confidence, scorer: AnswerScorer | None
+    tier: CompiledTier, confidence: CompiledCascade, scorer: AnswerScorer | None
 ) -> float:
     """The tier's own threshold, else the policy's, else the scorer's cut or the default."""
     if tier.cascade_threshold is not None:
@@ -33,7 +32,7 @@ def cascade_threshold(
     return DEFAULT_THRESHOLD
 
 
-def trial_body(body: Mapping[str, Any], confidence: Confidence) -> dict[str, Any]:
+def trial_body(body: Mapping[str, Any], confidence: CompiledCascade) -> dict[str, Any]:
     """The request as a cheaper tier gets it: whole (not streamed), with what judging needs."""
     trial = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
     if confidence.method == "logprobs":
@@ -45,7 +44,7 @@ def trial_body(body: Mapping[str, Any], confidence: Confidence) -> dict[str, Any
 
 def pick(
     completion: Mapping[str, Any],
-    confidence: Confidence,
+    confidence: CompiledCascade,
     question: str,
     scorer: AnswerScorer | None,
 ) -> tuple[dict[str, Any], float | None]:

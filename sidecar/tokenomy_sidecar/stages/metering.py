@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from tokenomy_api.modelroute import Price
+from tokenomy_api.compiled import Price
 
 MILLION = Decimal(1_000_000)
 

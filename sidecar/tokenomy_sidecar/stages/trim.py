@@ -6,10 +6,10 @@ from typing import Any
 
 import orjson
 
-from tokenomy_api.costpolicy import Output, Prompt
+from tokenomy_api.compiled import CompiledOutput, CompiledPrompt
 
 
-def cap_output(body: dict[str, Any], output: Output) -> bool:
+def cap_output(body: dict[str, Any], output: CompiledOutput) -> bool:
     """Clamp ``max_tokens`` / ``max_completion_tokens`` to the policy's cap; True if changed.
 
     A request that asks for nothing gets the cap, since an uncapped answer is
@@ -28,7 +28,7 @@ def cap_output(body: dict[str, Any], output: Output) -> bool:
     return changed
 
 
-def trim_prompt(body: dict[str, Any], prompt: Prompt) -> bool:
+def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> bool:
     """Apply the history window and deduplication; True if messages changed.
 
     System messages are always kept; the window counts the others, newest last,
