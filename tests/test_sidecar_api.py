@@ -343,7 +343,7 @@ async def test_a_failing_stage_fails_open_to_the_default_tier(
     def broken(*args: Any) -> bool:
         raise RuntimeError("bug in a stage")
 
-    monkeypatch.setattr("tokenomy_sidecar.proxy.trim_prompt", broken)
+    monkeypatch.setattr("tokenomy_sidecar.stages.trim.trim_prompt", broken)
     response = await ask(running.client(), max_tokens=5000)
     assert response.parse().choices[0].message.content.startswith("large answers")
     assert response.headers["x-tokenomy-cache"] == "bypass"

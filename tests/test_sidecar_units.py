@@ -19,7 +19,7 @@ from tokenomy_sidecar.errors import ApiError
 from tokenomy_sidecar.request import parse_chat
 from tokenomy_sidecar.sse import assemble, cacheable, replay, split_events
 from tokenomy_sidecar.stages.backend_choice import EndpointHealth, HealthTracker, rank
-from tokenomy_sidecar.stages.cache_key import exact_key
+from tokenomy_sidecar.stages.exact_cache import exact_key
 from tokenomy_sidecar.stages.identify import decide
 from tokenomy_sidecar.stages.metering import Usage, cost, savings, usd
 from tokenomy_sidecar.stages.trim import cap_output, trim_prompt

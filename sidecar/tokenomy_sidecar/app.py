@@ -182,7 +182,7 @@ class Sidecar:
         )
         upstream = Upstream(self._session, self.health, self.clock)
         proxy = Proxy(
-            self.holder, upstream, self.health, self.metrics, self.clock, self.rng,
+            self.holder, upstream, self.metrics, self.clock, self.rng,
             self.semantic, pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
             budgets=self.budgets, pod_labels=s.pod_labels,
         )  # fmt: skip

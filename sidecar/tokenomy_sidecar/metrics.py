@@ -113,8 +113,9 @@ class Metrics:
         )
         self.cache_stores = Counter(
             "tokenomy_cache_stores",
-            "Answers stored in the cache, and answers not stored with the reason.",
-            [*ROUTE_LABELS, "result"],
+            "Answers stored by cache kind (exact, semantic), and answers not stored with the "
+            "reason (not_cacheable, error).",
+            [*ROUTE_LABELS, "kind", "result"],
             registry=r,
         )
         self.upstream_errors = Counter(

@@ -27,8 +27,11 @@ from tokenomy_api.compiled import CompiledBudget, CompiledTier
 from tokenomy_api.ledger import Ledger
 from tokenomy_api.periods import bounds
 from tokenomy_api.usage_protocol import RequestUsage
+from tokenomy_sidecar.errors import ApiError
+from tokenomy_sidecar.metrics import Metrics
+from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet
 from tokenomy_sidecar.request import message_text
-from tokenomy_sidecar.routing.decision import estimate_tokens
+from tokenomy_sidecar.routing.decision import estimate_tokens, walk
 from tokenomy_sidecar.wallet import Reservation, Wallet
 
 MILLION = Decimal(1_000_000)
@@ -192,3 +195,72 @@ class LocalKeepers:
 
     async def close(self) -> None:
         """Nothing runs in the background."""
+
+
+class Budget(Quiet):
+    """Reserves each request's cost before any call, and reports what it used at the end."""
+
+    name = "budget"
+    optional = False
+
+    def __init__(self, keepers: Keepers | None, metrics: Metrics) -> None:
+        self.keepers = keepers
+        self.metrics = metrics
+
+    async def request(self, x: Exchange) -> Answer | None:
+        """Reserve, or apply ``onExceeded``: refuse (429), downgrade, or serve and count.
+
+        Embeddings are never downgraded (another model's vectors would not
+        match the ones stored): past the budget they are served or refused.
+        """
+        config = x.runtime.config
+        x.spend.keeper = keeper = self._keeper(x)
+        spec = config.budget
+        if spec is None or keeper is None:
+            return None
+        routing = x.routing
+        if x.embedding:
+            cost = estimate_embedding(routing.tier, x.chat.body)
+        else:
+            names = [routing.tier.name] if routing.straight else walk(x.route, routing.tier.name)
+            cost = estimate([x.route.tier(n) for n in names], x.chat.body)
+        x.spend.reservation = await keeper.reserve(cost)
+        if x.spend.reservation is not None:
+            return None
+        self.metrics.budget_exceeded.labels(*x.labels[:2], spec.on_exceeded).inc()
+        if spec.on_exceeded == "reject":
+            x.headers["retry-after"] = str(keeper.seconds_to_reset())
+            raise ApiError(
+                429,
+                keeper.exceeded_message(config.policy.key),
+                "budget_exceeded",
+                code="budget_exceeded",
+            )
+        # Served past the budget: counted when done, reserved nothing.
+        x.spend.reservation = Reservation(Decimal(0))
+        if spec.on_exceeded == "downgrade" and not x.embedding:
+            routing.tier, routing.straight = x.route.tiers[0], True
+            routing.reason = f"{routing.reason}; budget spent: cheapest tier"
+        else:
+            routing.reason = f"{routing.reason}; budget spent"
+        return None
+
+    async def close(self, x: Exchange) -> None:
+        """Report what the request used and settle its reservation; failures that cost count.
+
+        Every request is reported (a hit too: the operator counts hits), once.
+        """
+        spend = x.spend
+        keeper = spend.keeper or self._keeper(x)  # a cache hit never reached request()
+        if keeper is None:
+            return
+        if spend.reservation is not None or spend.usage is not None or spend.spent > 0:
+            usage = spend.usage or RequestUsage(spend.spent, route=x.route.name)
+            keeper.settle(spend.reservation or Reservation(Decimal(0)), usage)
+
+    def _keeper(self, x: Exchange) -> BudgetKeeper | None:
+        """Where the request is reported and its budget kept (None standalone without budget)."""
+        if self.keepers is None:
+            return None
+        config = x.runtime.config
+        return self.keepers.get(config.policy.key, config.budget)

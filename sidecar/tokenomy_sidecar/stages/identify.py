@@ -8,24 +8,10 @@ not cached at all rather than shared.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from tokenomy_api.compiled import SidecarConfig
-
-
-@dataclass(frozen=True)
-class CacheDecision:
-    """Whether a request may be answered from, and stored into, the cache."""
-
-    partition: str
-    """The partition entries are confined to."""
-    lookup: bool
-    """Whether a stored answer may be served."""
-    store: bool
-    """Whether a fresh answer may be stored."""
-    reason: str
-    """Why caching is off, for the ``bypass`` metric label; ``""`` when it is on."""
+from tokenomy_sidecar.pipeline import Answer, CacheDecision, CacheRecord, Exchange, Quiet
 
 
 def partition_of(config: SidecarConfig, headers: Mapping[str, str]) -> str | None:
@@ -78,3 +64,15 @@ def decide(
     if "no-cache" in directives:
         return CacheDecision(partition, lookup=False, store=True, reason="no-cache")
     return CacheDecision(partition, lookup=True, store=True, reason="")
+
+
+class Identify(Quiet):
+    """Puts the request's partition and caching decision in its cache record."""
+
+    name = "identify"
+    optional = True
+
+    async def request(self, x: Exchange) -> Answer | None:
+        """Decide; never answers."""
+        x.cache = CacheRecord(decide(x.runtime.config, x.chat.body, x.client_headers))
+        return None

@@ -1,12 +1,26 @@
-"""Metering: tokens from the backend's ``usage``, cost and savings in exact decimals."""
+"""Stage 7: meter and settle — every call's tokens and cost, each request counted once.
+
+Pure arithmetic first (:class:`Usage`, :func:`cost`, :func:`savings`, in
+exact decimals), then :class:`Meter`, which every stage that calls a model
+uses: :meth:`Meter.call` counts one backend call, :meth:`Meter.settle` the
+request once it has its answer (savings against the reference tier,
+attribution and task metrics, the usage report the budget stage sends).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenomy_api.compiled import Price
+from tokenomy_api.usage_protocol import RequestUsage
+from tokenomy_sidecar.metrics import Metrics
+
+if TYPE_CHECKING:
+    from tokenomy_sidecar.pipeline import Exchange
+    from tokenomy_sidecar.stages.upstream import Reply
 
 MILLION = Decimal(1_000_000)
 
@@ -64,3 +78,110 @@ def usd(amount: Decimal) -> str:
     """An amount for a header: plain decimal notation, no exponent, no trailing zeros."""
     text = format(amount.normalize(), "f")
     return text if text != "-0" else "0"
+
+
+class Meter:
+    """Counts what requests cost and save, into metrics and each request's spend record."""
+
+    def __init__(self, metrics: Metrics, pod_labels: Mapping[str, str]) -> None:
+        self.metrics = metrics
+        self.pod_labels = dict(pod_labels)
+
+    def call(self, x: Exchange, reply: Reply, usage: Usage) -> Decimal:
+        """Count one backend call for the answering tier; returns the request's cost so far."""
+        backend = reply.candidate.backend
+        labels = (*x.labels, x.routing.tier.name, backend.name)
+        m = self.metrics
+        paid = cost(usage, backend.price)
+        if usage.prompt or usage.completion:
+            m.tokens.labels(*labels, "input").inc(usage.prompt)
+            m.tokens.labels(*labels, "cached_input").inc(usage.cached)
+            m.tokens.labels(*labels, "output").inc(usage.completion)
+        m.money(m.cost, paid, *labels)
+        self._add(x, paid, usage)
+        return x.spend.spent
+
+    def embedding(self, x: Exchange, usage: Usage) -> None:
+        """Count a call to the route's embedder (semantic cache, domain routing)."""
+        spec = x.route.embedding
+        if spec is None or spec.price is None or not usage.prompt:
+            return
+        paid = cost(usage, spec.price)
+        self.metrics.money(self.metrics.cost, paid, *x.labels, "embedding", spec.model)
+        self._add(x, paid, Usage())
+
+    def settle(self, x: Exchange, reply: Reply, usage: Usage, source: str) -> None:
+        """Count the request once, with what it saved against the reference tier.
+
+        ``usage`` is the answer served; the reference tier is priced for the
+        same answer. A cascade that escalated can cost more than that: the
+        difference goes to the overspend counter, since counters cannot go down.
+        """
+        m = self.metrics
+        tier = x.routing.tier.name
+        m.requests.labels(
+            *x.labels, tier, reply.candidate.backend.name, source, str(reply.status)
+        ).inc()
+        saved = (
+            Decimal(0) if x.embedding else savings(usage, x.spend.spent, x.route.reference_price)
+        )
+        m.money(m.savings, saved, *x.labels, x.routing.lever)
+        m.money(m.overspend, -saved, *x.labels, x.routing.lever)
+        self.record(x, tier, source, saved)
+
+    def hit(self, x: Exchange, tier: str, usage: Usage, source: str) -> None:
+        """Count a request the cache answered: it saved the reference tier's price."""
+        m = self.metrics
+        saved = cost(usage, x.route.reference_price) - x.spend.spent
+        m.money(m.savings, saved, *x.labels, f"{source}_cache")
+        m.requests.labels(*x.labels, tier, "", source, "200").inc()
+        self.record(x, tier, source, saved)
+
+    def record(self, x: Exchange, tier: str, source: str, saved: Decimal) -> None:
+        """What the request used: to the attribution and task metrics, and its usage report."""
+        m = self.metrics
+        spend = x.spend
+        labels = self._attribution(x)
+        tokens = spend.input_tokens + spend.output_tokens
+        policy = x.labels[:2]
+        for key, value in labels.items():
+            m.money(m.attributed_cost, spend.spent, *policy, key, value)
+            if tokens:
+                m.attributed_tokens.labels(*policy, key, value).inc(tokens)
+        if x.task:
+            m.task_requests.labels(*policy).inc()
+            m.money(m.task_cost, spend.spent, *policy)
+            if tokens:
+                m.task_tokens.labels(*policy).inc(tokens)
+        spend.usage = RequestUsage(
+            cost=spend.spent,
+            saved=saved,
+            route=x.route.name,
+            tier=tier,
+            reference=tier == x.route.reference_tier,
+            cache=source,
+            input_tokens=spend.input_tokens,
+            output_tokens=spend.output_tokens,
+            labels=tuple(sorted(labels.items())),
+            task=x.task,
+        )
+
+    def failures(self, x: Exchange, reply: Reply, tier: str) -> None:
+        """Count the tries that failed before a backend answered."""
+        for backend, reason in reply.failures:
+            self.metrics.upstream_errors.labels(*x.labels, tier, backend, reason).inc()
+        if reply.failures:
+            self.metrics.retries.labels(*x.labels, tier).inc(len(reply.failures))
+
+    def _add(self, x: Exchange, paid: Decimal, usage: Usage) -> None:
+        x.spend.spent += paid
+        x.spend.input_tokens += usage.prompt
+        x.spend.output_tokens += usage.completion
+
+    def _attribution(self, x: Exchange) -> dict[str, str]:
+        """Who this request is charged to: the pod's labels, the header for ``feature``."""
+        wanted = x.runtime.config.attribution.pod_labels
+        out = {k: v for k, v in self.pod_labels.items() if k in wanted}
+        if x.feature:
+            out["feature"] = x.feature
+        return out

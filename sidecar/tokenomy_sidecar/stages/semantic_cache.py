@@ -1,18 +1,28 @@
-"""Stage 3b: what the semantic cache compares, and within which context.
+"""Stage 3b: the semantic cache — serve the answer to a question that means the same.
 
 Only the last user message is embedded. Everything else — system prompt,
 earlier turns, parameters — must match exactly, so it goes into the
 partition key: a paraphrase is served the answer to its twin only when the
-conversation around it is the same.
+conversation around it is the same. An embedder that is down is a miss.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tokenomy_sidecar.metrics import Metrics
+from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet
 from tokenomy_sidecar.request import message_text
-from tokenomy_sidecar.stages.cache_key import exact_key
+from tokenomy_sidecar.semantic_index import SemanticIndex
+from tokenomy_sidecar.stages.exact_cache import exact_key, hit, keep
+from tokenomy_sidecar.stages.metering import Meter
+
+if TYPE_CHECKING:
+    from tokenomy_sidecar.vectors import SharedVectors
+
+log = logging.getLogger(__name__)
 
 
 def question(body: Mapping[str, Any]) -> str | None:
@@ -30,3 +40,59 @@ def context_partition(partition: str, body: Mapping[str, Any]) -> str:
     messages = list(body.get("messages") or [])
     context = {**body, "messages": [*messages[:-1], {"role": "user"}]}
     return f"{partition}/{exact_key(partition, context)[:32]}"
+
+
+class SemanticCache(Quiet):
+    """Answers from the nearest stored question above the threshold; stores answers."""
+
+    name = "semantic_cache"
+    optional = True
+
+    def __init__(
+        self, metrics: Metrics, meter: Meter, index: SemanticIndex, vectors: SharedVectors
+    ) -> None:
+        self.metrics = metrics
+        self.meter = meter
+        self.index = index
+        self.vectors = vectors
+
+    async def request(self, x: Exchange) -> Answer | None:
+        """Search the request's context for a question this close; a hit answers it."""
+        semantic = x.runtime.config.cache.semantic
+        if not semantic.enabled:
+            return None
+        lookups = self.metrics.cache_lookups
+        if not x.cache.decision.lookup:
+            lookups.labels(*x.labels, "semantic", "bypass").inc()
+            return None
+        x.cache.context = context_partition(x.cache.decision.partition, x.chat.body)
+        try:
+            vector = await self.vectors.question(x)
+        except Exception:
+            log.warning("embedding for the semantic cache failed", exc_info=True)
+            lookups.labels(*x.labels, "semantic", "error").inc()
+            return None
+        found = self.index.search(x.cache.context, vector) if vector is not None else None
+        if found is None or found[0] < semantic.threshold:
+            lookups.labels(*x.labels, "semantic", "miss").inc()
+            return None
+        lookups.labels(*x.labels, "semantic", "hit").inc()
+        x.headers["x-tokenomy-similarity"] = f"{found[0]:.4f}"
+        return hit(x, self.meter, found[1], "semantic")
+
+    async def store(self, x: Exchange, answer: Answer) -> None:
+        """Keep a fresh answer under the question's vector."""
+        semantic = x.runtime.config.cache.semantic
+        partition = x.cache.decision.partition
+        if not (semantic.enabled and x.cache.decision.store and partition):
+            return
+        if question(x.chat.body) is None:
+            return  # nothing to find it by
+
+        async def put(entry: bytes) -> None:
+            x.cache.context = x.cache.context or context_partition(partition, x.chat.body)
+            vector = await self.vectors.question(x)
+            assert vector is not None  # there is a question
+            self.index.add(x.cache.context, vector, entry, semantic.ttl_seconds)
+
+        await keep(self.metrics, x, answer, "semantic", put)

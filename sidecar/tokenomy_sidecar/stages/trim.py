@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from tokenomy_api.compiled import CompiledOutput, CompiledPrompt
+from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet
 
 
 def cap_output(body: dict[str, Any], output: CompiledOutput) -> bool:
@@ -59,3 +60,17 @@ def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> bool:
         return False
     body["messages"] = kept
     return True
+
+
+class Trim(Quiet):
+    """Trims the request's prompt and caps its output, in place."""
+
+    name = "trim"
+    optional = True
+
+    async def request(self, x: Exchange) -> Answer | None:
+        """Trim; never answers."""
+        config = x.runtime.config
+        trim_prompt(x.chat.body, config.prompt)
+        cap_output(x.chat.body, config.output)
+        return None

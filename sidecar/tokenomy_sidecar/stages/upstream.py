@@ -3,22 +3,33 @@
 A try moves on after a connection failure, a timeout, a 5xx or a 429. A
 streamed answer is handed to the caller once its status is 200, before any
 byte reaches the client, so a stream is never retried after it has started.
+:class:`Caller` is what the stages that ask a model use: backends ranked by
+placement and health (:mod:`~tokenomy_sidecar.stages.backend_choice`), then
+:class:`Upstream` over HTTP, failed tries counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
 from tokenomy_api.clock import Clock
-from tokenomy_api.compiled import CompiledBackend
+from tokenomy_api.compiled import CompiledBackend, CompiledTier
 from tokenomy_sidecar.errors import ApiError
-from tokenomy_sidecar.stages.backend_choice import Candidate, HealthTracker
+from tokenomy_sidecar.stages.backend_choice import Candidate, HealthTracker, rank
+
+if TYPE_CHECKING:
+    from tokenomy_sidecar.pipeline import Exchange
+    from tokenomy_sidecar.stages.metering import Meter
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -127,3 +138,60 @@ class Upstream:
             "server_error",
             code="upstream_unavailable",
         )
+
+
+class Caller:
+    """Sends a request's body to one of its route's tiers."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        meter: Meter,
+        rng: random.Random,
+        pod_region: str | None,
+    ) -> None:
+        self.upstream = upstream
+        self.meter = meter
+        self.rng = rng
+        self.pod_region = pod_region
+
+    async def send(
+        self,
+        x: Exchange,
+        tier: CompiledTier,
+        body: dict[str, Any],
+        stream: bool = False,
+        path: str = "/chat/completions",
+    ) -> Reply:
+        """Send to the tier's backends in placement order, within the route's retry budget."""
+        upstream = self.upstream
+        candidates = rank(
+            tier, x.runtime.config.placement, self.pod_region, upstream.health.endpoints,
+            upstream.clock.monotonic(), self.rng,
+        )  # fmt: skip
+        retry = x.route.retry
+        reply = await upstream.send(
+            candidates,
+            path,
+            body,
+            retry.attempts,
+            retry.timeout_seconds,
+            x.runtime.credential,
+            stream,
+        )
+        self.meter.failures(x, reply, tier.name)
+        return reply
+
+
+def completion_of(reply: Reply) -> dict[str, Any] | None:
+    """A successful reply's JSON object; None for an error, or a 200 that is not one."""
+    if reply.status != 200:
+        return None
+    try:
+        parsed = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        log.warning("backend %s sent a 200 that is not a JSON object", reply.candidate.backend.name)
+        return None
+    return parsed
