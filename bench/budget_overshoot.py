@@ -41,7 +41,7 @@ async def serve(port: int, budget: str) -> None:
 
     from tokenomy_api.clock import SystemClock  # noqa: PLC0415
     from tokenomy_api.costpolicy import Budget  # noqa: PLC0415
-    from tokenomy_operator.usage import UsageService, add_to_server  # noqa: PLC0415
+    from tokenomy_operator.spend.usage import UsageService, add_to_server  # noqa: PLC0415
 
     spec = Budget.model_validate({"amount": budget})
     server = grpc.aio.server()

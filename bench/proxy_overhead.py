@@ -64,7 +64,7 @@ async def control_plane(port: int, resources: str) -> None:
     from tokenomy_api.clock import SystemClock  # noqa: PLC0415
     from tokenomy_api.compiler import compile_configs  # noqa: PLC0415
     from tokenomy_api.loader import load_resources  # noqa: PLC0415
-    from tokenomy_operator.usage import UsageService, add_to_server  # noqa: PLC0415
+    from tokenomy_operator.spend.usage import UsageService, add_to_server  # noqa: PLC0415
     from tokenomy_operator.xds.resources import snapshot_for  # noqa: PLC0415
     from tokenomy_operator.xds.server import AdsServer, serve  # noqa: PLC0415
     from tokenomy_operator.xds.snapshot import SnapshotCache  # noqa: PLC0415

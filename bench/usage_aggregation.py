@@ -34,8 +34,8 @@ def main() -> None:
     from tokenomy_api.clock import ManualClock  # noqa: PLC0415
     from tokenomy_api.costpolicy import Alerts  # noqa: PLC0415
     from tokenomy_api.usage_protocol import RequestUsage, SidecarMessage  # noqa: PLC0415
-    from tokenomy_operator.alerting import evaluate  # noqa: PLC0415
-    from tokenomy_operator.usage import UsageService  # noqa: PLC0415
+    from tokenomy_operator.spend.alerting import evaluate  # noqa: PLC0415
+    from tokenomy_operator.spend.usage import UsageService  # noqa: PLC0415
 
     rng = random.Random(0)
     clock = ManualClock(1_800_000_000.0)

@@ -12,9 +12,9 @@ import pytest
 from tokenomy_api.clock import ManualClock
 from tokenomy_api.usage_protocol import Report, RequestUsage, SidecarMessage
 from tokenomy_operator.controller import Controller
+from tokenomy_operator.spend.usage import UsageService
 from tokenomy_operator.state import Pod, PolicyStatus
 from tokenomy_operator.status import Rollout, condition, policy_status
-from tokenomy_operator.usage import UsageService
 from tokenomy_operator.xds.server import AdsServer, serve
 from tokenomy_operator.xds.snapshot import SnapshotCache
 from tokenomy_sidecar.app import Sidecar, SidecarSettings
@@ -184,7 +184,7 @@ async def test_policy_reaches_the_sidecar_and_status_says_applied(loop: Any) -> 
         await until(lambda: sidecar.holder.current.config.output.max_tokens == 99)
         await until(lambda: writer.statuses[key]["conditions"][0]["status"] == "True")
         assert writer.statuses[key]["configVersion"] == sidecar.holder.current.config.version
-        assert source.acked == controller.replies["ns/agent-1"].acked
+        await until(lambda: source.acked == controller.replies["ns/agent-1"].acked)
     finally:
         client.cancel()
         await sidecar.stop()

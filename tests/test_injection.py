@@ -16,8 +16,8 @@ import yaml
 from tokenomy_api.compiled import CompiledCascade
 from tokenomy_api.compiler import compile_configs
 from tokenomy_api.loader import load_resources
+from tokenomy_api.pod import SIDECAR_CONTAINER
 from tokenomy_operator.injection import (
-    CONTAINER,
     INJECTED,
     Decision,
     InjectionSettings,
@@ -129,7 +129,7 @@ def test_mutation_facts() -> None:
     mutated = mutate(pod, Decision(True, "", "support/support-agent"), example_config(), SETTINGS)
     assert yaml.safe_dump(pod) == original  # the input is not modified
     sidecar = mutated["spec"]["initContainers"][0]
-    assert sidecar["name"] == CONTAINER
+    assert sidecar["name"] == SIDECAR_CONTAINER
     assert sidecar["restartPolicy"] == "Always"
     mounts = {m["mountPath"] for m in sidecar["volumeMounts"]}
     assert mounts == {

@@ -15,7 +15,7 @@ from tokenomy_api.clock import SystemClock
 from tokenomy_api.compiler import compile_configs
 from tokenomy_api.costpolicy import Budget
 from tokenomy_api.usage_protocol import RequestUsage
-from tokenomy_operator.usage import UsageService, add_to_server
+from tokenomy_operator.spend.usage import UsageService, add_to_server
 from tokenomy_operator.xds.resources import snapshot_for
 from tokenomy_operator.xds.server import AdsServer, serve
 from tokenomy_operator.xds.snapshot import SnapshotCache

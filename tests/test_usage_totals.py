@@ -8,7 +8,7 @@ import pytest
 
 from tokenomy_api.costpolicy import Alerts
 from tokenomy_api.usage_protocol import RequestUsage
-from tokenomy_operator.alerting import (
+from tokenomy_operator.spend.alerting import (
     BUCKET_SECONDS,
     MIN_REQUESTS,
     Check,
@@ -18,7 +18,7 @@ from tokenomy_operator.alerting import (
     evaluate,
     period_window,
 )
-from tokenomy_operator.totals import MAX_TASKS, Totals
+from tokenomy_operator.spend.totals import MAX_TASKS, Totals
 
 
 def request(

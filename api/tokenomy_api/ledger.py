@@ -8,7 +8,7 @@ replayed after a reconnect is recognised and counted once.
 
 Pure: time comes from the caller, nothing here does I/O. A standalone
 sidecar keeps one itself; in a cluster the operator keeps one per policy
-and period (:mod:`tokenomy_operator.usage`), and persists ``spent`` and
+and period (:mod:`tokenomy_operator.spend.usage`), and persists ``spent`` and
 ``sequence`` in the policy's status, so a restarted operator resumes.
 """
 

@@ -1,5 +1,10 @@
-"""The control plane: kopf handlers, xDS snapshot cache and server, webhook, status.
+"""The control plane: kopf handlers, the xDS snapshot cache and server, the webhook, status.
 
-Not built yet (issue 4). The compiler it will call lives in
-:mod:`tokenomy_api.compiler` because the standalone sidecar needs it too.
+Layers, outermost first: ``cli`` wires the settings; ``handlers`` (kopf),
+``webhook`` and ``leadership`` talk to the Kubernetes API; ``controller``
+turns :class:`~tokenomy_operator.state.ClusterState` into snapshots (``xds/``)
+and statuses; ``spend/`` counts usage, keeps budgets and judges alerts;
+``state``, ``status``, ``injection`` and ``topology`` are pure. The compiler
+it calls lives in :mod:`tokenomy_api.compiler`, since the standalone sidecar
+needs it too.
 """

@@ -25,7 +25,7 @@ from tokenomy_operator.injection import InjectionSettings
 from tokenomy_operator.kube import KubeStatusWriter
 from tokenomy_operator.leadership import LeaseElector, label_own_pod
 from tokenomy_operator.metrics import serve_metrics
-from tokenomy_operator.usage import LeaderUsage, UsageService, add_to_server
+from tokenomy_operator.spend.usage import LeaderUsage, UsageService, add_to_server
 from tokenomy_operator.webhook import policy_reader, publish_ca, shared_certs
 from tokenomy_operator.webhook import register as register_webhook
 from tokenomy_operator.xds.server import AdsServer, serve

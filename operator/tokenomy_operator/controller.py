@@ -25,7 +25,8 @@ from tokenomy_api.compiled import SidecarConfig
 from tokenomy_api.costpolicy import Alerts, Budget
 from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_CONFIG_TYPE_URL
 from tokenomy_api.periods import rfc3339
-from tokenomy_operator.alerting import (
+from tokenomy_operator.metrics import OperatorMetrics
+from tokenomy_operator.spend.alerting import (
     ALERT_CONDITIONS,
     HOLD_SECONDS,
     Hold,
@@ -33,7 +34,7 @@ from tokenomy_operator.alerting import (
     evaluate,
     period_window,
 )
-from tokenomy_operator.metrics import OperatorMetrics
+from tokenomy_operator.spend.usage import UsageService
 from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
 from tokenomy_operator.status import (
     Rollout,
@@ -43,7 +44,6 @@ from tokenomy_operator.status import (
     policy_status,
     route_status,
 )
-from tokenomy_operator.usage import UsageService
 from tokenomy_operator.xds.resources import snapshot_for
 from tokenomy_operator.xds.server import AdsServer
 from tokenomy_operator.xds.snapshot import Snapshot, SnapshotCache

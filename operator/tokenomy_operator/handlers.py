@@ -15,8 +15,9 @@ import kopf
 from kubernetes import client
 
 from tokenomy_api.names import COST_POLICY_PLURAL, GROUP, MODEL_ROUTE_PLURAL, VERSION
+from tokenomy_api.pod import INJECTED_ANNOTATION
 from tokenomy_operator.controller import Controller
-from tokenomy_operator.injection import INJECTED, opted_out
+from tokenomy_operator.injection import opted_out
 from tokenomy_operator.state import Pod
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def register(
             namespace,
             name,
             dict(body.metadata.labels or {}),
-            injected=INJECTED in (body.metadata.annotations or {}),
+            injected=INJECTED_ANNOTATION in (body.metadata.annotations or {}),
             opted_out=bool(opted_out(body)),
         )
         previous = state.pods.get((namespace, name))

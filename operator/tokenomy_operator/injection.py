@@ -13,19 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenomy_api import pod as contract
 from tokenomy_api.compiled import SidecarConfig
 from tokenomy_api.costpolicy import CostPolicy
+from tokenomy_api.pod import INJECTED_ANNOTATION as INJECTED
+from tokenomy_api.pod import MODEL_KEY, MODELS_DIR, OPT_OUT, SECRETS_DIR
 
-INJECTED = "tokenomy.dev/injected"
-"""Annotation naming the policy a pod's sidecar serves; present, it makes injection idempotent."""
-OPT_OUT = "tokenomy.dev/inject"
-"""Label (or annotation) a pod sets to ``"false"`` to never get a sidecar."""
-CONTAINER = "tokenomy-sidecar"
-SECRETS_DIR = "/var/run/tokenomy/secrets"
-MODELS_DIR = "/etc/tokenomy/models"
 REGION_LABEL = "topology.kubernetes.io/region"
-MODEL_KEY = "model.npz"
-"""The ConfigMap key a trained routing model is read from."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +33,9 @@ class InjectionSettings:
     counts the sidecars that acknowledged a version from the streams it serves."""
     usage_address: str = "tokenomy-operator-leader.tokenomy-system.svc:15010"
     """Where sidecars send usage and ask for budget leases (the leader)."""
-    listen_port: int = 15100
+    listen_port: int = contract.API_PORT
     """Port of the OpenAI API on the pod's loopback."""
-    metrics_port: int = 15090
+    metrics_port: int = contract.METRICS_PORT
     """Port of ``/metrics`` and the probes."""
     native_sidecar: bool = True
     """An init container with ``restartPolicy: Always`` (Kubernetes 1.29+): up first, down last."""
@@ -159,7 +153,7 @@ def _models_volume(models: list[str]) -> dict[str, Any]:
 def _sidecar(settings: InjectionSettings, secrets: list[str], models: list[str]) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/readyz", "port": settings.metrics_port}, "periodSeconds": 5}
     container: dict[str, Any] = {
-        "name": CONTAINER,
+        "name": contract.SIDECAR_CONTAINER,
         "image": settings.image,
         "args": [
             "sidecar",
@@ -175,9 +169,12 @@ def _sidecar(settings: InjectionSettings, secrets: list[str], models: list[str])
             SECRETS_DIR,
         ],
         "env": [
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {
-                "name": "POD_NAMESPACE",
+                "name": contract.ENV_POD_NAME,
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+            {
+                "name": contract.ENV_POD_NAMESPACE,
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
             # For placement.region.strategy: nearest. Kubernetes 1.35 copies the
@@ -185,7 +182,7 @@ def _sidecar(settings: InjectionSettings, secrets: list[str], models: list[str])
             # (PodTopologyLabelsAdmission, on by default); on older clusters the
             # value is empty and the sidecar says it cannot place by region.
             {
-                "name": "TOKENOMY_POD_REGION",
+                "name": contract.ENV_POD_REGION,
                 "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{REGION_LABEL}']"}},
             },
         ],
@@ -245,7 +242,7 @@ def mutate(
     if attribution:
         # Spend is charged to these (team, feature...): the pod's values at creation.
         value = json.dumps(attribution, sort_keys=True)
-        sidecar["env"].append({"name": "TOKENOMY_POD_LABELS", "value": value})
+        sidecar["env"].append({"name": contract.ENV_POD_LABELS, "value": value})
     if settings.native_sidecar:
         spec["initContainers"] = [sidecar, *(spec.get("initContainers") or [])]
     else:

@@ -15,7 +15,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from tokenomy_operator.alerting import ALERT_CONDITIONS
+from tokenomy_operator.spend.alerting import ALERT_CONDITIONS
 
 
 class OperatorMetrics:

@@ -18,6 +18,7 @@ from tokenomy_api.compiled import SidecarConfig, canonical_json
 from tokenomy_api.compiler import Compilation, ServiceEndpoint, ServiceKey, compile_configs
 from tokenomy_api.costpolicy import CostPolicy, CostPolicySpec
 from tokenomy_api.names import COST_POLICY_KIND, MODEL_ROUTE_KIND
+from tokenomy_api.pod import node_id
 from tokenomy_api.problems import Problem
 from tokenomy_api.resources import parse_documents
 from tokenomy_operator.topology import service_endpoints
@@ -41,7 +42,7 @@ class Pod:
     @property
     def node_id(self) -> str:
         """The xDS node id its sidecar uses: ``namespace/name``."""
-        return f"{self.namespace}/{self.name}"
+        return node_id(self.namespace, self.name)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tokenomy_api import pod
 from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_sidecar.budget_client import RemoteKeepers
 from tokenomy_sidecar.metrics import Metrics
@@ -31,11 +32,11 @@ class SidecarSettings:
 
     listen_host: str = "127.0.0.1"
     """Address of the OpenAI-compatible API; loopback, since only the pod's app calls it."""
-    listen_port: int = 15100
+    listen_port: int = pod.API_PORT
     """Port of the API (0 picks a free one)."""
     metrics_host: str = "0.0.0.0"
     """Address of ``/metrics``, ``/healthz`` and ``/readyz``."""
-    metrics_port: int = 15090
+    metrics_port: int = pod.METRICS_PORT
     """Port of the metrics server (0 picks a free one)."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest request body accepted; larger ones get a 413."""

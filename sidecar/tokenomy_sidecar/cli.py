@@ -13,13 +13,14 @@ import socket
 import sys
 from pathlib import Path
 
+from tokenomy_api import pod
 from tokenomy_sidecar.app import Sidecar, SidecarSettings
 from tokenomy_sidecar.credentials import SECRETS_DIR, Credentials
 from tokenomy_sidecar.runtime import ConfigRejectedError
 from tokenomy_sidecar.sources import FileSource
 from tokenomy_sidecar.xds_client import XdsSource
 
-MODELS_DIR = Path("/etc/tokenomy/models")
+MODELS_DIR = Path(pod.MODELS_DIR)
 
 log = logging.getLogger("tokenomy.sidecar")
 
@@ -32,9 +33,9 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def _default_node_id() -> str:
-    namespace = os.environ.get("POD_NAMESPACE", "default")
-    name = os.environ.get("POD_NAME") or socket.gethostname()
-    return f"{namespace}/{name}"
+    namespace = os.environ.get(pod.ENV_POD_NAMESPACE, "default")
+    name = os.environ.get(pod.ENV_POD_NAME) or socket.gethostname()
+    return pod.node_id(namespace, name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--xds",
         metavar="HOST:PORT",
-        default=os.environ.get("TOKENOMY_XDS_ADDRESS"),
-        help="in a cluster: the operator's xDS address (env TOKENOMY_XDS_ADDRESS)",
+        default=os.environ.get(pod.ENV_XDS_ADDRESS),
+        help=f"in a cluster: the operator's xDS address (env {pod.ENV_XDS_ADDRESS})",
     )
     parser.add_argument(
         "--node-id",
@@ -61,14 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--usage",
         metavar="HOST:PORT",
-        default=os.environ.get("TOKENOMY_USAGE_ADDRESS"),
+        default=os.environ.get(pod.ENV_USAGE_ADDRESS),
         help="in a cluster: where usage reports go (the operator leader's Service; "
         "default: the --xds address)",
     )
     parser.add_argument(
-        "--listen", type=_address, default=("127.0.0.1", 15100), metavar="HOST:PORT"
+        "--listen", type=_address, default=("127.0.0.1", pod.API_PORT), metavar="HOST:PORT"
     )
-    parser.add_argument("--metrics", type=_address, default=("0.0.0.0", 15090), metavar="HOST:PORT")
+    parser.add_argument(
+        "--metrics", type=_address, default=("0.0.0.0", pod.METRICS_PORT), metavar="HOST:PORT"
+    )
     parser.add_argument(
         "--secrets-dir",
         type=Path,
@@ -77,8 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pod-region",
-        default=os.environ.get("TOKENOMY_POD_REGION"),
-        help="region of this pod, for nearest-region placement (env TOKENOMY_POD_REGION)",
+        default=os.environ.get(pod.ENV_POD_REGION),
+        help=f"region of this pod, for nearest-region placement (env {pod.ENV_POD_REGION})",
     )
     parser.add_argument(
         "--models-dir",
@@ -97,7 +100,7 @@ def _pod_labels(text: str) -> dict[str, str]:
     try:
         value = json.loads(text) if text else {}
     except json.JSONDecodeError:
-        log.warning("TOKENOMY_POD_LABELS is not JSON; spend is not attributed to pod labels")
+        log.warning("%s is not JSON; spend is not attributed to pod labels", pod.ENV_POD_LABELS)
         return {}
     if not isinstance(value, dict):
         return {}
@@ -125,7 +128,7 @@ async def serve(args: argparse.Namespace) -> int:
         enforce_local_budget=bool(args.config),
         usage_address=None if args.config else (args.usage or args.xds),
         node_id=args.node_id or "",
-        pod_labels=_pod_labels(os.environ.get("TOKENOMY_POD_LABELS", "")),
+        pod_labels=_pod_labels(os.environ.get(pod.ENV_POD_LABELS, "")),
     )
     sidecar = Sidecar(settings)
     source: FileSource | XdsSource

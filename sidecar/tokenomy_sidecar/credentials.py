@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from tokenomy_api import pod
 from tokenomy_api.compiled import SecretKey
 from tokenomy_api.resources import Secret
 
-SECRETS_DIR = Path("/var/run/tokenomy/secrets")
-"""Where the injected sidecar mounts each Secret: ``<dir>/<secret name>/<key>``."""
+SECRETS_DIR = Path(pod.SECRETS_DIR)
+"""Where the injected sidecar finds each Secret: ``<dir>/<secret name>/<key>``."""
 
 
 class Credentials:

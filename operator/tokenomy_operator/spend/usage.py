@@ -5,9 +5,9 @@ a new period starts a new ledger. Policies without a budget are counted too
 (their spend is wanted in status) and answered ``unlimited``.
 
 Besides money, each report's tier, cache outcome, tokens, attribution
-labels and task add up into :class:`~tokenomy_operator.totals.Totals`
+labels and task add up into :class:`~tokenomy_operator.spend.totals.Totals`
 (savings, cache hit rate, tier shares, spenders, tasks) and into the
-10-minute buckets alerts compare (:class:`~tokenomy_operator.alerting.History`).
+10-minute buckets alerts compare (:class:`~tokenomy_operator.spend.alerting.History`).
 
 The controller writes each ledger's spend into ``status.spend`` (with the
 last report number counted per sidecar) and the totals beside it, and after
@@ -35,8 +35,8 @@ from tokenomy_api.costpolicy import Budget
 from tokenomy_api.ledger import LeaseSettings, Ledger
 from tokenomy_api.periods import bounds, projected, rfc3339, share_used
 from tokenomy_api.usage_protocol import SERVICE, OperatorMessage, RequestUsage, SidecarMessage
-from tokenomy_operator.alerting import History
-from tokenomy_operator.totals import Totals
+from tokenomy_operator.spend.alerting import History
+from tokenomy_operator.spend.totals import Totals
 
 log = logging.getLogger(__name__)
 
