@@ -81,12 +81,17 @@ class Controller:
         usage: UsageService | None = None,
         spend_interval: float = 15.0,
         alert_hold: float = HOLD_SECONDS,
+        refresh_debounce: float = 0.5,
     ) -> None:
         self.cache = cache
         self.ads = ads
         self.writer = writer
         self.clock = clock or SystemClock()
         self.debounce = debounce
+        """How long a poke waits for the rest of its burst before the reconcile."""
+        self.refresh_debounce = refresh_debounce
+        """How long a refresh (ACKs, NACKs) waits for more before statuses are rewritten:
+        a rollout to thousands of sidecars rewrites them a few times, not once per ACK."""
         self.metrics = metrics or OperatorMetrics()
         self.usage = usage
         """Spend per policy, written into status and restored from it."""
@@ -102,6 +107,7 @@ class Controller:
         ads.departures.append(self._departed)
         self.state = ClusterState()
         self._dirty = asyncio.Event()
+        self._poked = asyncio.Event()
         self._changed = True
         self._rendered: dict[str, Snapshot] = {}
         self._written: dict[tuple[str, str], dict[str, Any]] = {}
@@ -136,6 +142,7 @@ class Controller:
     def poke(self) -> None:
         """The cluster state changed; reconcile soon."""
         self._changed = True
+        self._poked.set()
         self._dirty.set()
 
     def refresh(self) -> None:
@@ -164,7 +171,11 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), self.spend_interval)
             await asyncio.sleep(self.debounce)
+            if not self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), self.refresh_debounce)
             self._dirty.clear()
+            self._poked.clear()
             try:
                 if self._changed or self.latest is None:
                     await self.sync()

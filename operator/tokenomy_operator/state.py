@@ -186,15 +186,17 @@ class ClusterState:
     ) -> dict[str, PolicyStatus]:
         out = {}
         injected = {p.node_id for p in self.pods.values() if p.injected}
-        exempt = {p.node_id for p in self.pods.values() if p.opted_out}
+        managed = injected | {p.node_id for p in self.pods.values() if p.opted_out}
+        selected: dict[str, list[str]] = {}
+        for node, policy in nodes.items():
+            selected.setdefault(policy, []).append(node)
         for (namespace, name), body in self.policies.items():
             key = f"{namespace}/{name}"
             found = problems.get((COST_POLICY_KIND, key), [])
             config = configs.get(key)
-            pods = tuple(sorted(n for n, p in nodes.items() if p == key and n in injected))
-            unmanaged = tuple(
-                sorted(n for n, p in nodes.items() if p == key and n not in injected | exempt)
-            )
+            mine = sorted(selected.get(key, ()))
+            pods = tuple(n for n in mine if n in injected)
+            unmanaged = tuple(n for n in mine if n not in managed)
             generation = int((body.get("metadata") or {}).get("generation") or 0)
             if found:
                 kept = f" The last good config ({config.version}) stays in force." if config else ""

@@ -92,41 +92,48 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         request_iterator: AsyncIterator[DiscoveryRequest],
         context: grpc.aio.ServicerContext[DiscoveryRequest, DiscoveryResponse],
     ) -> AsyncIterator[DiscoveryResponse]:
-        """One node's stream: requests in, responses out, until either side ends it."""
+        """One node's stream: requests in, responses out, until either side ends it.
+
+        Requests are handled as they are read, so an ACK (which usually asks
+        for nothing) costs no second wake-up; this coroutine only sends what
+        requests and snapshot changes produce, in the order they produced it.
+        """
         queue: asyncio.Queue[object] = asyncio.Queue()
-        end = object()
+        end, nameless = object(), object()
+        state = StreamState()
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    queue.put_nowait(request)
+                    if not state.node:
+                        if not request.node.id:
+                            queue.put_nowait(nameless)
+                            return
+                        state.node = request.node.id
+                        self.streams[state.node] = state
+                        self.cache.watch(state.node, queue)
+                        log.info("node %s connected", state.node)
+                    for response in self._on_request(state, request):
+                        queue.put_nowait(response)
             finally:
                 queue.put_nowait(end)
 
         reader = asyncio.create_task(read())
-        state = StreamState()
         try:
             while True:
                 item = await queue.get()
                 if item is end:
                     return
+                if item is nameless:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry a node id"
+                    )
                 if item is CHANGED:
-                    responses = self._on_change(state)
+                    for response in self._on_change(state):
+                        yield response
                 else:
-                    assert isinstance(item, DiscoveryRequest)
-                    if not state.node:
-                        if not item.node.id:
-                            await context.abort(
-                                grpc.StatusCode.INVALID_ARGUMENT,
-                                "the first request must carry a node id",
-                            )
-                        state.node = item.node.id
-                        self.streams[state.node] = state
-                        self.cache.watch(state.node, queue)
-                        log.info("node %s connected", state.node)
-                    responses = self._on_request(state, item)
-                for response in responses:
-                    yield response
+                    assert isinstance(item, DiscoveryResponse)
+                    yield item
         finally:
             reader.cancel()
             if state.node:
