@@ -179,7 +179,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if snapshot is None and not any(ts.sent_version for ts in state.types.values()):
             return []
         snapshot = snapshot or Snapshot()
-        ordered = sorted(types, key=lambda t: ORDER.index(t) if t in ORDER else len(ORDER))
+        ordered = sorted(types, key=_push_rank) if len(types) > 1 else types
         out = []
         for type_url in ordered:
             ts = state.types[type_url]
@@ -200,6 +200,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 )
             )
         return out
+
+
+def _push_rank(type_url: str) -> int:
+    return ORDER.index(type_url) if type_url in ORDER else len(ORDER)
 
 
 async def serve(

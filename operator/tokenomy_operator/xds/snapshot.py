@@ -34,6 +34,11 @@ class Snapshot:
 
     types: Mapping[str, TypeResources] = field(default_factory=dict)
 
+    @property
+    def versions(self) -> dict[str, str]:
+        """The version of every type it has."""
+        return {t: r.version for t, r in self.types.items()}
+
     def version(self, type_url: str) -> str:
         """The version of a type, ``""`` when the snapshot has none of it."""
         resources = self.types.get(type_url)
@@ -76,10 +81,10 @@ class SnapshotCache:
     def set(self, node: str, snapshot: Snapshot) -> bool:
         """Put a snapshot in place; wakes the node's streams only if any type's version changed."""
         previous = self._snapshots.get(node)
+        if previous is snapshot:
+            return False  # pods of one policy share their snapshot: the common case
         self._snapshots[node] = snapshot
-        changed = previous is None or any(
-            previous.version(t) != snapshot.version(t) for t in {*previous.types, *snapshot.types}
-        )
+        changed = previous is None or previous.versions != snapshot.versions
         if changed:
             self._notify(node)
         return changed
