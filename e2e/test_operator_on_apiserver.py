@@ -107,7 +107,11 @@ class Cluster:
 
     def stop_operator(self) -> None:
         self.operator.terminate()
-        assert self.operator.wait(timeout=30) == 0, self.operator_log()[-4000:]
+        try:
+            code = self.operator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, f"exit {code} after SIGTERM:\n{self.operator_log()[-6000:]}"
         self.processes.remove(self.operator)
 
     def operator_log(self) -> str:

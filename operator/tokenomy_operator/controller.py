@@ -165,15 +165,10 @@ class Controller:
     async def run(self) -> None:
         """Sync after every burst of changes, until cancelled."""
         while True:
-            if self.usage is None:
-                await self._dirty.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), self.spend_interval)
+            await _wait(self._dirty, self.spend_interval if self.usage is not None else None)
             await asyncio.sleep(self.debounce)
             if not self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poked.wait(), self.refresh_debounce)
+                await _wait(self._poked, self.refresh_debounce)
             self._dirty.clear()
             self._poked.clear()
             try:
@@ -334,6 +329,18 @@ class Controller:
         self._written[key] = status
         for event in _transitions(previous, status):
             await self.writer.event(kind, namespace, name, *event)
+
+
+async def _wait(event: asyncio.Event, timeout: float | None) -> None:
+    """Until ``event`` is set or ``timeout`` passes.
+
+    ``asyncio.timeout`` rather than ``wait_for``: wait_for runs the wait as a
+    task of its own, and kopf cancels every task created after it started
+    when it stops; the loop's own cancellation then waited forever on it.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 @dataclass(frozen=True)

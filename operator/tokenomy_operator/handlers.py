@@ -105,12 +105,8 @@ def register(
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix="tokenomy.dev"
-        )
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="tokenomy.dev"
-        )
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         settings.watching.server_timeout = 300
         if webhook_server is not None:
             settings.admission.server = webhook_server
