@@ -62,9 +62,9 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         meter = Meter(metrics, pod_labels or {})
         caller = Caller(upstream, meter, rng, pod_region)
-        vectors = SharedVectors(lambda: upstream.session, meter)
+        vectors = SharedVectors(upstream.session, meter)
         budget = Budget(budgets, metrics)
-        self.chat = Pipeline(
+        self.chat_pipeline = Pipeline(
             self.chat_stages(metrics, meter, caller, vectors, semantic, budget), metrics
         )
         self.embeddings_pipeline = Pipeline(
@@ -180,7 +180,7 @@ class Proxy:
             feature=request.headers.get(header) if header else None,
             task=task,
         )
-        return await self._serve(self.chat, x, request)
+        return await self._serve(self.chat_pipeline, x, request)
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/embeddings``: routed, retried and metered like chat, never cached."""

@@ -9,7 +9,6 @@ Embedder calls are metered like any model call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import aiohttp
 
@@ -22,7 +21,7 @@ from tokenomy_sidecar.stages.semantic_cache import question
 class SharedVectors:
     """Embedders per route, and the vectors computed with them."""
 
-    def __init__(self, session: Callable[[], aiohttp.ClientSession], meter: Meter) -> None:
+    def __init__(self, session: aiohttp.ClientSession, meter: Meter) -> None:
         self.session = session
         self.meter = meter
         self._embedders: dict[tuple[str, str], Embedder] = {}
@@ -42,8 +41,8 @@ class SharedVectors:
                 ref = spec.credentials
                 secret = x.runtime.credential_for(ref) if ref is not None else None
                 embedder = RemoteEmbedder(
-                    self.session(),
-                    spec.url or "",
+                    self.session,
+                    spec.url or "",  # the compiler resolved a Service to its address
                     spec.model,
                     secret,
                     x.route.retry.timeout_seconds,
