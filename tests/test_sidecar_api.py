@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from helpers import backend, policy_doc, route_doc
@@ -266,6 +267,10 @@ async def test_embeddings_save_nothing_against_the_chat_reference(
     assert running.metric("tokenomy_savings_usd_total") == 0
 
 
+def _chat(**fields: Any) -> bytes:
+    return orjson.dumps({"model": "chat", "messages": [{"role": "user", "content": "x"}], **fields})
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
@@ -280,6 +285,23 @@ async def test_embeddings_save_nothing_against_the_chat_reference(
             b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}',
             404,
             "model `gpt-9` is not served here (served: chat)",
+        ),
+        # What every provider refuses is refused here, naming the field, never sent.
+        (_chat(max_tokens=-5), 400, "`max_tokens` must be at least 1 (got -5)"),
+        (_chat(n=0), 400, "`n` must be from 1 to 128 (got 0)"),
+        (_chat(temperature=3.5), 400, "`temperature` must be from 0 to 2"),
+        (_chat(messages=[{"role": "user", "content": 42}]), 400, "`messages[0].content` must"),
+        (_chat(messages=[{"role": "robot", "content": "x"}]), 400, "`messages[0].role` must"),
+        (_chat(tools={"name": "x"}), 400, "`tools` must be an array"),
+        (_chat(tools=[{"type": "function"}]), 400, "`tools[0]` must be an object with"),
+        # Parsable, but too deep to forward (it was a 500 with a traceback).
+        (
+            b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "metadata": '
+            + b"[" * 300
+            + b"]" * 300
+            + b"}",
+            400,
+            "deeper than 64 levels",
         ),
         (
             b'{"model": "chat", "messages": [{"role": "user", "content": "'

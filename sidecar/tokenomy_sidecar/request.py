@@ -11,6 +11,23 @@ from tokenomy_sidecar.errors import ApiError
 
 _INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs")
 _NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+_RANGES: dict[str, tuple[float, float]] = {
+    # The OpenAI API's ranges: a request outside them is one every provider refuses,
+    # so it is refused here, named, instead of being sent (and retried).
+    "max_tokens": (1, float("inf")),
+    "max_completion_tokens": (1, float("inf")),
+    "n": (1, 128),
+    "top_logprobs": (0, 20),
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+}
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects accepted in a body; real requests (JSON Schemas
+in ``response_format`` and tools included) stay far below it, and the encoder that
+forwards the body refuses depths above 254."""
 
 
 @dataclass
@@ -35,7 +52,25 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, f"request body is not valid JSON: {error}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    if _deeper_than(body, MAX_DEPTH):
+        raise ApiError(400, f"request body nests arrays and objects deeper than {MAX_DEPTH} levels")
     return body
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` levels (iteratively: no recursion
+    limit to hit on the hostile input this guards against)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
 
 
 def parse_chat(raw: bytes) -> ChatRequest:
@@ -52,6 +87,19 @@ def parse_chat(raw: bytes) -> ChatRequest:
             raise ApiError(
                 400, f"`messages[{i}]` must be an object with a `role`", param=f"messages[{i}]"
             )
+        if message["role"] not in _ROLES:
+            raise ApiError(
+                400,
+                f"`messages[{i}].role` must be one of {', '.join(sorted(_ROLES))}",
+                param=f"messages[{i}].role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise ApiError(
+                400,
+                f"`messages[{i}].content` must be a string or an array of content parts",
+                param=f"messages[{i}].content",
+            )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "`stream` must be a boolean", param="stream")
@@ -63,11 +111,32 @@ def parse_chat(raw: bytes) -> ChatRequest:
         value = body.get(name)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise ApiError(400, f"`{name}` must be a number", param=name)
+    for name, (low, high) in _RANGES.items():
+        value = body.get(name)
+        if value is not None and not low <= value <= high:
+            shown = f"at least {low:g}" if high == float("inf") else f"from {low:g} to {high:g}"
+            raise ApiError(400, f"`{name}` must be {shown} (got {value})", param=name)
+    _check_tools(body.get("tools"))
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise ApiError(400, "`stream_options` must be an object", param="stream_options")
     wants_usage = bool(stream and options and options.get("include_usage"))
     return ChatRequest(body=body, model=model, stream=stream, client_wants_usage=wants_usage)
+
+
+def _check_tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise ApiError(400, "`tools` must be an array of tools", param="tools")
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ApiError(
+                400,
+                f"`tools[{i}]` must be an object with `function.name`",
+                param=f"tools[{i}]",
+            )
 
 
 def message_text(message: dict[str, Any]) -> str:
