@@ -429,6 +429,19 @@ def test_assemble_refuses_unfinished_and_tool_call_streams() -> None:
     assert assemble(tools) is None
 
 
+def test_a_streamed_refusal_stays_a_refusal_and_is_not_cacheable() -> None:
+    events = [
+        b'data: {"choices":[{"index":0,"delta":{"role":"assistant","refusal":""}}]}',
+        b'data: {"choices":[{"index":0,"delta":{"refusal":"I can\'t help"}}]}',
+        b'data: {"choices":[{"index":0,"delta":{"refusal":" with that."}}]}',
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}',
+    ]
+    rebuilt = assemble(events)
+    assert rebuilt is not None
+    assert rebuilt["choices"][0]["message"]["refusal"] == "I can't help with that."
+    assert not cacheable(rebuilt)
+
+
 def _with(**choice: Any) -> dict[str, Any]:
     base = COMPLETION["choices"][0]  # type: ignore[index]
     return {**COMPLETION, "choices": [{**base, **choice}]}

@@ -48,6 +48,7 @@ def assemble(events: list[bytes]) -> dict[str, Any] | None:
     (several choices, tool calls): such answers are not cached.
     """
     content: list[str] = []
+    refusal: list[str] = []
     completion: dict[str, Any] = {"object": "chat.completion"}
     finish = None
     usage = None
@@ -68,6 +69,8 @@ def assemble(events: list[bytes]) -> dict[str, Any] | None:
                 return None
             if isinstance(delta.get("content"), str):
                 content.append(delta["content"])
+            if isinstance(delta.get("refusal"), str):
+                refusal.append(delta["refusal"])
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
     if finish is None:
@@ -75,7 +78,12 @@ def assemble(events: list[bytes]) -> dict[str, Any] | None:
     completion["choices"] = [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": "".join(content), "refusal": None},
+            "message": {
+                "role": "assistant",
+                "content": "".join(content),
+                # Kept, so that a streamed refusal is seen as one (and never cached).
+                "refusal": "".join(refusal) if refusal else None,
+            },
             "finish_reason": finish,
             "logprobs": None,
         }
