@@ -111,6 +111,38 @@ async def test_stream_cut_midway_is_an_error_not_a_silent_end(
             pass
     assert fallback.settings.requests == []  # never resent after bytes went out
     assert running.metric("tokenomy_upstream_errors_total", reason="stream_cut") == 1
+    # Billed although no usage arrived: the prompt, and a token per chunk relayed.
+    assert running.metric("tokenomy_cost_usd_total") > 0
+
+
+async def test_a_stream_the_client_leaves_is_read_to_the_end_and_billed(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    running, preferred, _ = await two_backends(standin, sidecar)
+    preferred.settings.reply = " ".join(f"w{i}" for i in range(40))
+    preferred.settings.chunks = 40
+    preferred.settings.chunk_interval = 0.01
+    stream = await running.client().chat.completions.create(
+        model="chat", messages=USER, stream=True
+    )
+    async for _ in stream:
+        pass
+    whole = running.metric("tokenomy_cost_usd_total")
+    assert whole > 0
+    body = {"model": "chat", "messages": USER, "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(running.url + "/chat/completions", json=body) as response,
+    ):
+        await response.content.readany()  # the first chunk, then the client leaves
+    for _ in range(300):
+        if running.metric("tokenomy_cost_usd_total") > whole:
+            break
+        await asyncio.sleep(0.01)
+    # The provider bills the whole answer: so does the sidecar, not an error.
+    assert running.metric("tokenomy_cost_usd_total") == pytest.approx(2 * whole, rel=0.01)
+    assert running.metric("tokenomy_client_disconnects_total") == 1
+    assert running.metric("tokenomy_upstream_errors_total", reason="stream_cut") == 0
 
 
 async def test_killing_the_preferred_backend_mid_run_loses_no_request(

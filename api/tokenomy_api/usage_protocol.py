@@ -43,6 +43,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("output_tokens", 9, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
         ("labels", 10, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".tokenomy.usage.v1.Label"),
         ("task", 11, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("estimated", 12, _F.TYPE_BOOL, _F.LABEL_OPTIONAL, ""),
     ],
     "SidecarMessage": [
         ("holder", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
@@ -125,6 +126,9 @@ class RequestUsage:
     """Attribution labels (pod labels, the feature header), sorted by key."""
     task: str = ""
     """The client's task id (``x-tokenomy-task``), if it sent one."""
+    estimated: bool = False
+    """Tokens (and so cost) estimated, not reported by the backend: a stream the backend
+    cut before its usage arrived is billed for its prompt and the chunks relayed."""
 
     @property
     def hit(self) -> bool:
@@ -145,6 +149,7 @@ class RequestUsage:
             output_tokens=self.output_tokens,
             labels=[Label(key=k, value=v) for k, v in self.labels],
             task=self.task,
+            estimated=self.estimated,
         )
 
     @classmethod
@@ -168,4 +173,5 @@ class RequestUsage:
             output_tokens=report.output_tokens,
             labels=tuple((label.key, label.value) for label in report.labels),
             task=report.task,
+            estimated=report.estimated,
         )

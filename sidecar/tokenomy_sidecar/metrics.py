@@ -125,6 +125,13 @@ class Metrics:
             [*TIER_LABELS, "reason"],
             registry=r,
         )
+        self.client_disconnects = Counter(
+            "tokenomy_client_disconnects",
+            "Streams the client left before the end; the answer is still read to its end "
+            "and metered, since the provider bills it (not a backend error).",
+            ROUTE_LABELS,
+            registry=r,
+        )
         self.retries = Counter(
             "tokenomy_upstream_retries",
             "Tries beyond the first for one request.",

@@ -101,6 +101,8 @@ class SpendRecord:
     """Money set aside from the budget for this request; settled when it ends."""
     usage: RequestUsage | None = None
     """What the request used, once it was answered; reported when it ends."""
+    estimated: bool = False
+    """Some of the tokens are an estimate (a stream cut before its usage arrived)."""
 
 
 @dataclass

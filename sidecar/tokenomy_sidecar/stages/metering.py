@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from tokenomy_api.compiled import Price
 from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.metrics import Metrics
+from tokenomy_sidecar.request import message_text
+from tokenomy_sidecar.routing.decision import estimate_tokens
 
 if TYPE_CHECKING:
     from tokenomy_sidecar.pipeline import Exchange
@@ -72,6 +74,13 @@ def savings(usage: Usage, paid: Decimal, reference: Price) -> Decimal:
     cascade that tried a small tier and then escalated.
     """
     return cost(usage, reference) - paid
+
+
+def estimate_stream(body: Mapping[str, Any], chunks: int) -> Usage:
+    """What a stream cut before its usage arrived used: its prompt, and one token per
+    content chunk relayed (what OpenAI-compatible servers send)."""
+    prompt = "\n".join(message_text(m) for m in body.get("messages") or [])
+    return Usage(prompt=estimate_tokens(prompt), completion=chunks)
 
 
 def usd(amount: Decimal) -> str:
@@ -164,6 +173,7 @@ class Meter:
             output_tokens=spend.output_tokens,
             labels=tuple(sorted(labels.items())),
             task=x.task,
+            estimated=spend.estimated,
         )
 
     def failures(self, x: Exchange, reply: Reply, tier: str) -> None:
