@@ -198,6 +198,10 @@ async def test_the_sidecar_process_serves_and_drains_on_sigterm(
             )
             await asyncio.sleep(0.1)
             process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.05)
+            # Draining: readiness still answers, and says so, until the request is done.
+            async with session.get(f"http://127.0.0.1:{metrics}/readyz") as r:
+                assert (r.status, (await r.json())["status"]) == (503, "draining")
             response = await in_flight
             assert response.status == 200  # the request in flight at SIGTERM finished
             assert (await response.json())["choices"][0]["message"]["content"] == "m answers: hi"

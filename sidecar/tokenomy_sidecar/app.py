@@ -194,7 +194,9 @@ class Sidecar:
     async def stop(self) -> None:
         """Stop taking requests, let in-flight ones finish, close everything."""
         self.draining = True
-        for runner in reversed(self._runners):
+        # The API first: it stops listening and lets in-flight requests finish while
+        # /readyz on the metrics port answers "draining"; the metrics server last.
+        for runner in self._runners:
             await runner.cleanup()
         if self.budgets is not None:
             await self.budgets.close()
