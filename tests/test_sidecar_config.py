@@ -14,10 +14,13 @@ import pytest
 import yaml
 
 from tokenomy_api.clock import SystemClock
+from tokenomy_api.compiler import compile_configs
+from tokenomy_sidecar.app import Sidecar, SidecarSettings
+from tokenomy_sidecar.credentials import Credentials
 from tokenomy_sidecar.runtime import ConfigHolder, ConfigRejectedError, default_store_factory
 from tokenomy_sidecar.sources import compile_files
 
-from helpers import backend, policy_doc, route_doc
+from helpers import backend, policy, policy_doc, route, route_doc
 from support import EXAMPLES, SidecarFactory, StandinFactory, free_port, write_yaml
 
 USER = [{"role": "user", "content": "hi"}]
@@ -227,3 +230,18 @@ def test_examples_load_as_a_sidecar_config() -> None:
     config, credentials = compile_files([EXAMPLES], None, None)
     assert config.policy.key == "support/support-agent"
     assert credentials.get(config.routes[0].tiers[0].backends[2].credentials) == "sk-replace-me"  # type: ignore[arg-type]
+
+
+async def test_a_store_a_reload_replaced_is_closed_and_let_go() -> None:
+    sidecar = Sidecar(SidecarSettings(store_retire_seconds=0.05))
+    stores = []
+    for entries in (100, 200, 300):
+        compiled = compile_configs([policy(cache={"store": {"maxEntries": entries}})], [route()])
+        runtime = sidecar.holder.apply(compiled.configs["ns/agent"], Credentials())
+        await runtime.store.put("p", "k", b"an answer", 60)
+        stores.append(runtime.store)
+    await asyncio.sleep(0.2)
+    assert [len(s) for s in stores] == [0, 0, 1]  # type: ignore[arg-type]
+    assert sidecar.holder.retired == []  # nothing holds the replaced stores any more
+    assert sidecar._retiring == {}
+    await sidecar.stop()

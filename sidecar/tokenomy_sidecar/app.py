@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.stages.backend_choice import HealthTracker
 from tokenomy_sidecar.stages.budget import Keepers, LocalKeepers
 from tokenomy_sidecar.stages.upstream import Upstream
+from tokenomy_sidecar.stores import CacheStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ class SidecarSettings:
     """Region the pod runs in, for ``placement.region.strategy: nearest``."""
     shutdown_grace_seconds: float = 30.0
     """Time in-flight requests get to finish after SIGTERM."""
+    store_retire_seconds: float = 120.0
+    """How long a cache store a config change replaced stays open for the requests still
+    using it; then it is closed and its memory returned."""
     upstream_connections: int = 1000
     """Connections to backends at most, across all of them."""
     models_dir: Path | None = None
@@ -78,6 +83,8 @@ class Sidecar:
             default_store_factory(self.clock), ModelFiles(self.settings.models_dir)
         )
         self.holder.listeners.append(self._on_config)
+        self.holder.retire = self._retire
+        self._retiring: dict[CacheStore, asyncio.Task[None]] = {}
         self.health = HealthTracker()
         self.semantic = SemanticIndex(max_entries=10_000, clock=self.clock)
         self.budgets: Keepers | None = None
@@ -92,6 +99,16 @@ class Sidecar:
         self._session: aiohttp.ClientSession | None = None
         self.api_url = ""
         self.metrics_url = ""
+
+    def _retire(self, store: CacheStore) -> None:
+        """Close a replaced store once the requests that started with it are done."""
+
+        async def later() -> None:
+            await asyncio.sleep(self.settings.store_retire_seconds)
+            self._retiring.pop(store, None)
+            await store.close()
+
+        self._retiring[store] = asyncio.get_running_loop().create_task(later())
 
     def _on_config(self, runtime: Runtime) -> None:
         self.semantic.max_entries = runtime.config.cache.store.max_entries
@@ -204,6 +221,9 @@ class Sidecar:
         if self._session is not None:
             await self._session.close()
         runtime = self.holder.current
-        stores = [*self.holder.retired, *([runtime.store] if runtime is not None else [])]
+        for task in self._retiring.values():
+            task.cancel()
+        stores = [*self._retiring, *([runtime.store] if runtime is not None else [])]
+        self._retiring.clear()
         for store in stores:
             await store.close()

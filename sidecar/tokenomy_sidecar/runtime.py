@@ -83,7 +83,9 @@ class ConfigHolder:
         self.current: Runtime | None = None
         self.listeners: list[Callable[[Runtime], None]] = []
         self.retired: list[CacheStore] = []
-        """Stores replaced by a config change; closed at shutdown (requests may still use them)."""
+        self.retire: Callable[[CacheStore], None] = self.retired.append
+        """Called with a store a config change replaced; requests may still be using it.
+        The sidecar closes it after a grace period; by default it is only kept."""
 
     def apply(self, config: SidecarConfig, credentials: Credentials) -> Runtime:
         """Build a runtime for ``config`` and put it in force, or raise ConfigRejectedError.
@@ -116,7 +118,7 @@ class ConfigHolder:
         else:
             store = self.store_factory(spec, credentials)
             if previous is not None:
-                self.retired.append(previous.store)
+                self.retire(previous.store)
         runtime = Runtime(
             config=config,
             routes={r.model: r for r in config.routes},
