@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from tokenomy_api.clock import ManualClock
 from tokenomy_api.compiler import compile_configs
@@ -13,6 +16,7 @@ from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.pipeline import Answer, CacheRecord, Exchange, Pipeline, Stage
 from tokenomy_sidecar.request import parse_chat
 from tokenomy_sidecar.runtime import ConfigHolder, default_store_factory
+from tokenomy_sidecar.stages.metering import LABEL_VALUES, Meter
 
 from helpers import policy, route
 
@@ -112,3 +116,27 @@ async def test_what_does_not_fail_open(optional: bool, error: Exception) -> None
     with pytest.raises(type(error)):
         await pipeline.run(exchange())
     assert log == ["stage.request"]
+
+
+def test_attribution_labels_in_metrics_are_bounded_and_reports_keep_every_value() -> None:
+    metrics = Metrics()
+    meter = Meter(metrics, {"team": "payments"})
+    x = exchange()
+    x.spend.spent, x.spend.input_tokens = Decimal("0.001"), 10
+    reported = set()
+    for i in range(10_000):
+        x.feature = f"feature-{i}"
+        meter.record(x, "large", "miss", Decimal(0))
+        assert x.spend.usage is not None
+        reported.add(dict(x.spend.usage.labels)["feature"])
+    assert len(reported) == 10_000  # the usage report keeps the exact value
+    page = generate_latest(metrics.registry)
+    features = {
+        s.labels["value"]
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "tokenomy_attributed_cost_usd_total" and s.labels["key"] == "feature"
+    }
+    assert len(features) == LABEL_VALUES + 1  # the first 100, and "other"
+    assert "other" in features
+    assert len(page) < 64 * 1024

@@ -55,7 +55,9 @@ class Metrics:
         self.attributed_cost = Counter(
             "tokenomy_attributed_cost_usd",
             "USD spent, by attribution: key is a pod label named in spec.attribution.podLabels "
-            "(team, feature...) or the attribution header's (feature), value its value.",
+            "(team, feature...) or the attribution header's (feature), value its value; past "
+            "100 distinct values of a key, further ones are counted as `other` (usage reports "
+            "and CostPolicy status keep them all).",
             ["namespace", "policy", "key", "value"],
             registry=r,
         )

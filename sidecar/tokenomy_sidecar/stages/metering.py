@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from tokenomy_sidecar.stages.upstream import Reply
 
 MILLION = Decimal(1_000_000)
+LABEL_VALUES = 100
+"""Distinct values of one attribution key that get series of their own in ``/metrics``; the
+rest share ``other``. Clients choose the attribution header's values, and every value
+would otherwise be a series forever."""
+OTHER = "other"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class Meter:
     def __init__(self, metrics: Metrics, pod_labels: Mapping[str, str]) -> None:
         self.metrics = metrics
         self.pod_labels = dict(pod_labels)
+        self._values: dict[tuple[str, str, str], set[str]] = {}
 
     def call(self, x: Exchange, reply: Reply, usage: Usage) -> Decimal:
         """Count one backend call for the answering tier; returns the request's cost so far."""
@@ -154,9 +160,10 @@ class Meter:
         tokens = spend.input_tokens + spend.output_tokens
         policy = x.labels[:2]
         for key, value in labels.items():
-            m.money(m.attributed_cost, spend.spent, *policy, key, value)
+            shown = self._bounded(*policy, key, value)
+            m.money(m.attributed_cost, spend.spent, *policy, key, shown)
             if tokens:
-                m.attributed_tokens.labels(*policy, key, value).inc(tokens)
+                m.attributed_tokens.labels(*policy, key, shown).inc(tokens)
         if x.task:
             m.task_requests.labels(*policy).inc()
             m.money(m.task_cost, spend.spent, *policy)
@@ -182,6 +189,16 @@ class Meter:
             self.metrics.upstream_errors.labels(*x.labels, tier, backend, reason).inc()
         if reply.failures:
             self.metrics.retries.labels(*x.labels, tier).inc(len(reply.failures))
+
+    def _bounded(self, namespace: str, policy: str, key: str, value: str) -> str:
+        """``value`` while the key has fewer than :data:`LABEL_VALUES` others, else ``other``."""
+        seen = self._values.setdefault((namespace, policy, key), set())
+        if value in seen:
+            return value
+        if len(seen) < LABEL_VALUES:
+            seen.add(value)
+            return value
+        return OTHER
 
     def _add(self, x: Exchange, paid: Decimal, usage: Usage) -> None:
         x.spend.spent += paid
