@@ -189,3 +189,14 @@ async def test_a_hundred_sidecars_never_overshoot_more_than_the_bound(seed: int)
     # Without leases the same traffic blows through that bound: the test can fail.
     naive = await spend_against(budget, 100, 4, estimate, under, False, seed)
     assert naive > budget + bound
+
+
+def test_a_reservation_larger_than_a_share_gets_a_lease_that_fits() -> None:
+    ledger = Ledger(Decimal(2))  # 1 % of it, $0.02, is a share
+    assert ledger.grant("a", Decimal(0), now=0).amount == Decimal("0.02")
+    big = ledger.grant("a", Decimal(0), now=0, need=Decimal("0.5"))
+    assert big.amount == Decimal("0.5")
+    ledger.report("a", 1, Decimal("1.9"))
+    # Never more than is left: the budget cannot be overshot by asking.
+    assert ledger.grant("a", Decimal(0), now=1, need=Decimal(5)).amount == Decimal("0.1")
+    assert ledger.outstanding() + ledger.spent + ledger.available() == ledger.budget

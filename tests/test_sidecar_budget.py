@@ -190,3 +190,23 @@ async def test_embeddings_spend_from_the_same_budget(
         # Another tier's vectors would not match the stored ones: served by the same tier.
         late = await client.embeddings.with_raw_response.create(model="chat", input=long)
         assert late.headers["x-tokenomy-tier"] == "large"
+
+
+async def test_a_request_larger_than_a_lease_is_served_while_the_budget_allows(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    model = await standin(name="m", reply="ok")
+    dear = {"input": "100", "output": "100"}
+    route = route_doc(
+        namespace="default",
+        tiers=[{"name": "t", "backends": [backend("b", url=model.url, price=dear)]}],
+    )
+    policy = policy_doc(
+        namespace="default",
+        cache={"exact": {"enabled": False}},
+        budget={"amount": "2", "period": "monthly", "onExceeded": "reject"},
+    )
+    running = await sidecar(route, policy, enforce_local_budget=True)
+    answer = await ask(running, " ".join(["word"] * 600))  # reserves ~$0.12, a lease is $0.02
+    assert answer.http_response.status_code == 200
+    assert running.metric("tokenomy_budget_exceeded_total") == 0

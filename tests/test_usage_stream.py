@@ -103,6 +103,23 @@ async def test_twenty_sidecars_share_one_budget_and_survive_a_reconnect() -> Non
     await server.stop(grace=None)
 
 
+async def test_a_reservation_larger_than_a_share_is_leased_over_the_stream() -> None:
+    spec = budget("2.00")  # a share is 1 %: $0.02
+    service = UsageService(lambda p: spec if p == POLICY else None, SystemClock())
+    port = free_port()
+    server = await start_server(service, port)
+    keeper = RemoteBudget(f"127.0.0.1:{port}", "shop/pod-0", POLICY, spec, SystemClock())
+    keeper.start()
+    try:
+        held = await keeper.reserve(Decimal("0.5"))
+        assert held is not None
+        assert held.amount == Decimal("0.5")
+        assert await keeper.reserve(Decimal(5)) is None  # more than the budget: refused
+    finally:
+        await keeper.close()
+        await server.stop(grace=None)
+
+
 async def test_fail_modes_when_the_operator_is_unreachable() -> None:
     spec = budget("1.00")
     service = UsageService(lambda p: spec, SystemClock())

@@ -88,14 +88,16 @@ class Ledger:
         """What nobody has spent or holds."""
         return self.budget - self.spent - self.outstanding()
 
-    def grant(self, holder: str, in_flight: Decimal, now: float) -> Lease:
+    def grant(self, holder: str, in_flight: Decimal, now: float, need: Decimal = ZERO) -> Lease:
         """A new lease for ``holder``, replacing its old one.
 
         ``in_flight`` is what the holder has reserved for requests still
         running: it stays held (inside the new lease) so that returning the
         old lease's remainder never frees money those requests will spend.
         The fresh part is a share of what is left, split among the holders:
-        small when the budget runs low, zero when it is gone.
+        small when the budget runs low, zero when it is gone; but at least
+        ``need`` (the reservation that asked for the lease) while that much
+        is left, so a request larger than a share is served, never overshooting.
         """
         self.expire(now)
         self.leases.pop(holder, None)
@@ -109,7 +111,7 @@ class Ledger:
                 fresh = min(
                     fresh, max(self.budget * self.settings.maximum_share, self.settings.minimum)
                 )
-            fresh = min(fresh, left)
+            fresh = min(max(fresh, need), left)
         lease = Lease(holder, held + fresh, now + self.settings.ttl_seconds)
         self.leases[holder] = lease
         return lease

@@ -51,6 +51,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("reports", 3, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".tokenomy.usage.v1.Report"),
         ("want_lease", 4, _F.TYPE_BOOL, _F.LABEL_OPTIONAL, ""),
         ("in_flight_usd", 5, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("need_usd", 6, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
     ],
     "OperatorMessage": [
         ("acknowledged", 1, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),

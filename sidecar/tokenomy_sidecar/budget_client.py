@@ -90,7 +90,9 @@ class RemoteBudget:
 
     # --- the stream ----------------------------------------------------------------
 
-    def _message(self, want_lease: bool = False, everything: bool = False) -> Any:
+    def _message(
+        self, want_lease: bool = False, everything: bool = False, need: Decimal = Decimal(0)
+    ) -> Any:
         # Reports stay unacknowledged until the operator has them in status; they
         # are sent once, and all of them again after a reconnect.
         reports = [
@@ -106,6 +108,7 @@ class RemoteBudget:
             reports=reports,
             want_lease=want_lease,
             in_flight_usd=str(self.wallet.reserved),
+            need_usd=str(need) if want_lease else "",
         )
 
     async def _requests(self) -> AsyncIterator[Any]:
@@ -177,7 +180,7 @@ class RemoteBudget:
             if self._waiter is None or self._waiter.done():
                 self._waiter = asyncio.get_running_loop().create_future()
                 self._mark = self.wallet.settled
-                self._outbox.put_nowait(self._message(want_lease=True))
+                self._outbox.put_nowait(self._message(want_lease=True, need=amount))
             try:
                 await asyncio.wait_for(asyncio.shield(self._waiter), LEASE_WAIT_SECONDS)
             except TimeoutError:

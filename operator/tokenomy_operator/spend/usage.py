@@ -234,11 +234,8 @@ class UsageService:
             resets_at=rfc3339(period.end),
         )
         if message.want_lease and budget is not None:
-            try:
-                in_flight = Decimal(message.in_flight_usd or "0")
-            except InvalidOperation:
-                in_flight = Decimal(0)
-            lease = ledger.grant(message.holder, in_flight, self.clock.monotonic())
+            in_flight, need = _amount(message.in_flight_usd), _amount(message.need_usd)
+            lease = ledger.grant(message.holder, in_flight, self.clock.monotonic(), need=need)
             answer.granted = True
             answer.lease_usd = str(lease.amount)
             answer.lease_seconds = self.settings.ttl_seconds
@@ -299,3 +296,12 @@ def add_to_server(service: UsageService | LeaderUsage, server: grpc.aio.Server) 
 def _previous(start: str, end: str, amount: Decimal, status: Mapping[str, Any]) -> dict[str, Any]:
     """``status.previousPeriod`` from a period's totals (as :meth:`Totals.status` wrote them)."""
     return {"start": start, "end": end, "amount": str(amount), "usage": status.get("usage") or {}}
+
+
+def _amount(text: str) -> Decimal:
+    """A sidecar's decimal string; anything but a finite, non-negative amount is 0."""
+    try:
+        value = Decimal(text or "0")
+    except InvalidOperation:
+        return Decimal(0)
+    return value if value.is_finite() and value > 0 else Decimal(0)

@@ -151,7 +151,7 @@ class LocalBudget:
         now = self.clock.monotonic()
         held = self.wallet.reserve(amount, now)
         if held is None:
-            lease = ledger.grant(HOLDER, self.wallet.reserved, now)
+            lease = ledger.grant(HOLDER, self.wallet.reserved, now, need=amount)
             self.wallet.renew(lease.amount, lease.expires)
             held = self.wallet.reserve(amount, now)
         return held
