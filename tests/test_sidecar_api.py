@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -106,6 +107,41 @@ async def test_upstream_error_is_returned_and_never_replayed(live: Any) -> None:
     assert fresh.parse().choices[0].message.content.startswith("large answers")
     assert (await ask(client)).headers["x-tokenomy-cache"] == "exact"
     assert running.metric("tokenomy_upstream_errors_total", reason="status_500") == 3
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_identical_requests_in_flight_make_one_model_call(live: Any, stream: bool) -> None:
+    running, _, large = live
+    large.settings.latency = 0.2  # long enough for all of them to arrive meanwhile
+    client = running.client()
+    params = {"model": "chat", "messages": USER, "stream": stream}
+
+    async def one() -> tuple[str, str]:
+        response = await client.chat.completions.with_raw_response.create(
+            extra_headers={"x-tenant": "t1"}, **params
+        )
+        parsed = response.parse()
+        if stream:
+            text = "".join([c.choices[0].delta.content or "" async for c in parsed if c.choices])
+        else:
+            text = parsed.choices[0].message.content
+        return response.headers["x-tokenomy-cache"], text
+
+    answers = await asyncio.gather(*(one() for _ in range(16)))
+    assert len(large.settings.requests) == 1
+    [text] = {text for _, text in answers}  # one answer, served sixteen times
+    assert text.startswith("large answers")
+    assert sorted(cache for cache, _ in answers) == ["exact"] * 15 + ["miss"]
+    assert running.metric("tokenomy_cache_lookups_total", result="coalesced") == 15
+
+
+async def test_a_leader_whose_answer_cannot_be_cached_lets_the_followers_go(live: Any) -> None:
+    running, _, large = live
+    large.settings.latency = 0.2
+    client = running.client()
+    answers = await asyncio.gather(*(ask(client, max_tokens=2) for _ in range(4)))
+    assert all(a.parse().choices[0].finish_reason == "length" for a in answers)  # truncated
+    assert len(large.settings.requests) == 4  # none was served the leader's cut answer
 
 
 async def test_truncated_answer_is_not_cached(live: Any) -> None:
