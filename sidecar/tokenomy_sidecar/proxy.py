@@ -19,7 +19,7 @@ from tokenomy_api.compiled import CompiledRoute
 from tokenomy_sidecar.errors import ApiError, error_response
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.pipeline import Exchange, Pipeline, Stage
-from tokenomy_sidecar.request import ChatRequest, parse_chat, parse_json_object
+from tokenomy_sidecar.request import parse_chat, parse_embeddings
 from tokenomy_sidecar.respond import Writer
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime
 from tokenomy_sidecar.semantic_index import SemanticIndex
@@ -188,16 +188,10 @@ class Proxy:
         try:
             runtime = self._runtime()
             raw = await self._read(request)
-            body = parse_json_object(raw)
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise ApiError(400, "`model` is required and must be a string", param="model")
-            if "input" not in body:
-                raise ApiError(400, "`input` is required", param="input")
-            route = self._route(runtime, model)
+            chat = parse_embeddings(raw)
+            route = self._route(runtime, chat.model)
         except ApiError as error:
             return await self._refuse(request, error)
-        chat = ChatRequest(body=body, model=model, stream=False, client_wants_usage=False)
         x = Exchange(runtime, route, raw, chat, started, embedding=True)
         return await self._serve(self.embeddings_pipeline, x, request)
 

@@ -100,6 +100,14 @@ def parse_chat(raw: bytes) -> ChatRequest:
                 f"`messages[{i}].content` must be a string or an array of content parts",
                 param=f"messages[{i}].content",
             )
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if not _valid_part(part):
+                raise ApiError(
+                    400,
+                    f"`messages[{i}].content[{j}]` must be an object with a `type`; "
+                    "a text part needs a string `text`",
+                    param=f"messages[{i}].content[{j}]",
+                )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "`stream` must be a boolean", param="stream")
@@ -122,6 +130,50 @@ def parse_chat(raw: bytes) -> ChatRequest:
         raise ApiError(400, "`stream_options` must be an object", param="stream_options")
     wants_usage = bool(stream and options and options.get("include_usage"))
     return ChatRequest(body=body, model=model, stream=stream, client_wants_usage=wants_usage)
+
+
+def parse_embeddings(raw: bytes) -> ChatRequest:
+    """An embeddings request, checked as the OpenAI API checks it; a 400 names the field."""
+    body = parse_json_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "`model` is required and must be a string", param="model")
+    if "input" not in body:
+        raise ApiError(400, "`input` is required", param="input")
+    given = body["input"]
+    texts = isinstance(given, str) or (
+        isinstance(given, list) and given and all(isinstance(t, str) for t in given)
+    )
+    tokens = isinstance(given, list) and given and all(_tokens(t) for t in given)
+    if not (texts or tokens or _tokens(given)):
+        raise ApiError(
+            400,
+            "`input` must be a string, an array of strings, an array of token ids, "
+            "or an array of arrays of token ids",
+            param="input",
+        )
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (
+        not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
+    ):
+        raise ApiError(400, "`dimensions` must be a positive integer", param="dimensions")
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        raise ApiError(400, "`encoding_format` must be float or base64", param="encoding_format")
+    return ChatRequest(body=body, model=model, stream=False, client_wants_usage=False)
+
+
+def _valid_part(part: Any) -> bool:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        return False
+    return part["type"] != "text" or isinstance(part.get("text"), str)
+
+
+def _tokens(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
 
 
 def _check_tools(tools: Any) -> None:

@@ -78,7 +78,9 @@ def _message_text(message: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return " ".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
     return ""
 
 
@@ -250,7 +252,10 @@ class Standin:
         if isinstance(pending, web.StreamResponse):
             return pending
         inputs = body.get("input")
-        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        if isinstance(inputs, str) or (inputs and all(isinstance(t, int) for t in inputs)):
+            inputs = [inputs]  # one text, or one array of token ids
+        # Token ids are embedded as the words of their numbers.
+        texts = [t if isinstance(t, str) else " ".join(map(str, t)) for t in inputs or []]
         data = [
             {"object": "embedding", "index": i, "embedding": bag_of_words_vector(t)}
             for i, t in enumerate(texts)
