@@ -145,6 +145,29 @@ async def test_a_stream_the_client_leaves_is_read_to_the_end_and_billed(
     assert running.metric("tokenomy_upstream_errors_total", reason="stream_cut") == 0
 
 
+async def test_a_stream_that_stalls_after_its_first_byte_is_ended_as_cut(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    model = await standin(name="m", reply=" ".join(f"w{i}" for i in range(40)))
+    model.settings.slow_seconds = 3
+    model.settings.faults.append("mid-stream-stall")
+    route = route_doc(
+        namespace="default", tiers=[{"name": "t", "backends": [backend("m", url=model.url)]}]
+    )
+    policy = policy_doc(namespace="default", cache={"exact": {"enabled": False}})
+    running = await sidecar(route, policy, stream_idle_seconds=0.3)
+    stream = await running.client().chat.completions.create(
+        model="chat", messages=USER, stream=True
+    )
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(openai.APIConnectionError):
+        async for _ in stream:
+            pass
+    assert asyncio.get_running_loop().time() - started < 2  # not the backend's 3 s
+    assert running.metric("tokenomy_upstream_errors_total", reason="stream_cut") == 1
+    assert running.metric("tokenomy_cost_usd_total") > 0  # billed, as estimated
+
+
 async def test_killing_the_preferred_backend_mid_run_loses_no_request(
     standin: StandinFactory, sidecar: SidecarFactory
 ) -> None:

@@ -46,6 +46,9 @@ class SidecarSettings:
     """Region the pod runs in, for ``placement.region.strategy: nearest``."""
     shutdown_grace_seconds: float = 30.0
     """Time in-flight requests get to finish after SIGTERM."""
+    stream_idle_seconds: float = 300.0
+    """Longest a backend's stream may go silent after its first byte; then it is ended as
+    cut (and billed as estimated). Generous: reasoning models pause before they answer."""
     store_retire_seconds: float = 120.0
     """How long a cache store a config change replaced stays open for the requests still
     using it; then it is closed and its memory returned."""
@@ -203,6 +206,7 @@ class Sidecar:
             self.holder, upstream, self.metrics, self.clock, self.rng,
             self.semantic, pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
             budgets=self.budgets, pod_labels=s.pod_labels,
+            stream_idle_seconds=s.stream_idle_seconds,
         )  # fmt: skip
         self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
         self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)

@@ -55,6 +55,7 @@ class Proxy:
         max_body_bytes: int = 8 * 1024 * 1024,
         budgets: Keepers | None = None,
         pod_labels: Mapping[str, str] | None = None,
+        stream_idle_seconds: float = 300.0,
     ) -> None:
         self.holder = holder
         self.metrics = metrics
@@ -70,7 +71,7 @@ class Proxy:
         self.embeddings_pipeline = Pipeline(
             [budget, Forward(caller, meter, path="/embeddings")], metrics
         )
-        self.writer = Writer(metrics, clock)
+        self.writer = Writer(metrics, clock, stream_idle_seconds)
 
     @staticmethod
     def chat_stages(

@@ -10,6 +10,7 @@ knows when the first and last bytes go out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -31,9 +32,11 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 class Writer:
     """Writes answers and observes how long they took."""
 
-    def __init__(self, metrics: Metrics, clock: Clock) -> None:
+    def __init__(self, metrics: Metrics, clock: Clock, stream_idle_seconds: float = 300.0) -> None:
         self.metrics = metrics
         self.clock = clock
+        self.stream_idle_seconds = stream_idle_seconds
+        """Longest silence of a backend's stream after its first byte before it counts as cut."""
 
     async def write(self, request: web.Request, x: Exchange, answer: Answer) -> web.StreamResponse:
         """The answer as the client asked for it."""
@@ -79,7 +82,7 @@ class Writer:
         try:
             await response.prepare(request)
             self._first_byte(x, answer)
-            async for data in upstream.content.iter_any():
+            while data := await self._next(upstream):
                 buffer.extend(data)
                 out = [b"".join(self._take(x, answer, seen, e)) for e in split_events(buffer)]
                 if not client_gone and any(out):
@@ -105,6 +108,11 @@ class Writer:
             answer.completion = assemble(seen.keep)
         self._done(x, answer)
         return response
+
+    async def _next(self, upstream: aiohttp.ClientResponse) -> bytes:
+        """The stream's next bytes (empty at its end); TimeoutError after a long silence."""
+        async with asyncio.timeout(self.stream_idle_seconds):
+            return await upstream.content.readany()
 
     def _take(self, x: Exchange, answer: Answer, seen: _Seen, event: bytes) -> list[bytes]:
         """What of one upstream event goes to the client; notes usage and chunks."""

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
-Fault = Literal["500", "429", "drop", "mid-stream-drop", "slow"]
-FAULTS: tuple[str, ...] = ("500", "429", "drop", "mid-stream-drop", "slow")
+Fault = Literal["500", "429", "drop", "mid-stream-drop", "mid-stream-stall", "slow"]
+FAULTS: tuple[str, ...] = ("500", "429", "drop", "mid-stream-drop", "mid-stream-stall", "slow")
 
 EMBEDDING_DIMENSIONS = 256
 
@@ -144,7 +144,7 @@ class Standin:
         if fault == "slow":
             await asyncio.sleep(self.settings.slow_seconds)
             return None
-        return fault  # mid-stream-drop: applied while streaming
+        return fault  # mid-stream-drop and -stall: applied while streaming
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``, streamed or not."""
@@ -231,6 +231,8 @@ class Standin:
                 if request.transport is not None:
                     request.transport.abort()
                 return response
+            if pending == "mid-stream-stall" and n == len(pieces) // 2:
+                await asyncio.sleep(self.settings.slow_seconds)  # silent, connection open
             if self.settings.chunk_interval:
                 await asyncio.sleep(self.settings.chunk_interval)
             text = (" " if n else "") + " ".join(piece)
