@@ -163,6 +163,9 @@ class RequestUsage:
             raise ValueError(f"report {report.number} has no valid cost") from None
         if not cost.is_finite() or not saved.is_finite():
             raise ValueError(f"report {report.number} has no valid cost")
+        if cost < 0:
+            # Spend only grows: a negative cost would hand budget back to whoever sent it.
+            raise ValueError(f"report {report.number} has a negative cost ({cost})")
         return cls(
             cost=cost,
             saved=saved,
