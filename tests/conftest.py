@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from support import (
     SidecarFactory,
     StandinFactory,
     free_port,
+    start_redis,
     write_yaml,
 )
 
@@ -74,25 +72,10 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server on a free port, for the session; stopped afterwards."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
     port = free_port()
     folder = tempfile.mkdtemp()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", folder],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process = start_redis(port, folder)
     try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.025)
-        else:
-            pytest.fail("redis-server did not start")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.terminate()

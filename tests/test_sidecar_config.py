@@ -21,7 +21,14 @@ from tokenomy_sidecar.runtime import ConfigHolder, ConfigRejectedError, default_
 from tokenomy_sidecar.sources import compile_files
 
 from helpers import backend, policy, policy_doc, route, route_doc
-from support import EXAMPLES, SidecarFactory, StandinFactory, free_port, write_yaml
+from support import (
+    EXAMPLES,
+    SidecarFactory,
+    StandinFactory,
+    free_port,
+    start_redis,
+    write_yaml,
+)
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -245,3 +252,39 @@ async def test_a_store_a_reload_replaced_is_closed_and_let_go() -> None:
     assert sidecar.holder.retired == []  # nothing holds the replaced stores any more
     assert sidecar._retiring == {}
     await sidecar.stop()
+
+
+async def test_redis_down_and_back_is_a_miss_meanwhile_and_a_hit_again_after(
+    standin: StandinFactory, sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    model = await standin(name="m")
+    port = free_port()
+    redis = start_redis(port, str(tmp_path))
+    route = route_doc(
+        namespace="default", tiers=[{"name": "t", "backends": [backend("b", url=model.url)]}]
+    )
+    policy = policy_doc(
+        namespace="default",
+        cache={"store": {"type": "redis", "redis": {"url": f"redis://127.0.0.1:{port}/0"}}},
+    )
+    running = await sidecar(route, policy)
+    client = running.client()
+
+    async def cache_of(text: str) -> str:
+        response = await client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": text}]
+        )
+        return str(response.headers["x-tokenomy-cache"])
+
+    try:
+        assert [await cache_of("one"), await cache_of("one")] == ["miss", "exact"]
+        redis.terminate()
+        redis.wait(timeout=10)
+        # Down: every request still answered, as a miss.
+        assert [await cache_of("one"), await cache_of("two")] == ["miss", "miss"]
+        assert running.metric("tokenomy_cache_lookups_total", result="error") == 2
+        redis = start_redis(port, str(tmp_path))  # back, empty
+        assert [await cache_of("two"), await cache_of("two")] == ["miss", "exact"]
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
