@@ -8,6 +8,7 @@ any config resource and NACKs what it cannot apply, keeping the last good.
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
@@ -30,8 +31,8 @@ from tokenomy_sidecar.xds_client import XdsSource
 from helpers import policy, route
 
 SETTINGS = settings(
-    max_examples=1500,
-    derandomize=True,
+    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "1500")),
+    derandomize=not os.environ.get("HOSTILE_RANDOM"),
     database=None,
     deadline=None,
     suppress_health_check=list(HealthCheck),
