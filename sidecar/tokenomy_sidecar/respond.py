@@ -80,7 +80,11 @@ class Writer:
         client_gone = False
         buffer = bytearray()
         try:
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionResetError:
+                client_gone = True  # left before the first byte; the answer is still billed
+                self.metrics.client_disconnects.labels(*x.labels).inc()
             self._first_byte(x, answer)
             while data := await self._next(upstream):
                 buffer.extend(data)
