@@ -91,6 +91,23 @@ def test_context_partition_ignores_only_the_question() -> None:
     assert context_partition("q", body("be nice", "where is my card")) != base
 
 
+def test_the_rest_of_the_question_must_match_exactly() -> None:
+    def asking(*parts: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return {"model": "m", "messages": [{"role": "user", "content": list(parts), **more}]}
+
+    text = {"type": "text", "text": "what animal is this?"}
+    reworded = {"type": "text", "text": "which animal is in the picture?"}
+    cat = {"type": "image_url", "image_url": {"url": "https://example.test/cat.png"}}
+    dog = {"type": "image_url", "image_url": {"url": "https://example.test/dog.png"}}
+    base = context_partition("p", asking(text, cat))
+    assert context_partition("p", asking(reworded, cat)) == base  # the text: by meaning
+    assert context_partition("p", asking(text, dog)) != base  # another picture
+    assert context_partition("p", asking(text, cat, name="bob")) != base  # another user
+    plain = {"model": "m", "messages": [{"role": "user", "content": "hi", "name": "ann"}]}
+    other = {"model": "m", "messages": [{"role": "user", "content": "hello", "name": "bob"}]}
+    assert context_partition("p", plain) != context_partition("p", other)
+
+
 def test_local_embedder_matches_published_reference_scores() -> None:
     # sbert.net's all-MiniLM-L6-v2 quickstart prints these cosine similarities.
     model = MiniLM()

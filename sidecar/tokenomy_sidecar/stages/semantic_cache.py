@@ -36,9 +36,22 @@ def question(body: Mapping[str, Any]) -> str | None:
 
 
 def context_partition(partition: str, body: Mapping[str, Any]) -> str:
-    """The partition plus a hash of everything but the question itself."""
+    """The partition plus a hash of everything but the question's text.
+
+    Only the text is compared by meaning; the rest of the last message — its
+    images, audio and files, its ``name`` — must match exactly like the rest
+    of the conversation, or the answer about one picture (or one user) would
+    be served for another.
+    """
     messages = list(body.get("messages") or [])
-    context = {**body, "messages": [*messages[:-1], {"role": "user"}]}
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    rest = {k: v for k, v in last.items() if k != "content"}
+    content = last.get("content")
+    if isinstance(content, list):
+        rest["content"] = [
+            p for p in content if not (isinstance(p, dict) and p.get("type") == "text")
+        ]
+    context = {**body, "messages": [*messages[:-1], rest]}
     return f"{partition}/{exact_key(partition, context)[:32]}"
 
 
