@@ -130,17 +130,15 @@ class Exchange:
     cache: CacheRecord = field(default_factory=lambda: CacheRecord.off("not-identified"))
     routing: RoutingRecord = field(init=False)
     spend: SpendRecord = field(default_factory=SpendRecord)
+    labels: tuple[str, str, str] = field(init=False)
+    """(namespace, policy, route): the labels every metric of this request carries."""
     headers: dict[str, str] = field(default_factory=dict)
     """Headers the answer (or the error) carries."""
 
     def __post_init__(self) -> None:
         self.routing = RoutingRecord(self.route.tier(self.route.default_tier))
-
-    @property
-    def labels(self) -> tuple[str, str, str]:
-        """(namespace, policy, route): the labels every metric of this request carries."""
         policy = self.runtime.config.policy
-        return policy.namespace, policy.name, self.route.name
+        self.labels = (policy.namespace, policy.name, self.route.name)
 
     @property
     def source(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,6 +190,11 @@ def _check_tools(tools: Any) -> None:
                 f"`tools[{i}]` must be an object with `function.name`",
                 param=f"tools[{i}]",
             )
+
+
+def prompt_text(body: Mapping[str, Any]) -> str:
+    """Every message's text, one per line: what token estimates of a prompt count."""
+    return "\n".join(message_text(m) for m in body.get("messages") or [])
 
 
 def message_text(message: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.errors import ApiError
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet
-from tokenomy_sidecar.request import message_text
+from tokenomy_sidecar.request import prompt_text
 from tokenomy_sidecar.routing.decision import estimate_tokens, walk
 from tokenomy_sidecar.wallet import Reservation, Wallet
 
@@ -42,7 +42,7 @@ HOLDER = "self"
 
 def estimate(tiers: Sequence[CompiledTier], body: dict[str, Any]) -> Decimal:
     """An upper estimate of a request's cost: its prompt and its answer on each tier it may try."""
-    prompt = estimate_tokens("\n".join(message_text(m) for m in body.get("messages") or []))
+    prompt = estimate_tokens(prompt_text(body))
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     output = limit if isinstance(limit, int) and limit > 0 else DEFAULT_OUTPUT_RESERVE
     n = body.get("n")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tokenomy_api.compiled import Price
 from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.metrics import Metrics
-from tokenomy_sidecar.request import message_text
+from tokenomy_sidecar.request import prompt_text
 from tokenomy_sidecar.routing.decision import estimate_tokens
 
 if TYPE_CHECKING:
@@ -84,8 +84,7 @@ def savings(usage: Usage, paid: Decimal, reference: Price) -> Decimal:
 def estimate_stream(body: Mapping[str, Any], chunks: int) -> Usage:
     """What a stream cut before its usage arrived used: its prompt, and one token per
     content chunk relayed (what OpenAI-compatible servers send)."""
-    prompt = "\n".join(message_text(m) for m in body.get("messages") or [])
-    return Usage(prompt=estimate_tokens(prompt), completion=chunks)
+    return Usage(prompt=estimate_tokens(prompt_text(body)), completion=chunks)
 
 
 def usd(amount: Decimal) -> str:

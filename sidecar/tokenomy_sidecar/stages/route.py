@@ -12,7 +12,7 @@ import functools
 from tokenomy_api.compiled import CompiledDomain
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet, RoutingRecord
-from tokenomy_sidecar.request import message_text
+from tokenomy_sidecar.request import prompt_text
 from tokenomy_sidecar.routing.decision import Complexity, decide, estimate_tokens, walk
 from tokenomy_sidecar.stages.semantic_cache import question
 from tokenomy_sidecar.vectors import SharedVectors
@@ -43,7 +43,7 @@ class Route(Quiet):
         complexity = None
         model = x.runtime.complexity
         if routing.complexity and model is not None:
-            prompt = "\n".join(message_text(m) for m in x.chat.body.get("messages") or [])
+            prompt = prompt_text(x.chat.body)
             complexity = Complexity(
                 gain=model.score(text or prompt),
                 cut=model.cut,
