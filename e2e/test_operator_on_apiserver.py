@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -105,8 +105,11 @@ class Cluster:
             "the caBundle",
         )
 
-    def stop_operator(self) -> None:
+    def stop_operator(self, while_leaving: Callable[[], None] = lambda: None) -> None:
+        """SIGTERM; ``while_leaving`` runs in the shutdown delay, once /readyz says so."""
         self.operator.terminate()
+        wait(lambda: readyz(self) == (503, "shutting down"), 10, "/readyz to say shutting down")
+        while_leaving()
         try:
             code = self.operator.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -191,6 +194,18 @@ def policy_status(cluster: Cluster) -> dict[str, Any]:
 
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def readyz(cluster: Cluster) -> tuple[int, str]:
+    """/readyz's status and reason ('' when ready)."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics}/readyz", timeout=5) as r:
+            return r.status, ""
+    except urllib.error.HTTPError as error:
+        return error.code, str(json.loads(error.read()).get("reason", ""))
 
 
 def operator_metrics(cluster: Cluster) -> str:
@@ -379,8 +394,15 @@ def test_operator_restart_and_policy_deletion(cluster: Cluster) -> None:
             model="chat", messages=[{"role": "user", "content": text}]
         )
 
+    def injected_while_leaving() -> None:
+        # Not ready any more, but still injecting: the Service may send one more call.
+        kubectl(admin, "apply", "-f", "-", stdin=pod("late", app="agent"))
+        stored = get(admin, "pod", "late", "-n", NS)["spec"]
+        assert [c["name"] for c in stored.get("initContainers", [])] == ["tokenomy-sidecar"]
+        kubectl(admin, "delete", "pod", "late", "-n", NS, "--wait=true")  # it runs no sidecar
+
     # Scenario 7: the operator restarts; the sidecar keeps serving and converges on the same version.
-    cluster.stop_operator()
+    cluster.stop_operator(injected_while_leaving)
     assert ask("while away").parse().choices[0].message.content == "large answers: while away"
     cluster.start_operator()
     wait(lambda: condition(policy_status(cluster), "Applied").get("status") == "True"

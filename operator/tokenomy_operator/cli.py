@@ -20,6 +20,7 @@ from kubernetes import client, config
 from tokenomy_api.clock import SystemClock
 from tokenomy_operator.certs import generate, service_hosts
 from tokenomy_operator.controller import Controller
+from tokenomy_operator.departure import Departure
 from tokenomy_operator.handlers import register
 from tokenomy_operator.injection import InjectionSettings
 from tokenomy_operator.kube import KubeStatusWriter
@@ -117,6 +118,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=f"tokenomy-operator-leader.{here}.svc:15010",
         help="where injected sidecars send usage (the leader's Service)",
     )
+    parser.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="after SIGTERM, hand the Lease back and answer /readyz 503 at once but keep "
+        "serving the webhook this long, while the Service stops sending to this replica "
+        "(a call in that window would be refused and the Pod admitted without a sidecar)",
+    )
     parser.add_argument("--kubeconfig", help="outside a cluster: the kubeconfig to use")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -189,6 +199,28 @@ async def _elect(
     return asyncio.create_task(elector.run())
 
 
+async def _run_kopf(
+    args: argparse.Namespace, registry: kopf.OperatorRegistry, identity: str, departure: Departure
+) -> None:
+    """kopf.operator() in its two steps: spawning installs kopf's own SIGTERM handler,
+    which stops at once; ours (Departure) replaces it before the tasks run."""
+    existing = set(asyncio.all_tasks())
+    tasks = await kopf.spawn_tasks(
+        registry=registry,
+        stop_flag=departure.stop,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        # Every replica watches and serves; leadership is our own Lease
+        # (leadership.py), so kopf's peering, which pauses all but one, is off.
+        standalone=True,
+        identity=identity,  # type: ignore[arg-type]
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, departure.signal)
+    await kopf.run_tasks(tasks, ignored=existing)
+
+
 async def serve_operator(args: argparse.Namespace) -> int:
     """Run the xDS server, the control loop and kopf until SIGTERM or SIGINT."""
     api = _kube(args.kubeconfig)
@@ -206,8 +238,12 @@ async def serve_operator(args: argparse.Namespace) -> int:
     elector_task = await _elect(args, api, controller, identity)
     loop_task = asyncio.create_task(controller.run())
     published = asyncio.Event()
+    # Leaving hands the Lease back at once (the elector releases it when cancelled).
+    departure = Departure(args.shutdown_delay, lambda: elector_task and elector_task.cancel())
 
     def not_ready() -> str:
+        if departure.leaving.is_set():
+            return "shutting down"
         if controller.latest is None:
             return "the watches have not been reconciled yet"
         if not args.no_webhook and args.webhook_configuration and not published.is_set():
@@ -250,23 +286,10 @@ async def serve_operator(args: argparse.Namespace) -> int:
     if not args.no_webhook:
         register_webhook(registry, controller, injection, policy_reader(api))
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await kopf.operator(
-            registry=registry,
-            stop_flag=stop,
-            clusterwide=not args.namespace,
-            namespaces=args.namespace,
-            # Every replica watches and serves; leadership is our own Lease
-            # (leadership.py), so kopf's peering, which pauses all but one, is off.
-            standalone=True,
-            identity=identity,  # type: ignore[arg-type]
-        )
+        await _run_kopf(args, registry, identity, departure)
     finally:
-        if elector_task is not None:  # hand the Lease back first: the standby takes over
+        if elector_task is not None:  # the Lease is back (or is now) before the rest stops
             elector_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await elector_task
