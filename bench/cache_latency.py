@@ -31,7 +31,7 @@ def write_config(folder: Path, upstream: int) -> Path:
     policy = {
         "cache": {
             "semantic": {"enabled": True, "threshold": 0.8},
-            "store": {"maxEntries": 1_000_000},
+            "store": {"maxEntries": 1_000_000, "maxMemoryMib": 4096},
         }
     }
     return bench_resources(folder, upstream, policy, embedding={"provider": "local"})
@@ -42,18 +42,19 @@ async def serve(config: str, port: int, entries: int) -> None:
     from tokenomy_sidecar.app import Sidecar, SidecarSettings  # noqa: PLC0415
     from tokenomy_sidecar.embedders import LocalEmbedder  # noqa: PLC0415
     from tokenomy_sidecar.sources import FileSource  # noqa: PLC0415
-    from tokenomy_sidecar.stages.semantic_cache import context_partition  # noqa: PLC0415
+    from tokenomy_sidecar.stages.semantic_cache import question_context  # noqa: PLC0415
 
     sidecar = Sidecar(SidecarSettings(listen_port=port, metrics_port=0, metrics_host="127.0.0.1"))
     FileSource([config], None, sidecar.holder, sidecar.metrics).load()
     await LocalEmbedder().warm()
     body = {"model": "chat", "messages": [{"role": "user", "content": QUESTION}]}
-    partition = context_partition("policy/bench/bench", body)
+    partition = "policy/bench/bench|local:all-MiniLM-L6-v2"  # index_partition's form
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((entries, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     t0 = time.perf_counter()
-    sidecar.semantic.bulk_load(partition, vectors, [b"only\nup\n{}"] * entries, ttl=86400)
+    context = question_context(body)
+    sidecar.semantic.bulk_load(partition, context, vectors, [b"only\nup\n{}"] * entries, ttl=86400)
     print(
         f"seeded {entries} entries in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True
     )

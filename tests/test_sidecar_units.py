@@ -7,6 +7,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -16,7 +17,10 @@ from tokenomy_api.compiled import CompiledPlacement, Price, SidecarConfig
 from tokenomy_api.compiled import CompiledPrompt as Prompt
 from tokenomy_api.compiler import compile_configs
 from tokenomy_sidecar.errors import ApiError
+from tokenomy_sidecar.memory_budget import MemoryBudget
+from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.request import parse_chat
+from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.sse import assemble, cacheable, replay, split_events
 from tokenomy_sidecar.stages.backend_choice import EndpointHealth, HealthTracker, rank
 from tokenomy_sidecar.stages.exact_cache import exact_key
@@ -468,7 +472,7 @@ def test_cacheable(completion: dict[str, Any], ok: bool) -> None:
 
 async def test_memory_store_ttl_and_lru() -> None:
     clock = ManualClock()
-    store = MemoryStore(max_entries=2, clock=clock)
+    store = MemoryStore(max_entries=2, clock=clock, budget=MemoryBudget(1 << 20))
     await store.put("p", "a", b"A", ttl=10)
     await store.put("p", "b", b"B", ttl=10)
     assert await store.get("p", "a") == b"A"  # a is now most recent
@@ -479,6 +483,29 @@ async def test_memory_store_ttl_and_lru() -> None:
     clock.advance(10)
     assert await store.get("p", "a") is None
     assert len(store) == 1
+
+
+async def test_both_caches_share_one_memory_budget_and_its_gauge() -> None:
+    metrics = Metrics()
+    budget = MemoryBudget(1 << 20, metrics.cache_memory)
+    store = MemoryStore(max_entries=1_000, clock=ManualClock(), budget=budget)
+    index = SemanticIndex(budget, ManualClock())
+    vector = np.ones(8, dtype=np.float32) / np.sqrt(8)
+    index.add("p", "c", vector, b"semantic answer", ttl=10)
+    assert budget.used > 0
+    budget.max_bytes = budget.used + 20 * 1_000  # about 20 exact entries more
+    for i in range(100):
+        await store.put(f"tenant{i}", "k", b"x" * 600, ttl=10)
+    assert index.search("p", "c", vector) is None  # the oldest entry went, across caches
+    assert 10 < len(store) < 30
+    assert budget.used <= budget.max_bytes
+    exact = metrics.registry.get_sample_value("tokenomy_cache_memory_bytes", {"cache": "exact"})
+    semantic = metrics.registry.get_sample_value(
+        "tokenomy_cache_memory_bytes", {"cache": "semantic"}
+    )
+    assert (exact, semantic) == (budget.used, 0)
+    await store.close()
+    assert budget.used == 0
 
 
 def test_orjson_is_what_the_key_hashes() -> None:

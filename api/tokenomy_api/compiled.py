@@ -229,6 +229,8 @@ class CompiledStore(Section):
     """Per sidecar, or shared."""
     max_entries: Annotated[int, Field(ge=1)]
     """Entries kept per partition in memory."""
+    max_memory_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
+    """Memory for the in-process entries of both caches together."""
     redis: CompiledRedis | None = None
     """The Redis server, for ``redis``."""
 

@@ -249,6 +249,7 @@ def _cache(cache: Cache) -> c.CompiledCache:
         store=c.CompiledStore(
             type=cache.store.type,
             max_entries=cache.store.max_entries,
+            max_memory_bytes=cache.store.max_memory_mib * 1024 * 1024,
             redis=(
                 c.CompiledRedis(url=redis.url, password=_secret(redis.password_secret_ref))
                 if redis is not None

@@ -99,6 +99,10 @@ class CacheStore(ApiModel):
     """``memory``: per sidecar, least recently used entries evicted; ``redis``: shared."""
     max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
     """Entries kept per partition in memory."""
+    max_memory_mib: Annotated[int, Field(ge=1, le=1_048_576)] = 256
+    """Memory one sidecar gives its in-process cache entries, exact and semantic together
+    (answers, vectors, indexes); past it the least recently used entry goes, whatever its
+    partition. A Redis store's own entries are bounded by the Redis server."""
     redis: RedisStore | None = None
     """The Redis server, when ``type`` is ``redis``."""
 

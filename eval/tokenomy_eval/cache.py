@@ -31,6 +31,7 @@ import numpy.typing as npt
 from tokenomy_api.clock import SystemClock
 from tokenomy_eval.metrics import Array
 from tokenomy_sidecar.local_embedder import MiniLM
+from tokenomy_sidecar.memory_budget import MemoryBudget
 from tokenomy_sidecar.semantic_index import SemanticIndex
 
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.98)
@@ -94,16 +95,16 @@ def labelled(
 ) -> tuple[Array, Bools]:
     """Each lookup's best similarity in the cache, and whether that entry has its label."""
     texts, labels = cached
-    index = SemanticIndex(max_entries=len(texts), clock=SystemClock())
+    index = SemanticIndex(MemoryBudget(1 << 40), SystemClock(), max_entries=len(texts))
     entries = [str(i).encode() for i in range(len(texts))]
-    index.bulk_load("eval", embed_all(model, texts), entries, ttl=1e9)
+    index.bulk_load("eval", "", embed_all(model, texts), entries, ttl=1e9)
     similarity = np.zeros(len(lookups[0]))
     correct = np.zeros(len(lookups[0]), dtype=bool)
     for i, vector in enumerate(embed_all(model, lookups[0])):
-        found = index.search("eval", vector)
+        found = index.search("eval", "", vector)
         assert found is not None  # the index is not empty
-        similarity[i] = found[0]
-        correct[i] = labels[int(found[1])] == lookups[1][i]
+        similarity[i] = found.similarity
+        correct[i] = labels[int(found.value)] == lookups[1][i]
     return similarity, correct
 
 

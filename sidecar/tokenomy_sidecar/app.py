@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tokenomy_api import pod
 from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_sidecar.budget_client import RemoteKeepers
+from tokenomy_sidecar.memory_budget import MemoryBudget
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.proxy import Proxy, not_found
 from tokenomy_sidecar.routing.models import ModelFiles
@@ -82,14 +83,15 @@ class Sidecar:
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
         self.rng = rng or random.Random()
+        self.memory = MemoryBudget(256 * 1024 * 1024, self.metrics.cache_memory)
         self.holder = ConfigHolder(
-            default_store_factory(self.clock), ModelFiles(self.settings.models_dir)
+            default_store_factory(self.clock, self.memory), ModelFiles(self.settings.models_dir)
         )
         self.holder.listeners.append(self._on_config)
         self.holder.retire = self._retire
         self._retiring: dict[CacheStore, asyncio.Task[None]] = {}
         self.health = HealthTracker()
-        self.semantic = SemanticIndex(max_entries=10_000, clock=self.clock)
+        self.semantic = SemanticIndex(self.memory, self.clock)
         self.budgets: Keepers | None = None
         if self.settings.enforce_local_budget:
             self.budgets = LocalKeepers(self.clock)
@@ -114,7 +116,11 @@ class Sidecar:
         self._retiring[store] = asyncio.get_running_loop().create_task(later())
 
     def _on_config(self, runtime: Runtime) -> None:
-        self.semantic.max_entries = runtime.config.cache.store.max_entries
+        store = runtime.config.cache.store
+        self.semantic.max_entries = store.max_entries
+        self.memory.max_bytes = store.max_memory_bytes
+        self.memory.enforce()
+        self.metrics.cache_memory_limit.set(store.max_memory_bytes)
         policy = runtime.config.policy
         m = self.metrics
         m.config_info.clear()

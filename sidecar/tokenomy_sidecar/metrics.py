@@ -120,6 +120,18 @@ class Metrics:
             [*ROUTE_LABELS, "kind", "result"],
             registry=r,
         )
+        self.cache_memory = Gauge(
+            "tokenomy_cache_memory_bytes",
+            "Memory held by in-process cache entries (answers, vectors, indexes), by cache "
+            "(exact, semantic); together at most the policy's store.maxMemoryMib.",
+            ["cache"],
+            registry=r,
+        )
+        self.cache_memory_limit = Gauge(
+            "tokenomy_cache_memory_limit_bytes",
+            "The in-process cache's memory budget (store.maxMemoryMib).",
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "tokenomy_upstream_errors",
             "Failed tries to a backend, by reason (connect, timeout, status_5xx, status_429, "

@@ -62,7 +62,7 @@ class CacheRecord:
     key: str = ""
     """The exact cache's key; ``""`` when the exact cache does not apply."""
     context: str = ""
-    """The semantic cache's partition (the conversation around the question)."""
+    """The semantic cache's exact part: a hash of the conversation around the question."""
     vector: Any = None
     """The question's embedding (a numpy row), computed once for lookup, routing and store."""
 

@@ -16,6 +16,7 @@ from tokenomy_api.clock import Clock
 from tokenomy_api.compiled import CompiledBackend, CompiledRoute, SecretKey, SidecarConfig
 from tokenomy_api.compiled import CompiledStore as StoreSpec
 from tokenomy_sidecar.credentials import Credentials
+from tokenomy_sidecar.memory_budget import MemoryBudget
 from tokenomy_sidecar.routing.complexity import ComplexityModel
 from tokenomy_sidecar.routing.models import ModelFiles
 from tokenomy_sidecar.routing.scorer import AnswerScorer
@@ -56,8 +57,8 @@ class ConfigRejectedError(ValueError):
 StoreFactory = Callable[[StoreSpec, Credentials], CacheStore]
 
 
-def default_store_factory(clock: Clock) -> StoreFactory:
-    """Build the store a spec asks for."""
+def default_store_factory(clock: Clock, budget: MemoryBudget | None = None) -> StoreFactory:
+    """Build the store a spec asks for; memory stores charge ``budget`` (or one of their own)."""
 
     def build(spec: StoreSpec, credentials: Credentials) -> CacheStore:
         if spec.type == "redis":
@@ -69,7 +70,7 @@ def default_store_factory(clock: Clock) -> StoreFactory:
                     f"Secret key {ref.name}/{ref.key} for the Redis password is not available"
                 )
             return RedisStore(spec.redis.url, password)
-        return MemoryStore(spec.max_entries, clock)
+        return MemoryStore(spec.max_entries, clock, budget or MemoryBudget(spec.max_memory_bytes))
 
     return build
 
@@ -113,7 +114,11 @@ class ConfigHolder:
         complexity, scorer = self._models(config)
         previous = self.current
         spec = config.cache.store
-        if previous is not None and previous.store_spec == spec:
+        # The memory budget is the sidecar's, not the store's: changing it keeps the entries.
+        same = {"max_memory_bytes"}
+        if previous is not None and previous.store_spec.model_dump(exclude=same) == spec.model_dump(
+            exclude=same
+        ):
             store = previous.store
         else:
             store = self.store_factory(spec, credentials)

@@ -1,97 +1,182 @@
-"""Nearest-neighbour search over cached questions, one index per partition.
+"""Nearest-neighbour search over cached questions: one index per partition, bounded.
 
-HNSW (usearch) rather than a linear scan: a lookup among 100,000 entries
-takes tens of microseconds instead of milliseconds, and entries can be
-removed when they expire or are evicted. Partitions are separate indexes, so
-a search can never return another tenant's answer. Redis from Debian (7.x)
-has no vector search, so the index lives in each sidecar; the exact cache is
-what replicas share.
+A partition (tenant scope, route, parameters, embedder) holds every entry
+of every conversation context in one place; the context (the history, the
+question's non-text parts, ``name``) is an exact filter on the candidates,
+never an index of its own — an index per conversation was an unbounded
+number of indexes. A small partition, or a context with few entries, is
+scanned exactly (a few hundred dot products cost less than an HNSW hop); a
+large one is searched with HNSW (usearch), fetching more candidates the
+smaller the context's share of the partition. Every entry is charged to
+the sidecar's :class:`MemoryBudget`; eviction there removes it here.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 from usearch.index import Index
 
 from tokenomy_api.clock import Clock
+from tokenomy_sidecar.memory_budget import ENTRY_OVERHEAD, MemoryBudget
 
 Vector = npt.NDArray[np.float32]
 
+SCAN = 256
+"""Entries up to which a context (or a whole partition, before it has an HNSW index) is
+scanned exactly."""
 CANDIDATES = 4
-"""Neighbours fetched per search, so an expired nearest one does not hide a fresh one."""
+"""HNSW neighbours fetched per search when the context is the whole partition; an expired
+nearest one must not hide a fresh one."""
+MAX_CANDIDATES = 512
+"""The most HNSW neighbours fetched for a context that is a small share of its partition."""
+HNSW_BYTES = 16 * 2 * 4 + 64
+"""Graph links per entry at connectivity 16 (level 0 holds twice as many), and its slot."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
+    key: int
+    context: str
+    vector: Vector
+    value: bytes
     expires: float
+
+
+@dataclass(eq=False)
+class _Partition:
+    dimensions: int
+    rows: dict[int, _Entry] = field(default_factory=dict)
+    """Insertion order: the oldest entry first."""
+    contexts: dict[str, dict[int, None]] = field(default_factory=dict)
+    index: Index | None = None
+    removed: int = 0
+    """Entries removed from ``index`` since it was built (usearch keeps their slots)."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """A search's answer."""
+
+    similarity: float
     value: bytes
 
 
-class _Partition:
-    def __init__(self, dimensions: int) -> None:
-        self.index = Index(ndim=dimensions, metric="cos", dtype="f32", connectivity=16)
-        self.entries: OrderedDict[int, _Entry] = OrderedDict()
-
-
 class SemanticIndex:
-    """Vectors with their cached answers, per partition, with TTL and a size cap."""
+    """Vectors with their cached answers, per partition and context, with TTL and a budget."""
 
-    def __init__(self, max_entries: int, clock: Clock) -> None:
-        self.max_entries = max_entries
+    def __init__(self, budget: MemoryBudget, clock: Clock, max_entries: int = 10_000) -> None:
+        self.budget = budget
         self.clock = clock
+        self.max_entries = max_entries
+        """Entries kept per partition, whatever the budget."""
         self._partitions: dict[str, _Partition] = {}
         self._keys = itertools.count()
 
-    def search(self, partition: str, vector: Vector) -> tuple[float, bytes] | None:
-        """The most similar fresh entry: (cosine similarity, value), or None."""
+    def search(self, partition: str, context: str, vector: Vector) -> Found | None:
+        """The most similar fresh entry of this partition and context, or None."""
         part = self._partitions.get(partition)
-        if part is None or not part.entries:
+        ids = part.contexts.get(context) if part is not None else None
+        if part is None or not ids:
             return None
-        matches = part.index.search(vector, min(CANDIDATES, len(part.entries)))
         now = self.clock.monotonic()
-        for key, distance in zip(matches.keys, matches.distances, strict=True):
-            entry = part.entries.get(int(key))
-            if entry is None:
-                continue
+        if part.index is None or len(ids) <= SCAN:
+            candidates = [part.rows[k] for k in ids]
+            similarities = np.stack([e.vector for e in candidates]) @ vector
+            ranked = [(float(similarities[i]), candidates[i]) for i in np.argsort(-similarities)]
+        else:
+            wanted = CANDIDATES * -(-len(part.rows) // len(ids))
+            matches = part.index.search(vector, min(wanted, MAX_CANDIDATES, len(part.rows)))
+            ranked = []
+            for key, distance in zip(matches.keys, matches.distances, strict=True):
+                entry = part.rows.get(int(key))
+                if entry is not None and entry.context == context:
+                    ranked.append((1.0 - float(distance), entry))
+        for similarity, entry in ranked:
             if entry.expires <= now:
-                self._remove(part, int(key))
+                self._drop(partition, entry.key)
                 continue
-            return 1.0 - float(distance), entry.value
+            self.budget.touch(("semantic", entry.key))
+            return Found(similarity, entry.value)
         return None
 
-    def add(self, partition: str, vector: Vector, value: bytes, ttl: float) -> None:
-        """Store an answer under its question's vector; the oldest entry goes when full."""
-        part = self._partitions.get(partition)
-        if part is None:
-            part = self._partitions[partition] = _Partition(int(vector.shape[-1]))
-        key = next(self._keys)
-        part.index.add(key, vector)
-        part.entries[key] = _Entry(self.clock.monotonic() + ttl, value)
-        while len(part.entries) > self.max_entries:
-            oldest = next(iter(part.entries))
-            self._remove(part, oldest)
+    def add(self, partition: str, context: str, vector: Vector, value: bytes, ttl: float) -> None:
+        """Store an answer under its question's vector."""
+        self.bulk_load(partition, context, vector[None], [value], ttl)
 
-    def bulk_load(self, partition: str, vectors: Vector, values: list[bytes], ttl: float) -> None:
-        """Add many entries at once (multi-threaded), e.g. to seed a cache with known answers."""
+    def bulk_load(
+        self, partition: str, context: str, vectors: Vector, values: list[bytes], ttl: float
+    ) -> None:
+        """Add many entries at once (the HNSW insert is multi-threaded)."""
         part = self._partitions.get(partition)
         if part is None:
             part = self._partitions[partition] = _Partition(int(vectors.shape[-1]))
-        keys = np.array([next(self._keys) for _ in values], dtype=np.uint64)
-        part.index.add(keys, vectors)
+        if int(vectors.shape[-1]) != part.dimensions:
+            raise ValueError(f"{vectors.shape[-1]}-dimensional vectors in a {part.dimensions} one")
         expires = self.clock.monotonic() + ttl
-        for key, value in zip(keys, values, strict=True):
-            part.entries[int(key)] = _Entry(expires, value)
-        while len(part.entries) > self.max_entries:
-            self._remove(part, next(iter(part.entries)))
+        ids = part.contexts.setdefault(context, {})
+        entries = []
+        for vector, value in zip(vectors, values, strict=True):
+            entry = _Entry(next(self._keys), context, np.ascontiguousarray(vector), value, expires)
+            part.rows[entry.key] = entry
+            ids[entry.key] = None
+            entries.append(entry)
+        if part.index is not None:
+            part.index.add(np.array([e.key for e in entries], dtype=np.uint64), vectors)
+        elif len(part.rows) > SCAN:
+            self._build(part)
+        for entry in entries:
+            self.budget.charge(
+                ("semantic", entry.key),
+                self._size(part, entry),
+                self._evictor(partition, entry.key),
+            )
+        while len(part.rows) > self.max_entries:
+            self._drop(partition, next(iter(part.rows)))
 
-    def _remove(self, part: _Partition, key: int) -> None:
-        part.entries.pop(key, None)
-        part.index.remove(key)
+    def _evictor(self, partition: str, key: int) -> Callable[[], None]:
+        return lambda: self._drop(partition, key, charged=False)
+
+    def _size(self, part: _Partition, entry: _Entry) -> int:
+        # Charged as if indexed: a partition may build its HNSW index later.
+        indexed = part.dimensions * 4 + HNSW_BYTES
+        return (
+            ENTRY_OVERHEAD + entry.vector.nbytes + len(entry.value) + len(entry.context) + indexed
+        )
+
+    def _build(self, part: _Partition) -> None:
+        part.index = Index(ndim=part.dimensions, metric="cos", dtype="f32", connectivity=16)
+        keys = np.array(list(part.rows), dtype=np.uint64)
+        part.index.add(keys, np.stack([e.vector for e in part.rows.values()]))
+        part.removed = 0
+
+    def _drop(self, partition: str, key: int, charged: bool = True) -> None:
+        part = self._partitions.get(partition)
+        entry = part.rows.pop(key, None) if part is not None else None
+        if part is None or entry is None:
+            return
+        if charged:
+            self.budget.release(("semantic", key))
+        ids = part.contexts[entry.context]
+        del ids[key]
+        if not ids:
+            del part.contexts[entry.context]
+        if not part.rows:
+            del self._partitions[partition]  # its index's memory goes with it
+            return
+        if part.index is not None:
+            part.index.remove(key)
+            part.removed += 1
+            if part.removed > max(len(part.rows), SCAN):
+                self._build(part)  # usearch keeps removed slots: compact
 
     def __len__(self) -> int:
-        return sum(len(p.entries) for p in self._partitions.values())
+        return sum(len(p.rows) for p in self._partitions.values())
+
+    def partitions(self) -> int:
+        """How many partitions hold entries."""
+        return len(self._partitions)

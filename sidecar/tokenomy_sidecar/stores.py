@@ -6,6 +6,7 @@ from collections import OrderedDict
 from typing import Protocol
 
 from tokenomy_api.clock import Clock
+from tokenomy_sidecar.memory_budget import ENTRY_OVERHEAD, MemoryBudget
 
 
 class CacheStore(Protocol):
@@ -25,11 +26,16 @@ class CacheStore(Protocol):
 
 
 class MemoryStore:
-    """Per-partition LRU dictionaries with per-entry expiry; one sidecar's own."""
+    """Per-partition LRU dictionaries with per-entry expiry; one sidecar's own.
 
-    def __init__(self, max_entries: int, clock: Clock) -> None:
+    Each entry is charged to the sidecar's memory budget, which may evict it
+    for an entry of any partition or cache.
+    """
+
+    def __init__(self, max_entries: int, clock: Clock, budget: MemoryBudget) -> None:
         self.max_entries = max_entries
         self.clock = clock
+        self.budget = budget
         self._partitions: dict[str, OrderedDict[str, tuple[float, bytes]]] = {}
 
     async def get(self, partition: str, key: str) -> bytes | None:
@@ -40,9 +46,10 @@ class MemoryStore:
             return None
         expires, value = item
         if expires <= self.clock.monotonic():
-            del entries[key]
+            self._drop(partition, key)
             return None
         entries.move_to_end(key)
+        self.budget.touch(self._charge_key(partition, key))
         return value
 
     async def put(self, partition: str, key: str, value: bytes, ttl: float) -> None:
@@ -50,15 +57,34 @@ class MemoryStore:
         entries = self._partitions.setdefault(partition, OrderedDict())
         entries[key] = (self.clock.monotonic() + ttl, value)
         entries.move_to_end(key)
+        self.budget.charge(
+            self._charge_key(partition, key),
+            ENTRY_OVERHEAD + len(partition) + len(key) + len(value),
+            lambda: self._drop(partition, key, charged=False),
+        )
         while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+            self._drop(partition, next(iter(entries)))
+
+    def _charge_key(self, partition: str, key: str) -> tuple[object, ...]:
+        return ("exact", id(self), partition, key)
+
+    def _drop(self, partition: str, key: str, charged: bool = True) -> None:
+        entries = self._partitions.get(partition)
+        if entries is None or entries.pop(key, None) is None:
+            return
+        if charged:
+            self.budget.release(self._charge_key(partition, key))
+        if not entries:
+            del self._partitions[partition]
 
     def __len__(self) -> int:
         return sum(len(e) for e in self._partitions.values())
 
     async def close(self) -> None:
         """Drop every entry (a retired store's memory goes back at once)."""
-        self._partitions.clear()
+        for partition, entries in list(self._partitions.items()):
+            for key in list(entries):
+                self._drop(partition, key)
 
 
 class RedisStore:

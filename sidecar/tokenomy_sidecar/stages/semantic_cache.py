@@ -1,9 +1,11 @@
 """Stage 3b: the semantic cache — serve the answer to a question that means the same.
 
-Only the last user message is embedded. Everything else — system prompt,
-earlier turns, parameters — must match exactly, so it goes into the
-partition key: a paraphrase is served the answer to its twin only when the
-conversation around it is the same. An embedder that is down is a miss.
+Only the last user message's text is embedded. Everything else — system
+prompt, earlier turns, parameters, the question's images and ``name`` — must
+match exactly: it is the entry's context, an exact filter within the
+partition's one index. A paraphrase is served the answer to its twin only
+when the conversation around it is the same. An embedder that is down is a
+miss.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def question(body: Mapping[str, Any]) -> str | None:
     return text or None
 
 
-def context_partition(partition: str, body: Mapping[str, Any]) -> str:
-    """The partition plus a hash of everything but the question's text.
+def question_context(body: Mapping[str, Any]) -> str:
+    """A hash of everything in the request but the question's text.
 
     Only the text is compared by meaning; the rest of the last message — its
     images, audio and files, its ``name`` — must match exactly like the rest
@@ -52,7 +54,14 @@ def context_partition(partition: str, body: Mapping[str, Any]) -> str:
             p for p in content if not (isinstance(p, dict) and p.get("type") == "text")
         ]
     context = {**body, "messages": [*messages[:-1], rest]}
-    return f"{partition}/{exact_key(partition, context)[:32]}"
+    return exact_key("", context)[:32]
+
+
+def index_partition(x: Exchange) -> str:
+    """The cache partition and the embedder: vectors of two models are never compared."""
+    spec = x.route.embedding
+    embedder = f"{spec.provider}:{spec.model}" if spec is not None else ""
+    return f"{x.cache.decision.partition}|{embedder}"
 
 
 class SemanticCache(Quiet):
@@ -78,20 +87,24 @@ class SemanticCache(Quiet):
         if not x.cache.decision.lookup:
             lookups.labels(*x.labels, "semantic", "bypass").inc()
             return None
-        x.cache.context = context_partition(x.cache.decision.partition, x.chat.body)
+        x.cache.context = question_context(x.chat.body)
         try:
             vector = await self.vectors.question(x)
         except Exception:
             log.warning("embedding for the semantic cache failed", exc_info=True)
             lookups.labels(*x.labels, "semantic", "error").inc()
             return None
-        found = self.index.search(x.cache.context, vector) if vector is not None else None
-        if found is None or found[0] < semantic.threshold:
+        found = (
+            self.index.search(index_partition(x), x.cache.context, vector)
+            if vector is not None
+            else None
+        )
+        if found is None or found.similarity < semantic.threshold:
             lookups.labels(*x.labels, "semantic", "miss").inc()
             return None
         lookups.labels(*x.labels, "semantic", "hit").inc()
-        x.headers["x-tokenomy-similarity"] = f"{found[0]:.4f}"
-        return hit(x, self.meter, found[1], "semantic")
+        x.headers["x-tokenomy-similarity"] = f"{found.similarity:.4f}"
+        return hit(x, self.meter, found.value, "semantic")
 
     async def store(self, x: Exchange, answer: Answer) -> None:
         """Keep a fresh answer under the question's vector."""
@@ -103,9 +116,9 @@ class SemanticCache(Quiet):
             return  # nothing to find it by
 
         async def put(entry: bytes) -> None:
-            x.cache.context = x.cache.context or context_partition(partition, x.chat.body)
+            x.cache.context = x.cache.context or question_context(x.chat.body)
             vector = await self.vectors.question(x)
             assert vector is not None  # there is a question
-            self.index.add(x.cache.context, vector, entry, semantic.ttl_seconds)
+            self.index.add(index_partition(x), x.cache.context, vector, entry, semantic.ttl_seconds)
 
         await keep(self.metrics, x, answer, "semantic", put)
