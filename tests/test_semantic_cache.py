@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from tokenomy_api.clock import ManualClock
-from tokenomy_sidecar.local_embedder import MiniLM
+from tokenomy_sidecar.local_embedder import MiniLM, Precision
 from tokenomy_sidecar.memory_budget import MemoryBudget
 from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.stages.semantic_cache import question, question_context
@@ -164,20 +167,43 @@ def test_the_rest_of_the_question_must_match_exactly() -> None:
     assert question_context(plain) != question_context(other)
 
 
-def test_local_embedder_matches_published_reference_scores() -> None:
+PUBLISHED = [
     # sbert.net's all-MiniLM-L6-v2 quickstart prints these cosine similarities.
-    model = MiniLM()
-    pairs = [
-        ("The new movie is awesome", "The new movie is so great", 0.8939),
-        ("The cat sits outside", "The cat plays in the garden", 0.6788),
-        ("I love pasta", "Do you like pizza?", 0.5096),
-    ]
-    for a, b, score in pairs:
+    ("The new movie is awesome", "The new movie is so great", 0.8939),
+    ("The cat sits outside", "The cat plays in the garden", 0.6788),
+    ("I love pasta", "Do you like pizza?", 0.5096),
+]
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 5e-4), ("int8", 0.015)])
+def test_local_embedder_matches_published_reference_scores(
+    precision: Precision, tolerance: float
+) -> None:
+    model = MiniLM(precision=precision)
+    for a, b, score in PUBLISHED:
         e = model.embed([a, b])
-        assert float(e[0] @ e[1]) == pytest.approx(score, abs=5e-4)
+        assert float(e[0] @ e[1]) == pytest.approx(score, abs=tolerance)
     batch = model.embed(["short", "a much longer sentence with padding applied to the other"])
     single = model.embed(["short"])
     assert float(batch[0] @ single[0]) == pytest.approx(1.0, abs=1e-5)  # padding changes nothing
+
+
+def test_the_int8_embedder_stays_next_to_the_float_one() -> None:
+    texts = ["where is my card?", "I want a refund for this charge", "how do I change my PIN"]
+    exact = MiniLM(precision="fp32").embed(texts)
+    quantised = MiniLM(precision="int8").embed(texts)
+    assert (exact * quantised).sum(1).min() > 0.98
+
+
+def test_a_built_embedder_is_cached_and_loaded_from_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENOMY_MODEL_CACHE", str(tmp_path))
+    first = MiniLM(precision="int8").embed(["hello"])
+    (built,) = tmp_path.glob("*.onnx")
+    assert built.stat().st_size > 10_000_000
+    again = MiniLM(precision="int8").embed(["hello"])
+    assert float(first[0] @ again[0]) == pytest.approx(1.0, abs=1e-6)
 
 
 async def semantic_sidecar(
@@ -262,3 +288,11 @@ async def test_embedder_down_is_a_miss(standin: StandinFactory, sidecar: Sidecar
     response = await ask(running, "when will my card arrive")
     assert response.parse().choices[0].message.content == "m answers: when will my card arrive"
     assert running.metric("tokenomy_cache_lookups_total", kind="semantic", result="error") == 1
+
+
+def test_the_index_and_the_local_embedder_load_in_one_process_in_either_order() -> None:
+    # usearch 2.26.2+ with onnxruntime 1.23+ crashed on import (pyproject pins usearch).
+    for first, second in (("usearch.index", "onnxruntime"), ("onnxruntime", "usearch.index")):
+        code = f"import {first}, {second}"
+        done = subprocess.run([sys.executable, "-c", code], check=False, timeout=120)
+        assert done.returncode == 0, (code, done.returncode)

@@ -1,7 +1,8 @@
 """``tokenomy eval cache``: what the semantic cache costs in answer quality.
 
 Lookups go through the sidecar's own index (:class:`SemanticIndex`, HNSW)
-with the sidecar's local embedder (all-MiniLM-L6-v2 in numpy). Two kinds of
+with the sidecar's local embedder (all-MiniLM-L6-v2 on ONNX Runtime, int8 unless
+``--precision fp32``). Two kinds of
 data:
 
 - ``--labelled FILE``: queries with an intent label (CSV with ``text`` and
@@ -19,11 +20,13 @@ answer, and the lowest threshold that keeps wrong hits under the target.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -131,6 +134,21 @@ def pairs(model: MiniLM, path: Path, limit: int, seed: int) -> tuple[Array, Bool
     a = embed_all(model, [d["text_a"] for d in data])
     b = embed_all(model, [d["text_b"] for d in data])
     return (a * b).sum(1).astype(np.float64), np.array([int(d["label"]) == 1 for d in data])
+
+
+def as_json(
+    title: str, embedder: str, similarity: Array, correct: Bools, target: float
+) -> dict[str, Any]:
+    """The sweep and the safe threshold, for scripts (``--json``)."""
+    safe = lowest_safe(similarity, correct, target)
+    return {
+        "data": title,
+        "embedder": embedder,
+        "lookups": len(similarity),
+        "target": target,
+        "sweep": [dataclasses.asdict(p) for p in sweep(similarity, correct)],
+        "safe": dataclasses.asdict(safe) if safe is not None else None,
+    }
 
 
 def report(title: str, similarity: Array, correct: Bools, target: float) -> str:

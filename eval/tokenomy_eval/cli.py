@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from decimal import InvalidOperation
@@ -80,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument("--limit", type=int, default=10_000, help="pairs sampled; 0 for all")
     cache.add_argument("--target", type=float, default=0.02, help="wrong-hit share to stay under")
     cache.add_argument("--seed", type=int, default=0)
+    cache.add_argument(
+        "--precision",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="the local embedder's (int8: as the sidecar runs it)",
+    )
+    cache.add_argument("--json", action="store_true", help="print the sweep as JSON")
 
 
 def load(path: Path, fmt: str, weak: str, strong: str) -> list[Query]:
@@ -123,7 +131,7 @@ def _models(args: argparse.Namespace, train_set: list[Query], test_set: list[Que
 
 
 def _run_cache(args: argparse.Namespace) -> int:
-    model = MiniLM()
+    model = MiniLM(precision=args.precision)
     if args.pairs is not None:
         similarity, correct = cache.pairs(model, args.pairs, args.limit, args.seed)
         title = f"{args.pairs.name}: one side of each pair against the other"
@@ -135,8 +143,12 @@ def _run_cache(args: argparse.Namespace) -> int:
             stored, lookups = cache.split_labelled(data, args.seed)
         similarity, correct = cache.labelled(model, stored, lookups)
         title = f"{args.labelled.name}: {len(stored[0]):,} queries cached"
+    embedder = f"all-MiniLM-L6-v2, {args.precision} (the sidecar's local embedder)"
+    if args.json:
+        print(json.dumps(cache.as_json(title, embedder, similarity, correct, args.target)))
+        return 0
     print(cache.report(title, similarity, correct, args.target))
-    print("\nembedder: all-MiniLM-L6-v2 (the sidecar's local embedder)")
+    print(f"\nembedder: {embedder}")
     return 0
 
 

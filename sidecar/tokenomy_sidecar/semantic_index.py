@@ -14,7 +14,7 @@ the sidecar's :class:`MemoryBudget`; eviction there removes it here.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,25 +84,30 @@ class SemanticIndex:
         if part is None or not ids:
             return None
         now = self.clock.monotonic()
-        if part.index is None or len(ids) <= SCAN:
-            candidates = [part.rows[k] for k in ids]
-            similarities = np.stack([e.vector for e in candidates]) @ vector
-            ranked = [(float(similarities[i]), candidates[i]) for i in np.argsort(-similarities)]
-        else:
-            wanted = CANDIDATES * -(-len(part.rows) // len(ids))
-            matches = part.index.search(vector, min(wanted, MAX_CANDIDATES, len(part.rows)))
-            ranked = []
-            for key, distance in zip(matches.keys, matches.distances, strict=True):
-                entry = part.rows.get(int(key))
-                if entry is not None and entry.context == context:
-                    ranked.append((1.0 - float(distance), entry))
-        for similarity, entry in ranked:
+        for similarity, entry in self._ranked(part, context, ids, vector):
             if entry.expires <= now:
                 self._drop(partition, entry.key)
                 continue
             self.budget.touch(("semantic", entry.key))
             return Found(similarity, entry.value)
         return None
+
+    def _ranked(
+        self, part: _Partition, context: str, ids: dict[int, None], vector: Vector
+    ) -> Iterator[tuple[float, _Entry]]:
+        """The context's entries, most similar first (lazily: usually the first one answers)."""
+        if part.index is None or len(ids) <= SCAN:
+            candidates = [part.rows[k] for k in ids]
+            similarities = np.stack([e.vector for e in candidates]) @ vector
+            for i in np.argsort(-similarities):
+                yield float(similarities[i]), candidates[i]
+            return
+        wanted = CANDIDATES * -(-len(part.rows) // len(ids))
+        matches = part.index.search(vector, min(wanted, MAX_CANDIDATES, len(part.rows)))
+        for key, distance in zip(matches.keys, matches.distances, strict=True):
+            entry = part.rows.get(int(key))
+            if entry is not None and entry.context == context:
+                yield 1.0 - float(distance), entry
 
     def add(self, partition: str, context: str, vector: Vector, value: bytes, ttl: float) -> None:
         """Store an answer under its question's vector."""
