@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from tokenomy_api.clock import ManualClock
 from tokenomy_sidecar.local_embedder import MiniLM, Precision
 from tokenomy_sidecar.memory_budget import MemoryBudget
 from tokenomy_sidecar.semantic_index import SemanticIndex
+from tokenomy_sidecar.semantic_share import SemanticShare
 from tokenomy_sidecar.stages.semantic_cache import question, question_context
 
 from helpers import backend, policy_doc, route_doc
@@ -296,3 +299,68 @@ def test_the_index_and_the_local_embedder_load_in_one_process_in_either_order() 
         code = f"import {first}, {second}"
         done = subprocess.run([sys.executable, "-c", code], check=False, timeout=120)
         assert done.returncode == 0, (code, done.returncode)
+
+
+async def test_replicas_share_semantic_entries_through_redis_and_a_new_one_warms_from_it(
+    standin: StandinFactory, sidecar: SidecarFactory, redis_url: str
+) -> None:
+    model = await standin(name="m")
+    namespace = f"shared{time.time_ns()}"  # a stream of its own in the session's Redis
+    route = route_doc(
+        namespace=namespace,
+        tiers=[{"name": "t", "backends": [backend("b", url=model.url)]}],
+        embedding={"provider": "local"},
+    )
+    policy = policy_doc(
+        namespace=namespace,
+        cache={
+            "exact": {"enabled": False},
+            "semantic": {"enabled": True, "threshold": 0.8},
+            "store": {"type": "redis", "redis": {"url": redis_url}},
+        },
+    )
+    one, two = await sidecar(route, policy), await sidecar(route, policy)
+    first = await ask(one, "My new card has not arrived yet")
+    assert first.headers["x-tokenomy-cache"] == "miss"
+
+    async def read_by(running: LiveSidecar, count: int, within: float) -> float:
+        share = running.sidecar.share
+        assert share is not None
+        started = time.monotonic()
+        while share.read < count:
+            assert time.monotonic() - started < within, "the entry did not arrive"
+            await asyncio.sleep(0.01)
+        return time.monotonic() - started
+
+    await read_by(two, 1, within=1.0)  # another replica has it within a second
+    shared = await ask(two, "my new card still hasn't arrived")
+    assert shared.headers["x-tokenomy-cache"] == "semantic"
+    assert shared.parse().choices[0].message.content == first.parse().choices[0].message.content
+    fresh = await sidecar(route, policy)  # a restart: warms from the stream
+    await read_by(fresh, 1, within=5.0)
+    warm = await ask(fresh, "my card has still not arrived")
+    assert warm.headers["x-tokenomy-cache"] == "semantic"
+    assert len(model.settings.requests) == 1  # one model call for three replicas
+
+
+@pytest.mark.parametrize(
+    ("change", "indexed"),
+    [
+        ({}, True),
+        ({b"o": b"me"}, False),  # our own entry: already indexed
+        ({b"e": b"5"}, False),  # expired by the time it is read
+        ({b"v": np.ones(5, dtype=np.float32).tobytes()}, False),  # another embedder's size
+        ({b"e": b"soon"}, False),  # damaged
+        ({b"p": b"\xff"}, False),
+    ],
+)
+def test_a_stream_entry_is_indexed_only_when_it_is_someone_elses_fresh_and_well_formed(
+    change: dict[bytes, bytes], indexed: bool
+) -> None:
+    held = index()
+    held.add("p", "c", unit(1, 0, 0), b"mine", ttl=100)
+    share = SemanticShare(None, "s", held, 100, wall=lambda: 10.0)
+    share.origin = b"me"
+    fields = {b"p": b"p", b"c": b"c", b"v": unit(0, 1, 0).tobytes(), b"a": b"theirs"}
+    share._index({**fields, b"e": b"70", b"o": b"other", **change})
+    assert (share.read, len(held)) == ((1, 2) if indexed else (0, 1))

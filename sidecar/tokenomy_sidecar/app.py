@@ -21,10 +21,11 @@ from tokenomy_sidecar.proxy import Proxy, not_found
 from tokenomy_sidecar.routing.models import ModelFiles
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime, default_store_factory
 from tokenomy_sidecar.semantic_index import SemanticIndex
+from tokenomy_sidecar.semantic_share import SemanticShare, stream_of
 from tokenomy_sidecar.stages.backend_choice import HealthTracker
 from tokenomy_sidecar.stages.budget import Keepers, LocalKeepers
 from tokenomy_sidecar.stages.upstream import Upstream
-from tokenomy_sidecar.stores import CacheStore
+from tokenomy_sidecar.stores import CacheStore, RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ class Sidecar:
         self._retiring: dict[CacheStore, asyncio.Task[None]] = {}
         self.health = HealthTracker()
         self.semantic = SemanticIndex(self.memory, self.clock)
+        self.share: SemanticShare | None = None
+        """The semantic cache's shared record, when the cache store is a Redis."""
+        self._share_key: tuple[int, str] | None = None
+        self._stopping: asyncio.Task[None] | None = None
         self.budgets: Keepers | None = None
         if self.settings.enforce_local_budget:
             self.budgets = LocalKeepers(self.clock)
@@ -116,6 +121,7 @@ class Sidecar:
         self._retiring[store] = asyncio.get_running_loop().create_task(later())
 
     def _on_config(self, runtime: Runtime) -> None:
+        self._reshare(runtime)
         store = runtime.config.cache.store
         self.semantic.max_entries = store.max_entries
         self.memory.max_bytes = store.max_memory_bytes
@@ -142,6 +148,31 @@ class Sidecar:
                 "(--pod-region, env TOKENOMY_POD_REGION; injected from the Pod's "
                 "topology.kubernetes.io/region label): backends are ordered as for cheapest"
             )
+
+    def _reshare(self, runtime: Runtime) -> None:
+        """Follow the Redis stream of this config's scope (or stop), when that changed."""
+        config = runtime.config
+        store = runtime.store
+        shared = config.cache.semantic.enabled and isinstance(store, RedisStore)
+        key = (id(store), stream_of(config)) if shared else None
+        if key == self._share_key:
+            if self.share is not None:
+                self.share.max_entries = config.cache.store.max_entries
+            return
+        old, self._share_key = self.share, key
+        self.share = None
+        if isinstance(store, RedisStore) and key is not None:
+            self.share = SemanticShare(
+                store.client, key[1], self.semantic, config.cache.store.max_entries
+            )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # start() starts it
+        if old is not None:
+            self._stopping = loop.create_task(old.stop())
+        if self.share is not None:
+            self.share.start()
 
     # --- probes and metrics ------------------------------------------------------
 
@@ -210,10 +241,12 @@ class Sidecar:
         upstream = Upstream(self._session, self.health, self.clock)
         proxy = Proxy(
             self.holder, upstream, self.metrics, self.clock, self.rng,
-            self.semantic, pod_region=s.pod_region, max_body_bytes=s.max_body_bytes,
-            budgets=self.budgets, pod_labels=s.pod_labels,
+            self.semantic, lambda: self.share, pod_region=s.pod_region,
+            max_body_bytes=s.max_body_bytes, budgets=self.budgets, pod_labels=s.pod_labels,
             stream_idle_seconds=s.stream_idle_seconds,
         )  # fmt: skip
+        if self.share is not None:
+            self.share.start()
         self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
         self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)
         log.info("serving the OpenAI API on %s, metrics on %s", self.api_url, self.metrics_url)
@@ -227,6 +260,8 @@ class Sidecar:
             await runner.cleanup()
         if self.budgets is not None:
             await self.budgets.close()
+        if self.share is not None:
+            await self.share.stop()
         self._runners.clear()
         if self._session is not None:
             await self._session.close()

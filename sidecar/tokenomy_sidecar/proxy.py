@@ -10,7 +10,7 @@ its module under ``stages/`` and naming it in :meth:`Proxy.chat_stages`.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -23,6 +23,7 @@ from tokenomy_sidecar.request import parse_chat, parse_embeddings
 from tokenomy_sidecar.respond import Writer
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime
 from tokenomy_sidecar.semantic_index import SemanticIndex
+from tokenomy_sidecar.semantic_share import SemanticShare
 from tokenomy_sidecar.stages.budget import Budget, Keepers
 from tokenomy_sidecar.stages.cascade import Cascade
 from tokenomy_sidecar.stages.exact_cache import ExactCache
@@ -51,6 +52,7 @@ class Proxy:
         clock: Clock,
         rng: random.Random,
         semantic: SemanticIndex,
+        share: Callable[[], SemanticShare | None] = lambda: None,
         pod_region: str | None = None,
         max_body_bytes: int = 8 * 1024 * 1024,
         budgets: Keepers | None = None,
@@ -66,7 +68,7 @@ class Proxy:
         vectors = SharedVectors(upstream.session, meter)
         budget = Budget(budgets, metrics)
         self.chat_pipeline = Pipeline(
-            self.chat_stages(metrics, meter, caller, vectors, semantic, budget), metrics
+            self.chat_stages(metrics, meter, caller, vectors, semantic, share, budget), metrics
         )
         self.embeddings_pipeline = Pipeline(
             [budget, Forward(caller, meter, path="/embeddings")], metrics
@@ -80,6 +82,7 @@ class Proxy:
         caller: Caller,
         vectors: SharedVectors,
         semantic: SemanticIndex,
+        share: Callable[[], SemanticShare | None],
         budget: Budget,
     ) -> list[Stage]:
         """A chat request's stages, in DESIGN.md's order."""
@@ -87,7 +90,7 @@ class Proxy:
             Identify(),
             Trim(),
             ExactCache(metrics, meter),
-            SemanticCache(metrics, meter, semantic, vectors),
+            SemanticCache(metrics, meter, semantic, vectors, share),
             Route(metrics, vectors),
             budget,
             Cascade(caller, meter, metrics),

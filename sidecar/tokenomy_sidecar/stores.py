@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Protocol
+from typing import Any, Protocol
 
 from tokenomy_api.clock import Clock
 from tokenomy_sidecar.memory_budget import ENTRY_OVERHEAD, MemoryBudget
@@ -98,6 +98,11 @@ class RedisStore:
 
         self.url = url
         self._redis = Redis.from_url(url, password=password)
+
+    @property
+    def client(self) -> Any:
+        """The asyncio client, for the semantic cache's shared record (semantic_share.py)."""
+        return self._redis
 
     async def get(self, partition: str, key: str) -> bytes | None:
         """The value, or None; Redis expires entries itself."""

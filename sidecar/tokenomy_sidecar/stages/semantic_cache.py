@@ -11,7 +11,7 @@ miss.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tokenomy_sidecar.metrics import Metrics
@@ -22,6 +22,7 @@ from tokenomy_sidecar.stages.exact_cache import exact_key, hit, keep
 from tokenomy_sidecar.stages.metering import Meter
 
 if TYPE_CHECKING:
+    from tokenomy_sidecar.semantic_share import SemanticShare
     from tokenomy_sidecar.vectors import SharedVectors
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,19 @@ class SemanticCache(Quiet):
     optional = True
 
     def __init__(
-        self, metrics: Metrics, meter: Meter, index: SemanticIndex, vectors: SharedVectors
+        self,
+        metrics: Metrics,
+        meter: Meter,
+        index: SemanticIndex,
+        vectors: SharedVectors,
+        share: Callable[[], SemanticShare | None] = lambda: None,
     ) -> None:
         self.metrics = metrics
         self.meter = meter
         self.index = index
         self.vectors = vectors
+        self.share = share
+        """The shared record in force (Redis stores only), read per request."""
 
     async def request(self, x: Exchange) -> Answer | None:
         """Search the request's context for a question this close; a hit answers it."""
@@ -119,6 +127,10 @@ class SemanticCache(Quiet):
             x.cache.context = x.cache.context or question_context(x.chat.body)
             vector = await self.vectors.question(x)
             assert vector is not None  # there is a question
-            self.index.add(index_partition(x), x.cache.context, vector, entry, semantic.ttl_seconds)
+            shared = index_partition(x)
+            self.index.add(shared, x.cache.context, vector, entry, semantic.ttl_seconds)
+            share = self.share()
+            if share is not None:  # a Redis that fails here counts as a store error
+                await share.publish(shared, x.cache.context, vector, entry, semantic.ttl_seconds)
 
         await keep(self.metrics, x, answer, "semantic", put)
