@@ -108,14 +108,25 @@ class Proc:
             self.process.wait()
 
 
-def start(name: str, command: Sequence[str], port: int, env: dict[str, str] | None = None) -> Proc:
+def start(
+    name: str,
+    command: Sequence[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> Proc:
     process = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
-    wait_port(port, timeout=120)
+    try:
+        wait_port(port, timeout=timeout)
+    except BaseException:
+        process.kill()  # not left running behind a failed bench
+        process.wait()
+        raise
     return Proc(name, process, port)
 
 

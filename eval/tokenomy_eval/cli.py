@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -88,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the local embedder's (int8: as the sidecar runs it)",
     )
     cache.add_argument("--json", action="store_true", help="print the sweep as JSON")
+    cache.add_argument(
+        "--budget",
+        type=float,
+        help="also a wrong-hit budget: calibrate the threshold on a random half of the "
+        "lookups (99 %% upper bound), serve the other half, over --splits splits",
+    )
+    cache.add_argument("--splits", type=int, default=20)
 
 
 def load(path: Path, fmt: str, weak: str, strong: str) -> list[Query]:
@@ -144,10 +152,23 @@ def _run_cache(args: argparse.Namespace) -> int:
         similarity, correct = cache.labelled(model, stored, lookups)
         title = f"{args.labelled.name}: {len(stored[0]):,} queries cached"
     embedder = f"all-MiniLM-L6-v2, {args.precision} (the sidecar's local embedder)"
+    budget = (
+        cache.budget_splits(similarity, correct, args.budget, args.splits, args.seed)
+        if args.budget is not None
+        else None
+    )
     if args.json:
-        print(json.dumps(cache.as_json(title, embedder, similarity, correct, args.target)))
+        found = cache.as_json(title, embedder, similarity, correct, args.target)
+        found["budget"] = dataclasses.asdict(budget) if budget is not None else None
+        print(json.dumps(found))
         return 0
     print(cache.report(title, similarity, correct, args.target))
+    if budget is not None:
+        print(
+            f"\nWrong-hit budget {budget.budget:.1%}, {budget.splits} random splits: held in "
+            f"{budget.held:.0%} of them; median served {budget.served:.1%}, "
+            f"median wrong {budget.wrong:.1%}"
+        )
     print(f"\nembedder: {embedder}")
     return 0
 
