@@ -103,6 +103,7 @@ def main() -> None:
             str(port),
         ],
         port,
+        timeout=1800,  # seeding a million entries takes minutes
     )
     try:
         print(f"semantic partition seeded with {args.entries:,} entries; local all-MiniLM-L6-v2\n")
@@ -111,6 +112,9 @@ def main() -> None:
                 f"http://127.0.0.1:{port}/v1/chat/completions", args.requests, child.process.pid
             )
         )
+        status = Path(f"/proc/{child.process.pid}/status").read_text()
+        rss = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:"))
+        print(f"\nsidecar RSS {rss / 1024:.0f} MiB with {args.entries:,} entries")
     finally:
         child.stop()
         upstream.stop()
