@@ -153,18 +153,18 @@ class Sidecar:
         """Follow the Redis stream of this config's scope (or stop), when that changed."""
         config = runtime.config
         store = runtime.store
-        shared = config.cache.semantic.enabled and isinstance(store, RedisStore)
-        key = (id(store), stream_of(config)) if shared else None
+        redis = store if config.cache.semantic.enabled and isinstance(store, RedisStore) else None
+        key = (id(redis), stream_of(config)) if redis is not None else None
         if key == self._share_key:
             if self.share is not None:
                 self.share.max_entries = config.cache.store.max_entries
             return
         old, self._share_key = self.share, key
-        self.share = None
-        if isinstance(store, RedisStore) and key is not None:
-            self.share = SemanticShare(
-                store.client, key[1], self.semantic, config.cache.store.max_entries
-            )
+        self.share = (
+            SemanticShare(redis.client, key[1], self.semantic, config.cache.store.max_entries)
+            if redis is not None and key is not None
+            else None
+        )
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -57,9 +57,6 @@ class MemoryBudget:
             self._add(key[0], -size)
             evict()
 
-    def __contains__(self, key: tuple[Hashable, ...]) -> bool:
-        return key in self._order
-
     def _add(self, cache: Hashable, size: int) -> None:
         self.used += size
         used = self._used_by[cache] = self._used_by.get(cache, 0) + size
