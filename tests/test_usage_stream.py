@@ -212,6 +212,8 @@ async def test_injected_sidecars_share_the_operators_budget(standin: StandinFact
         assert 0 < spent <= Decimal("0.0015")
         assert refusals  # the budget, shared, ran out for both
         assert set(refusals) == {"budget_exceeded"}
+        # The period exists once the first report arrived; until then there is nothing to read.
+        await until(lambda: "default/agent" in usage.periods)
         await until(lambda: usage.periods["default/agent"].ledger.spent == spent)
         for client in clients:
             await client.close()
@@ -263,6 +265,7 @@ async def test_sidecars_report_tiers_hits_tokens_labels_and_tasks(standin: Stand
                 messages=[{"role": "user", "content": "hi"}],
                 extra_headers={"x-tokenomy-task": "t" * 300},
             )
+        await until(lambda: "default/agent" in usage.periods)  # the first report arrived
         await until(lambda: usage.periods["default/agent"].totals.requests == 4)
         totals = usage.periods["default/agent"].totals
         assert usage.periods["default/agent"].ledger.spent == paid > 0
