@@ -335,30 +335,12 @@ def test_plot_and_router_train_commands(tmp_path: Path) -> None:
     assert "1 outcomes are too few to train on" in few.stderr
 
 
-@pytest.mark.parametrize(
-    ("wrong", "hits", "low", "high"),
-    [
-        (0, 0, 1.0, 1.0),  # nothing seen: nothing known
-        (0, 10, 0.15, 0.25),  # ten right answers do not show 2 %
-        (0, 1_000, 0.002, 0.003),
-        (20, 1_000, 0.028, 0.03),  # 2 % seen: the bound sits above it
-        (1_000, 1_000, 0.99, 1.0),
-    ],
-)
-def test_wrong_share_bound(wrong: int, hits: int, low: float, high: float) -> None:
-    assert low <= cache.wrong_share_bound(wrong, hits) <= high
-
-
-def test_a_calibrated_threshold_serves_only_where_evidence_bounds_the_wrong_hits() -> None:
+def test_the_budget_run_serves_by_the_sidecars_cuts_and_holds_on_the_other_half() -> None:
     rng = np.random.default_rng(0)
     similarity = rng.uniform(0.5, 1.0, 20_000)
     correct = rng.uniform(0, 1, 20_000) > (1.0 - similarity) * 0.2  # wrong 10 % at 0.5, 0 at 1
-    threshold = cache.calibrated(similarity, correct, 0.02)
-    assert threshold is not None
-    assert 0.8 < threshold < 0.88  # above 0.8 the true wrong share is 2 %
-    served = similarity >= threshold
-    assert (~correct[served]).mean() <= 0.02
-    assert cache.calibrated(similarity[:20], correct[:20], 0.02) is None  # too little evidence
-    run = cache.budget_splits(similarity, correct, 0.02, splits=10, seed=1)
+    noise = rng.uniform(0, 1, 20_000)  # an agreement that says nothing
+    run = cache.budget_splits(cache.Lookups(similarity, noise, correct), 0.02, splits=10, seed=1)
     assert run.held >= 0.9
-    assert 0.25 < run.served < 0.4
+    assert 0.25 < run.served < 0.4  # above 0.8 the true wrong share is 2 %
+    assert run.by_similarity == pytest.approx(run.served, abs=0.05)

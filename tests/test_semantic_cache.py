@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -364,3 +365,72 @@ def test_a_stream_entry_is_indexed_only_when_it_is_someone_elses_fresh_and_well_
     fields = {b"p": b"p", b"c": b"c", b"v": unit(0, 1, 0).tobytes(), b"a": b"theirs"}
     share._index({**fields, b"e": b"70", b"o": b"other", **change})
     assert (share.read, len(held)) == ((1, 2) if indexed else (0, 1))
+
+
+async def budget_sidecar(
+    sidecar: SidecarFactory, model: RunningStandin, explore: float = 0.0
+) -> LiveSidecar:
+    route = route_doc(
+        namespace="default",
+        tiers=[{"name": "t", "backends": [backend("b", url=model.url)]}],
+        embedding={"provider": "local"},
+    )
+    budget = {"maxWrongShare": 0.2, "minSimilarity": 0.3, "explore": explore}
+    policy = policy_doc(
+        namespace="default",
+        cache={
+            "exact": {"enabled": False},
+            "semantic": {"enabled": True, "wrongHitBudget": budget},
+            "scope": {"type": "header", "header": "x-tenant"},
+        },
+    )
+    return await sidecar(route, policy)
+
+
+async def test_a_wrong_hit_budget_serves_once_outcomes_allow_and_learns_from_reports(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    model = await standin(name="m", reply="Your card arrives within a few working days.")
+    running = await budget_sidecar(sidecar, model)
+    served = []
+    for i in range(60):
+        response = await ask(running, f"my card number {i} has not arrived yet")
+        if response.headers["x-tokenomy-cache"] == "semantic":
+            served.append(response.parse())
+    # Nothing is served until the model's answers to near questions have shown the
+    # stored ones right often enough to bound a 20 % budget at 99 %: about 20 outcomes.
+    assert 15 <= len(model.settings.requests) <= 40
+    assert len(served) == 60 - len(model.settings.requests)
+    correct = running.metric("tokenomy_semantic_outcomes_total", source="miss", result="correct")
+    assert correct == len(model.settings.requests) - 1  # the first one had nothing near
+    assert running.metric("tokenomy_semantic_wrong_hit_bound") <= 0.2
+    ids = {c.id for c in served}
+    assert len(ids) == len(served)
+    assert all(i.startswith("chatcmpl-tk") for i in ids)
+
+    async with aiohttp.ClientSession() as session:
+        url = f"{running.url}/tokenomy/feedback"
+        async with session.post(url, json={"id": served[0].id, "correct": False}) as reply:
+            assert reply.status == 202
+        async with session.post(url, json={"id": "chatcmpl-unknown"}) as reply:
+            assert reply.status == 404
+            assert "is remembered here" in (await reply.json())["error"]["message"]
+        async with session.post(url, data=b"{not json") as reply:
+            assert reply.status == 400
+        async with session.post(url, json={"id": served[0].id, "correct": "no"}) as reply:
+            assert reply.status == 400
+    assert running.metric("tokenomy_semantic_outcomes_total", source="feedback") == 1
+
+
+async def test_near_questions_with_other_answers_are_never_served(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    model = await standin(name="m")  # echoes the question: each fee its own answer
+    running = await budget_sidecar(sidecar, model, explore=0.5)
+    for i in range(40):
+        response = await ask(running, f"What is the fee to send {i} euros abroad?")
+        assert response.headers["x-tokenomy-cache"] == "miss"
+    assert len(model.settings.requests) == 40
+    wrong = running.metric("tokenomy_semantic_outcomes_total", source="miss", result="wrong")
+    assert wrong == 39  # "… 3 euros" and "… 4 euros" embed alike, but state other numbers
+    assert running.metric("tokenomy_semantic_wrong_hit_bound") == 1.0

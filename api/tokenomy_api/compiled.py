@@ -199,9 +199,22 @@ class CompiledSemanticCache(Section):
     enabled: bool
     """Whether it is on."""
     threshold: Fraction
-    """Cosine similarity at or above which a stored answer is served."""
+    """Cosine similarity at or above which a stored answer is served (no budget)."""
     ttl_seconds: Seconds
     """How long an answer stays servable."""
+    budget: CompiledWrongHitBudget | None = None
+    """Serve by a wrong-hit budget learnt from outcomes instead of ``threshold``."""
+
+
+class CompiledWrongHitBudget(Section):
+    """The semantic cache's wrong-hit budget (:mod:`tokenomy_sidecar.semantic_budget`)."""
+
+    max_wrong_share: Annotated[float, Field(ge=0.001, le=0.5)]
+    """Acceptable share of served near matches that answer another question."""
+    min_similarity: Fraction
+    """Below this similarity a nearest question is neither served nor learnt from."""
+    explore: Fraction
+    """Share of servable near matches sent to the model anyway, to keep measuring."""
 
 
 class CompiledScope(Section):

@@ -244,6 +244,15 @@ def _cache(cache: Cache) -> c.CompiledCache:
             enabled=cache.semantic.enabled,
             threshold=cache.semantic.threshold,
             ttl_seconds=_seconds(cache.semantic.ttl),
+            budget=(
+                c.CompiledWrongHitBudget(
+                    max_wrong_share=budget.max_wrong_share,
+                    min_similarity=budget.min_similarity,
+                    explore=budget.explore,
+                )
+                if (budget := cache.semantic.wrong_hit_budget) is not None
+                else None
+            ),
         ),
         scope=c.CompiledScope(type=cache.scope.type, header=cache.scope.header),
         store=c.CompiledStore(

@@ -45,13 +45,34 @@ class ExactCache(ApiModel):
     """How long an answer stays servable."""
 
 
+class WrongHitBudget(ApiModel):
+    """Serve near matches as far as observed outcomes allow, instead of a fixed threshold.
+
+    Each sidecar learns, per route, the similarity and margin (how much closer the
+    nearest stored question is than the nearest one with another answer) at which
+    wrong hits stay under ``maxWrongShare`` with 99 % confidence, from the
+    candidates that went to the model, explored ones and reported wrong answers.
+    """
+
+    max_wrong_share: Annotated[float, Field(ge=0.001, le=0.5)]
+    """Acceptable share of served near matches that answer another question, e.g. 0.02."""
+    min_similarity: Fraction = 0.6
+    """Nearest questions less similar than this are neither served nor learnt from."""
+    explore: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Share of servable near matches sent to the model anyway, its answer compared with
+    the stored one, so the bound keeps measuring what is served."""
+
+
 class SemanticCache(ApiModel):
     """Serve a request whose meaning matches a stored one closely enough."""
 
     enabled: bool = False
     """Whether the semantic cache is on; it needs ``spec.embedding`` on the routes."""
     threshold: Fraction = 0.95
-    """Cosine similarity at or above which a stored answer is served."""
+    """Cosine similarity at or above which a stored answer is served (without a
+    ``wrongHitBudget``)."""
+    wrong_hit_budget: WrongHitBudget | None = None
+    """Serve by a wrong-hit budget learnt from outcomes; ``threshold`` then has no effect."""
     ttl: Duration = "1h"
     """How long an answer stays servable."""
 

@@ -35,6 +35,7 @@ from tokenomy_api.clock import SystemClock
 from tokenomy_eval.metrics import Array
 from tokenomy_sidecar.local_embedder import MiniLM
 from tokenomy_sidecar.memory_budget import MemoryBudget
+from tokenomy_sidecar.semantic_budget import NEIGHBOURS, Outcome, agreement, cuts
 from tokenomy_sidecar.semantic_index import SemanticIndex
 
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.98)
@@ -84,41 +85,14 @@ def lowest_safe(similarity: Array, correct: Bools, target: float) -> Point | Non
     return None
 
 
-Z_95 = 1.6449
-"""One-sided 95 % normal quantile, for the Wilson bound."""
-Z_99 = 2.3263
-"""One-sided 99 %: the calibration scans every threshold and keeps the lowest that passes,
-which is optimistic at 95 % (the budget held in 92 % of synthetic splits, 100 % at 99 %)."""
+@dataclass(frozen=True)
+class Lookups:
+    """Each lookup's signals and whether its nearest entry had the right answer."""
 
-
-def wrong_share_bound(wrong: int, hits: int, z: float = Z_95) -> float:
-    """One-sided upper Wilson bound of the wrong-hit share seen as ``wrong`` of ``hits``."""
-    if hits == 0:
-        return 1.0
-    p = wrong / hits
-    z2 = z * z
-    centre = p + z2 / (2 * hits)
-    spread = z * np.sqrt(p * (1 - p) / hits + z2 / (4 * hits * hits))
-    return float(min(1.0, (centre + spread) / (1 + z2 / hits)))
-
-
-def calibrated(similarity: Array, correct: Bools, budget: float, z: float = Z_99) -> float | None:
-    """The lowest threshold whose wrong-hit share is under ``budget`` with 99 % confidence.
-
-    What a wrong-hit budget serves from: outcomes observed at known
-    similarities (here a calibration sample) bound the wrong share above
-    each candidate threshold; too few observations give a loose bound, so
-    the threshold stays high until evidence allows lower.
-    """
-    order = np.argsort(-similarity)
-    wrong = np.cumsum(~correct[order])
-    best = None
-    for n in range(1, len(order) + 1):
-        if n < len(order) and similarity[order[n]] == similarity[order[n - 1]]:
-            continue  # a threshold serves every tie or none
-        if wrong_share_bound(int(wrong[n - 1]), n, z) <= budget:
-            best = float(similarity[order[n - 1]])
-    return best
+    similarity: Array
+    agreement: Array
+    """Similarity over the nearest entry with another answer (0 where unknown: pairs)."""
+    correct: Bools
 
 
 @dataclass(frozen=True)
@@ -133,24 +107,35 @@ class BudgetRun:
     """Median share of test lookups served from the cache."""
     wrong: float
     """Median test wrong-hit share."""
+    by_similarity: float
+    """Median share of test lookups the similarity rule alone serves."""
 
 
-def budget_splits(
-    similarity: Array, correct: Bools, budget: float, splits: int, seed: int
-) -> BudgetRun:
-    """Calibrate on a random half of the lookups, serve the other half at that threshold."""
+def budget_splits(lookups: Lookups, budget: float, splits: int, seed: int) -> BudgetRun:
+    """The sidecar's cuts (:mod:`tokenomy_sidecar.semantic_budget`) from the outcomes of a
+    random half of the lookups, serving the other half."""
     rng = np.random.default_rng(seed)
-    held, served, wrong = 0, [], []
+    held, served, wrong, alone = 0, [], [], []
+    n = len(lookups.similarity)
     for _ in range(splits):
-        order = rng.permutation(len(similarity))
-        fit, test = order[: len(order) // 2], order[len(order) // 2 :]
-        threshold = calibrated(similarity[fit], correct[fit], budget)
-        p = point(similarity[test], correct[test], threshold if threshold is not None else 2.0)
-        held += p.wrong_share <= budget
-        served.append(p.hit_rate)
-        wrong.append(p.wrong_share)
+        order = rng.permutation(n)
+        fit, test = order[: n // 2], order[n // 2 :]
+        s, m, c = lookups.similarity, lookups.agreement, lookups.correct
+        cut = cuts([Outcome(float(s[i]), float(m[i]), bool(c[i])) for i in fit], budget)
+        s, m, c = s[test], m[test], c[test]
+        hit = (s >= cut.similarity) | (m >= cut.agreement)
+        share = float((hit & ~c).sum() / hit.sum()) if hit.any() else 0.0
+        held += share <= budget
+        served.append(float(hit.mean()))
+        wrong.append(share)
+        alone.append(float((s >= cut.similarity).mean()))
     return BudgetRun(
-        budget, splits, held / splits, float(np.median(served)), float(np.median(wrong))
+        budget,
+        splits,
+        held / splits,
+        float(np.median(served)),
+        float(np.median(wrong)),
+        float(np.median(alone)),
     )
 
 
@@ -165,20 +150,24 @@ def read_labelled(path: Path) -> tuple[list[str], list[str]]:
 
 def labelled(
     model: MiniLM, cached: tuple[list[str], list[str]], lookups: tuple[list[str], list[str]]
-) -> tuple[Array, Bools]:
-    """Each lookup's best similarity in the cache, and whether that entry has its label."""
+) -> Lookups:
+    """Each lookup's nearest entries in the cache, and whether the nearest has its label.
+
+    An entry's answer is its label, as for an agent that answers with the
+    intent (equal answers exactly when the intents are equal).
+    """
     texts, labels = cached
     index = SemanticIndex(MemoryBudget(1 << 40), SystemClock(), max_entries=len(texts))
-    entries = [str(i).encode() for i in range(len(texts))]
+    entries = [labels[i].encode() for i in range(len(texts))]
     index.bulk_load("eval", "", embed_all(model, texts), entries, ttl=1e9)
-    similarity = np.zeros(len(lookups[0]))
-    correct = np.zeros(len(lookups[0]), dtype=bool)
+    n = len(lookups[0])
+    similarity, agreements, correct = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
     for i, vector in enumerate(embed_all(model, lookups[0])):
-        found = index.search("eval", "", vector)
-        assert found is not None  # the index is not empty
-        similarity[i] = found.similarity
-        correct[i] = labels[int(found.value)] == lookups[1][i]
-    return similarity, correct
+        near = index.neighbours("eval", "", vector, NEIGHBOURS)
+        similarity[i] = near[0].similarity
+        agreements[i] = agreement([(f.similarity, f.value) for f in near], lambda v: v)
+        correct[i] = near[0].value.decode() == lookups[1][i]
+    return Lookups(similarity, agreements, correct)
 
 
 def split_labelled(
@@ -195,15 +184,19 @@ def split_labelled(
     return pick(order[:half]), pick(order[half:])
 
 
-def pairs(model: MiniLM, path: Path, limit: int, seed: int) -> tuple[Array, Bools]:
-    """Similarity of each pair's two sides, and whether the pair is a duplicate."""
+def pairs(model: MiniLM, path: Path, limit: int, seed: int) -> Lookups:
+    """Similarity of each pair's two sides, and whether the pair is a duplicate.
+
+    One entry per lookup: its agreement is its similarity."""
     raw = path.read_bytes()
     data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
     if limit and limit < len(data):
         data = random.Random(seed).sample(data, limit)
     a = embed_all(model, [d["text_a"] for d in data])
     b = embed_all(model, [d["text_b"] for d in data])
-    return (a * b).sum(1).astype(np.float64), np.array([int(d["label"]) == 1 for d in data])
+    similarity = (a * b).sum(1).astype(np.float64)
+    correct = np.array([int(d["label"]) == 1 for d in data])
+    return Lookups(similarity, similarity, correct)
 
 
 def as_json(

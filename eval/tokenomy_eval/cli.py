@@ -92,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument(
         "--budget",
         type=float,
-        help="also a wrong-hit budget: calibrate the threshold on a random half of the "
-        "lookups (99 %% upper bound), serve the other half, over --splits splits",
+        help="also a wrong-hit budget as the sidecar runs it: the similarity and agreement "
+        "cuts from the outcomes of a random half of the lookups (99 %% upper bound), serving "
+        "the other half, over --splits splits",
     )
     cache.add_argument("--splits", type=int, default=20)
 
@@ -141,7 +142,7 @@ def _models(args: argparse.Namespace, train_set: list[Query], test_set: list[Que
 def _run_cache(args: argparse.Namespace) -> int:
     model = MiniLM(precision=args.precision)
     if args.pairs is not None:
-        similarity, correct = cache.pairs(model, args.pairs, args.limit, args.seed)
+        found = cache.pairs(model, args.pairs, args.limit, args.seed)
         title = f"{args.pairs.name}: one side of each pair against the other"
     else:
         data = cache.read_labelled(args.labelled)
@@ -149,25 +150,27 @@ def _run_cache(args: argparse.Namespace) -> int:
             stored, lookups = data, cache.read_labelled(args.lookups)
         else:
             stored, lookups = cache.split_labelled(data, args.seed)
-        similarity, correct = cache.labelled(model, stored, lookups)
+        found = cache.labelled(model, stored, lookups)
         title = f"{args.labelled.name}: {len(stored[0]):,} queries cached"
     embedder = f"all-MiniLM-L6-v2, {args.precision} (the sidecar's local embedder)"
+    similarity, correct = found.similarity, found.correct
     budget = (
-        cache.budget_splits(similarity, correct, args.budget, args.splits, args.seed)
+        cache.budget_splits(found, args.budget, args.splits, args.seed)
         if args.budget is not None
         else None
     )
     if args.json:
-        found = cache.as_json(title, embedder, similarity, correct, args.target)
-        found["budget"] = dataclasses.asdict(budget) if budget is not None else None
-        print(json.dumps(found))
+        out = cache.as_json(title, embedder, similarity, correct, args.target)
+        out["budget"] = dataclasses.asdict(budget) if budget is not None else None
+        print(json.dumps(out))
         return 0
     print(cache.report(title, similarity, correct, args.target))
     if budget is not None:
         print(
             f"\nWrong-hit budget {budget.budget:.1%}, {budget.splits} random splits: held in "
             f"{budget.held:.0%} of them; median served {budget.served:.1%}, "
-            f"median wrong {budget.wrong:.1%}"
+            f"median wrong {budget.wrong:.1%} (the similarity rule alone: "
+            f"{budget.by_similarity:.1%} served)"
         )
     print(f"\nembedder: {embedder}")
     return 0

@@ -203,6 +203,7 @@ class Sidecar:
         app.router.add_post("/v1/chat/completions", proxy.chat_completions)
         app.router.add_post("/v1/embeddings", proxy.embeddings)
         app.router.add_get("/v1/models", proxy.models)
+        app.router.add_post("/v1/tokenomy/feedback", proxy.feedback)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)

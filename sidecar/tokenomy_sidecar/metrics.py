@@ -120,6 +120,28 @@ class Metrics:
             [*ROUTE_LABELS, "kind", "result"],
             registry=r,
         )
+        self.semantic_outcomes = Counter(
+            "tokenomy_semantic_outcomes",
+            "Semantic near matches whose answer became known, by source (miss: not served, "
+            "the model answered; explore: servable, sent to the model to measure; feedback: "
+            "reported by a user) and result (correct, wrong).",
+            [*ROUTE_LABELS, "source", "result"],
+            registry=r,
+        )
+        self.semantic_bound = Gauge(
+            "tokenomy_semantic_wrong_hit_bound",
+            "Upper bound (99 %) of the share of wrong answers among the near matches the "
+            "wrong-hit budget serves now, from the outcomes seen; 1 while it serves none.",
+            ROUTE_LABELS,
+            registry=r,
+        )
+        self.semantic_cut = Gauge(
+            "tokenomy_semantic_cut",
+            "The wrong-hit budget's cuts: serve at or above this similarity or margin "
+            "(+Inf: not yet).",
+            [*ROUTE_LABELS, "signal"],
+            registry=r,
+        )
         self.cache_memory = Gauge(
             "tokenomy_cache_memory_bytes",
             "Memory held by in-process cache entries (answers, vectors, indexes), by cache "

@@ -28,6 +28,7 @@ from tokenomy_sidecar.errors import ApiError
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.request import ChatRequest, parse_chat
 from tokenomy_sidecar.runtime import Runtime
+from tokenomy_sidecar.semantic_budget import Candidate
 from tokenomy_sidecar.wallet import Reservation
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ class CacheRecord:
     """The semantic cache's exact part: a hash of the conversation around the question."""
     vector: Any = None
     """The question's embedding (a numpy row), computed once for lookup, routing and store."""
+    candidate: Candidate | None = None
+    """A near match the wrong-hit budget did not serve: the fresh answer tells whether it
+    would have been right."""
 
     @classmethod
     def off(cls, reason: str) -> CacheRecord:

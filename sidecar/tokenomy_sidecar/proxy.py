@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 
+import orjson
 from aiohttp import web
 
 from tokenomy_api.clock import Clock
@@ -31,7 +32,7 @@ from tokenomy_sidecar.stages.forward import Forward
 from tokenomy_sidecar.stages.identify import Identify
 from tokenomy_sidecar.stages.metering import Meter
 from tokenomy_sidecar.stages.route import Route
-from tokenomy_sidecar.stages.semantic_cache import SemanticCache
+from tokenomy_sidecar.stages.semantic_cache import REMEMBERED, SemanticCache
 from tokenomy_sidecar.stages.trim import Trim
 from tokenomy_sidecar.stages.upstream import Caller, Upstream
 from tokenomy_sidecar.vectors import SharedVectors
@@ -67,8 +68,9 @@ class Proxy:
         caller = Caller(upstream, meter, rng, pod_region)
         vectors = SharedVectors(upstream.session, meter)
         budget = Budget(budgets, metrics)
+        self.semantic_cache = SemanticCache(metrics, meter, semantic, vectors, share)
         self.chat_pipeline = Pipeline(
-            self.chat_stages(metrics, meter, caller, vectors, semantic, share, budget), metrics
+            self.chat_stages(metrics, meter, caller, vectors, self.semantic_cache, budget), metrics
         )
         self.embeddings_pipeline = Pipeline(
             [budget, Forward(caller, meter, path="/embeddings")], metrics
@@ -81,8 +83,7 @@ class Proxy:
         meter: Meter,
         caller: Caller,
         vectors: SharedVectors,
-        semantic: SemanticIndex,
-        share: Callable[[], SemanticShare | None],
+        semantic_cache: SemanticCache,
         budget: Budget,
     ) -> list[Stage]:
         """A chat request's stages, in DESIGN.md's order."""
@@ -90,7 +91,7 @@ class Proxy:
             Identify(),
             Trim(),
             ExactCache(metrics, meter),
-            SemanticCache(metrics, meter, semantic, vectors, share),
+            semantic_cache,
             Route(metrics, vectors),
             budget,
             Cascade(caller, meter, metrics),
@@ -198,6 +199,27 @@ class Proxy:
             return await self._refuse(request, error)
         x = Exchange(runtime, route, raw, chat, started, embedding=True)
         return await self._serve(self.embeddings_pipeline, x, request)
+
+    async def feedback(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/tokenomy/feedback``: ``{"id": response id, "correct": false}`` reports
+        a semantic cache hit that answered another question (the wrong-hit budget learns)."""
+        try:
+            body = orjson.loads(await self._read(request))
+        except (orjson.JSONDecodeError, ApiError) as error:
+            reason = error.message if isinstance(error, ApiError) else "body is not JSON"
+            return error_response(400, reason)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            return error_response(400, "body must be an object with a string `id`", param="id")
+        correct = body.get("correct", False)
+        if not isinstance(correct, bool):
+            return error_response(400, "`correct` must be true or false", param="correct")
+        if not self.semantic_cache.feedback(body["id"], correct):
+            message = (
+                f"no semantic cache hit with id `{body['id']}` is remembered here (the "
+                f"newest {REMEMBERED:,} served under a wrong-hit budget are)"
+            )
+            return error_response(404, message, param="id", code="not_found")
+        return web.json_response({"id": body["id"], "recorded": True}, status=202)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/models``: the model names of the routes in force."""

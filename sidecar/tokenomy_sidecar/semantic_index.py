@@ -85,21 +85,33 @@ class SemanticIndex:
 
     def search(self, partition: str, context: str, vector: Vector) -> Found | None:
         """The most similar fresh entry of this partition and context, or None."""
+        nearest = self.neighbours(partition, context, vector, 1)
+        return nearest[0] if nearest else None
+
+    def neighbours(self, partition: str, context: str, vector: Vector, k: int) -> list[Found]:
+        """Up to ``k`` fresh entries of this partition and context, most similar first."""
         part = self._partitions.get(partition)
         ids = part.contexts.get(context) if part is not None else None
         if part is None or not ids:
-            return None
+            return []
         now = self.clock.monotonic()
-        for similarity, entry in self._ranked(part, context, ids, vector):
+        found: list[Found] = []
+        expired: list[int] = []
+        for similarity, entry in self._ranked(part, context, ids, vector, k):
             if entry.expires <= now:
-                self._drop(partition, entry.key)
+                expired.append(entry.key)
                 continue
-            self.budget.touch(("semantic", entry.key))
-            return Found(similarity, entry.value)
-        return None
+            if not found:
+                self.budget.touch(("semantic", entry.key))
+            found.append(Found(similarity, entry.value))
+            if len(found) == k:
+                break
+        for key in expired:  # after the read: dropping may rebuild the index
+            self._drop(partition, key)
+        return found
 
     def _ranked(
-        self, part: _Partition, context: str, ids: dict[int, None], vector: Vector
+        self, part: _Partition, context: str, ids: dict[int, None], vector: Vector, k: int
     ) -> Iterator[tuple[float, _Entry]]:
         """The context's entries, most similar first (lazily: usually the first one answers)."""
         if part.index is None or len(ids) <= SCAN:
@@ -108,7 +120,7 @@ class SemanticIndex:
             for i in np.argsort(-similarities):
                 yield float(similarities[i]), candidates[i]
             return
-        wanted = CANDIDATES * -(-len(part.rows) // len(ids))
+        wanted = (CANDIDATES + k - 1) * -(-len(part.rows) // len(ids))
         matches = part.index.search(vector, min(wanted, MAX_CANDIDATES, len(part.rows)))
         for key, distance in zip(matches.keys, matches.distances, strict=True):
             entry = part.rows.get(int(key))
