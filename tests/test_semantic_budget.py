@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from tokenomy_api.bounds import Z_99, wilson_upper
 from tokenomy_sidecar.semantic_budget import (
     NO_CUTS,
     Cuts,
@@ -18,7 +19,7 @@ from tokenomy_sidecar.semantic_budget import (
     cuts,
     decide,
     lowest_cut,
-    wilson_upper,
+    wilson_upper_each,
 )
 
 
@@ -33,8 +34,11 @@ from tokenomy_sidecar.semantic_budget import (
         (2.5, 100.5, 0.08, 0.10),  # weighted counts are fractional
     ],
 )
-def test_wilson_upper(wrong: float, n: float, low: float, high: float) -> None:
+def testwilson_upper_each(wrong: float, n: float, low: float, high: float) -> None:
     assert low <= wilson_upper(wrong, n) <= high
+    if n:  # the scan's element-wise bound is the same one
+        scan = wilson_upper_each(np.array([wrong / n]), np.array([n]), Z_99)
+        assert scan[0] == pytest.approx(wilson_upper(wrong, n))
 
 
 def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

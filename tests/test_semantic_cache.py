@@ -422,6 +422,22 @@ async def test_a_wrong_hit_budget_serves_once_outcomes_allow_and_learns_from_rep
     assert running.metric("tokenomy_semantic_outcomes_total", source="feedback") == 1
 
 
+async def test_exploration_sends_a_share_of_servable_near_matches_to_the_model(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    model = await standin(name="m", reply="Your card arrives within a few working days.")
+    running = await budget_sidecar(sidecar, model, explore=0.5)
+    hits = 0
+    for i in range(90):
+        response = await ask(running, f"my card number {i} has not arrived yet")
+        hits += response.headers["x-tokenomy-cache"] == "semantic"
+    explored = running.metric("tokenomy_semantic_outcomes_total", source="explore")
+    assert hits > 5  # chance of none among ~40 servable ones at 0.5: 1e-12
+    assert explored > 5
+    assert running.metric("tokenomy_cache_lookups_total", result="explore") == explored
+    assert hits + len(model.settings.requests) == 90
+
+
 async def test_near_questions_with_other_answers_are_never_served(
     standin: StandinFactory, sidecar: SidecarFactory
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 import pytest
@@ -85,6 +86,26 @@ def test_a_request_never_answered_is_not_counted_as_one() -> None:
         into.add(failed)
     assert (totals.requests, totals.input_tokens, dict(totals.tiers)) == (1, 110, {"small": 1})
     assert (window.requests, window.cost, window.tokens) == (1, Decimal("0.03"), 160)
+
+
+def test_semantic_checks_bound_the_served_wrong_share_and_survive_a_restart() -> None:
+    totals = Totals()
+    for i in range(400):
+        check = "wrong" if i % 100 == 0 else "correct"
+        totals.add(dataclasses.replace(request(), semantic_check=check))
+    totals.add(request(cache="semantic"))  # a hit: not a check
+    status = totals.status()
+    assert status["semanticChecks"] == {"checked": 400, "wrong": 4, "wrongHitBound": "3.0%"}
+    assert Totals.restore(status).status()["semanticChecks"] == status["semanticChecks"]
+    assert "semanticChecks" not in Totals().status()  # nothing checked: nothing claimed
+
+
+def test_a_report_carries_its_semantic_check_and_nothing_else_is_read_as_one() -> None:
+    usage = dataclasses.replace(request(), semantic_check="wrong")
+    assert RequestUsage.from_report(usage.report(1)).semantic_check == "wrong"
+    odd = usage.report(2)
+    odd.semantic_check = "maybe"
+    assert RequestUsage.from_report(odd).semantic_check == ""
 
 
 def test_unreadable_totals_are_refused() -> None:

@@ -631,6 +631,18 @@ class Tasks(ApiModel):
     """The most expensive tasks."""
 
 
+class SemanticChecks(ApiModel):
+    """Servable semantic near matches sent to the model to check them (the wrong-hit
+    budget's exploration): a random sample of what the semantic cache serves."""
+
+    checked: Count = 0
+    """Near matches checked this period."""
+    wrong: Count = 0
+    """Of those, the ones the model's answer contradicted."""
+    wrong_hit_bound: Annotated[str, Field(max_length=16)] = ""
+    """Upper bound (99 %) of the share of wrong answers among semantic hits, e.g. ``1.8%``."""
+
+
 class PreviousPeriod(ApiModel):
     """The last period's totals: the ``previousPeriod`` baseline of alerts."""
 
@@ -669,6 +681,8 @@ class CostPolicyStatus(ApiModel):
     """Spend by attribution label this period, largest first."""
     tasks: Tasks | None = None
     """Cost and tokens per task this period."""
+    semantic_checks: SemanticChecks | None = None
+    """How often semantic hits answer another question, measured this period."""
     previous_period: PreviousPeriod | None = None
     """Totals of the last period."""
 

@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 SERVICE = "tokenomy.usage.v1.Usage"
+SEMANTIC_CHECKS = frozenset({"correct", "wrong"})
 METHOD = f"/{SERVICE}/Stream"
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -44,6 +45,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("labels", 10, _F.TYPE_MESSAGE, _F.LABEL_REPEATED, ".tokenomy.usage.v1.Label"),
         ("task", 11, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
         ("estimated", 12, _F.TYPE_BOOL, _F.LABEL_OPTIONAL, ""),
+        ("semantic_check", 13, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
     ],
     "SidecarMessage": [
         ("holder", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
@@ -130,6 +132,9 @@ class RequestUsage:
     estimated: bool = False
     """Tokens (and so cost) estimated, not reported by the backend: a stream the backend
     cut before its usage arrived is billed for its prompt and the chunks relayed."""
+    semantic_check: str = ""
+    """``correct`` or ``wrong``: a servable semantic near match this request was sent to
+    the model to check (the wrong-hit budget's exploration), and what the answer showed."""
 
     @property
     def hit(self) -> bool:
@@ -151,6 +156,7 @@ class RequestUsage:
             labels=[Label(key=k, value=v) for k, v in self.labels],
             task=self.task,
             estimated=self.estimated,
+            semantic_check=self.semantic_check,
         )
 
     @classmethod
@@ -178,4 +184,7 @@ class RequestUsage:
             labels=tuple((label.key, label.value) for label in report.labels),
             task=report.task,
             estimated=report.estimated,
+            semantic_check=report.semantic_check
+            if report.semantic_check in SEMANTIC_CHECKS
+            else "",
         )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
+from tokenomy_api.bounds import wilson_upper
 from tokenomy_api.usage_protocol import RequestUsage
 
 ZERO = Decimal(0)
@@ -75,6 +76,10 @@ class Totals:
     """Distinct tasks; can exceed ``len(tasks)`` (see the module's note)."""
     tasked: Share = field(default_factory=Share)
     """All requests that named a task."""
+    checked: int = 0
+    """Servable semantic near matches sent to the model to check them (a random sample)."""
+    checked_wrong: int = 0
+    """Of those, the ones whose stored answer the model's contradicted."""
 
     def add(self, usage: RequestUsage) -> None:
         """Count one request's report (one that was never answered adds its cost only)."""
@@ -83,6 +88,9 @@ class Totals:
         self.saved += usage.saved
         if usage.cache:
             self.requests += 1
+        if usage.semantic_check:
+            self.checked += 1
+            self.checked_wrong += usage.semantic_check == "wrong"
         if usage.hit:
             self.cache_hits += 1
         elif usage.tier:
@@ -126,6 +134,13 @@ class Totals:
             out["tierShares"] = [
                 {"tier": t, "share": percent(n, answered)} for t, n in sorted(self.tiers.items())
             ]
+        if self.checked:
+            bound = wilson_upper(self.checked_wrong, self.checked)
+            out["semanticChecks"] = {
+                "checked": self.checked,
+                "wrong": self.checked_wrong,
+                "wrongHitBound": f"{bound:.1%}",
+            }
         if self.spenders:
             ranked = _top(self.spenders, TOP_SPENDERS)
             out["spenders"] = [{"key": k, "value": v, **share.status()} for (k, v), share in ranked]
@@ -158,6 +173,9 @@ class Totals:
             )
             for entry in status.get("spenders") or []:
                 totals.spenders[(str(entry["key"]), str(entry["value"]))] = Share.read(entry)
+            checks = status.get("semanticChecks") or {}
+            totals.checked = int(checks.get("checked", 0))
+            totals.checked_wrong = int(checks.get("wrong", 0))
             tasks = status.get("tasks") or {}
             if tasks:
                 totals.task_count = int(tasks.get("count", 0))

@@ -24,6 +24,7 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -235,6 +236,9 @@ class SemanticCache(Quiet):
             source = "explore" if candidate.explored else "miss"
             result = "correct" if correct else "wrong"
             self.metrics.semantic_outcomes.labels(*x.labels, source, result).inc()
+            if candidate.explored and x.spend.usage is not None:
+                # A sample of what is served: the operator bounds the fleet's wrong share.
+                x.spend.usage = replace(x.spend.usage, semantic_check=result)
         partition = x.cache.decision.partition
         if not (semantic.enabled and x.cache.decision.store and partition):
             return
