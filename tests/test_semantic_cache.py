@@ -367,24 +367,74 @@ def test_a_stream_entry_is_indexed_only_when_it_is_someone_elses_fresh_and_well_
     assert (share.read, len(held)) == ((1, 2) if indexed else (0, 1))
 
 
+@pytest.mark.parametrize(
+    ("change", "learnt"),
+    [
+        ({}, True),
+        ({b"o": b"me"}, False),  # our own: already recorded
+        ({b"r": b"ns/policy"}, False),  # not a route
+        ({b"s": b"high"}, False),  # damaged
+        ({b"w": b""}, False),
+    ],
+)
+def test_a_shared_outcome_is_learnt_only_when_it_is_someone_elses_and_well_formed(
+    change: dict[bytes, bytes], learnt: bool
+) -> None:
+    share = SemanticShare(None, "s", index(), 100)
+    share.origin = b"me"
+    fields = {b"r": b"ns/p/chat", b"s": b"0.9", b"g": b"3.5", b"k": b"0", b"w": b"1.0"}
+    share._learn({**fields, b"o": b"other", **change})
+    assert share.learnt == learnt
+    assert (share.outcomes.cuts(("ns", "p", "chat"), 0.02).outcomes == 1) == learnt
+
+
 async def budget_sidecar(
-    sidecar: SidecarFactory, model: RunningStandin, explore: float = 0.0
+    sidecar: SidecarFactory,
+    model: RunningStandin,
+    explore: float = 0.0,
+    namespace: str = "default",
+    store: dict[str, Any] | None = None,
 ) -> LiveSidecar:
     route = route_doc(
-        namespace="default",
+        namespace=namespace,
         tiers=[{"name": "t", "backends": [backend("b", url=model.url)]}],
         embedding={"provider": "local"},
     )
     budget = {"maxWrongShare": 0.2, "minSimilarity": 0.3, "explore": explore}
     policy = policy_doc(
-        namespace="default",
+        namespace=namespace,
         cache={
             "exact": {"enabled": False},
             "semantic": {"enabled": True, "wrongHitBudget": budget},
             "scope": {"type": "header", "header": "x-tenant"},
+            **({"store": store} if store else {}),
         },
     )
     return await sidecar(route, policy)
+
+
+async def test_replicas_learn_from_each_others_outcomes_through_redis(
+    standin: StandinFactory, sidecar: SidecarFactory, redis_url: str
+) -> None:
+    model = await standin(name="m", reply="Your card arrives within a few working days.")
+    store = {"type": "redis", "redis": {"url": redis_url}}
+    namespace = f"learn{time.time_ns()}"
+    one = await budget_sidecar(sidecar, model, namespace=namespace, store=store)
+    for i in range(40):  # enough for one replica to serve
+        await ask(one, f"my card number {i} has not arrived yet")
+    learnt = one.metric("tokenomy_semantic_outcomes_total")
+    assert learnt >= 15
+    fresh = await budget_sidecar(sidecar, model, namespace=namespace, store=store)
+    share = fresh.sidecar.share
+    assert share is not None
+    started = time.monotonic()
+    while share.learnt < learnt or share.read < 10:
+        assert time.monotonic() - started < 5, "the outcomes did not arrive"
+        await asyncio.sleep(0.01)
+    asked = len(model.settings.requests)
+    served = await ask(fresh, "my card number 99 has not arrived yet")
+    assert served.headers["x-tokenomy-cache"] == "semantic"  # its first near question
+    assert len(model.settings.requests) == asked
 
 
 async def test_a_wrong_hit_budget_serves_once_outcomes_allow_and_learns_from_reports(

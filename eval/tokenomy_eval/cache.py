@@ -184,6 +184,18 @@ def split_labelled(
     return pick(order[:half]), pick(order[half:])
 
 
+def sample(
+    data: tuple[list[str], list[str]], share: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """A fixed-seed random ``share`` of labelled queries (all of them at 1)."""
+    if share >= 1:
+        return data
+    if share <= 0:
+        raise ValueError(f"--cache-share must be in (0, 1], not {share}")
+    keep = sorted(random.Random(seed).sample(range(len(data[0])), round(len(data[0]) * share)))
+    return [data[0][i] for i in keep], [data[1][i] for i in keep]
+
+
 def pairs(model: MiniLM, path: Path, limit: int, seed: int) -> Lookups:
     """Similarity of each pair's two sides, and whether the pair is a duplicate.
 

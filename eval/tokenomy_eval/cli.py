@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kind.add_argument("--pairs", type=Path, help="JSON[.gz] of {text_a,text_b,label} (as QQP)")
     cache.add_argument("--lookups", type=Path, help="labelled CSV to look up (default: half)")
     cache.add_argument("--limit", type=int, default=10_000, help="pairs sampled; 0 for all")
+    cache.add_argument(
+        "--cache-share",
+        type=float,
+        default=1.0,
+        help="cache only this random share of the labelled queries (a sparser cache)",
+    )
     cache.add_argument("--target", type=float, default=0.02, help="wrong-hit share to stay under")
     cache.add_argument("--seed", type=int, default=0)
     cache.add_argument(
@@ -150,6 +156,7 @@ def _run_cache(args: argparse.Namespace) -> int:
             stored, lookups = data, cache.read_labelled(args.lookups)
         else:
             stored, lookups = cache.split_labelled(data, args.seed)
+        stored = cache.sample(stored, args.cache_share, args.seed)
         found = cache.labelled(model, stored, lookups)
         title = f"{args.labelled.name}: {len(stored[0]):,} queries cached"
     embedder = f"all-MiniLM-L6-v2, {args.precision} (the sidecar's local embedder)"

@@ -20,6 +20,7 @@ from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.proxy import Proxy, not_found
 from tokenomy_sidecar.routing.models import ModelFiles
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime, default_store_factory
+from tokenomy_sidecar.semantic_budget import WrongHitBudget
 from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.semantic_share import SemanticShare, stream_of
 from tokenomy_sidecar.stages.backend_choice import HealthTracker
@@ -93,6 +94,8 @@ class Sidecar:
         self._retiring: dict[CacheStore, asyncio.Task[None]] = {}
         self.health = HealthTracker()
         self.semantic = SemanticIndex(self.memory, self.clock)
+        self.outcomes = WrongHitBudget()
+        """The semantic cache's outcomes, this sidecar's and (through Redis) the others'."""
         self.share: SemanticShare | None = None
         """The semantic cache's shared record, when the cache store is a Redis."""
         self._share_key: tuple[int, str] | None = None
@@ -161,7 +164,9 @@ class Sidecar:
             return
         old, self._share_key = self.share, key
         self.share = (
-            SemanticShare(redis.client, key[1], self.semantic, config.cache.store.max_entries)
+            SemanticShare(
+                redis.client, key[1], self.semantic, config.cache.store.max_entries, self.outcomes
+            )
             if redis is not None and key is not None
             else None
         )
@@ -242,7 +247,7 @@ class Sidecar:
         upstream = Upstream(self._session, self.health, self.clock)
         proxy = Proxy(
             self.holder, upstream, self.metrics, self.clock, self.rng,
-            self.semantic, lambda: self.share, pod_region=s.pod_region,
+            self.semantic, lambda: self.share, self.outcomes, pod_region=s.pod_region,
             max_body_bytes=s.max_body_bytes, budgets=self.budgets, pod_labels=s.pod_labels,
             stream_idle_seconds=s.stream_idle_seconds,
         )  # fmt: skip

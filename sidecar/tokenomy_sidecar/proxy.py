@@ -23,6 +23,7 @@ from tokenomy_sidecar.pipeline import Exchange, Pipeline, Stage
 from tokenomy_sidecar.request import parse_chat, parse_embeddings
 from tokenomy_sidecar.respond import Writer
 from tokenomy_sidecar.runtime import ConfigHolder, Runtime
+from tokenomy_sidecar.semantic_budget import WrongHitBudget
 from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.semantic_share import SemanticShare
 from tokenomy_sidecar.stages.budget import Budget, Keepers
@@ -54,6 +55,7 @@ class Proxy:
         rng: random.Random,
         semantic: SemanticIndex,
         share: Callable[[], SemanticShare | None] = lambda: None,
+        outcomes: WrongHitBudget | None = None,
         pod_region: str | None = None,
         max_body_bytes: int = 8 * 1024 * 1024,
         budgets: Keepers | None = None,
@@ -68,7 +70,9 @@ class Proxy:
         caller = Caller(upstream, meter, rng, pod_region)
         vectors = SharedVectors(upstream.session, meter)
         budget = Budget(budgets, metrics)
-        self.semantic_cache = SemanticCache(metrics, meter, semantic, vectors, share)
+        self.semantic_cache = SemanticCache(
+            metrics, meter, semantic, vectors, share, outcomes or WrongHitBudget()
+        )
         self.chat_pipeline = Pipeline(
             self.chat_stages(metrics, meter, caller, vectors, self.semantic_cache, budget), metrics
         )
@@ -213,7 +217,7 @@ class Proxy:
         correct = body.get("correct", False)
         if not isinstance(correct, bool):
             return error_response(400, "`correct` must be true or false", param="correct")
-        if not self.semantic_cache.feedback(body["id"], correct):
+        if not await self.semantic_cache.feedback(body["id"], correct):
             message = (
                 f"no semantic cache hit with id `{body['id']}` is remembered here (the "
                 f"newest {REMEMBERED:,} served under a wrong-hit budget are)"

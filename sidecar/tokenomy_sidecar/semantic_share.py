@@ -12,6 +12,11 @@ reads the stream from its beginning, so it warms without asking a model.
 Searches stay local and sub-millisecond, and Redis being down costs only
 the sharing: entries stay in the replica that made them, and the follower
 reconnects with a backoff and reads on from where it was.
+
+The wrong-hit budget's outcomes travel the same way, on a stream of their own
+(``…:outcomes``, the newest :data:`~tokenomy_sidecar.semantic_budget.KEPT`),
+so that they never push entries out of the record: what one replica learns,
+every replica serves by, and a new one starts with the fleet's evidence.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tokenomy_api.compiled import SidecarConfig
+from tokenomy_sidecar.semantic_budget import KEPT, Outcome, WrongHitBudget
 from tokenomy_sidecar.semantic_index import SemanticIndex, Vector
 
 log = logging.getLogger(__name__)
@@ -57,21 +63,26 @@ class SemanticShare:
         stream: str,
         index: SemanticIndex,
         max_entries: int,
+        outcomes: WrongHitBudget | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.redis = redis
         """An asyncio Redis client (the Redis store's, so one pool serves both caches)."""
         self.stream = stream
+        self.outcome_stream = f"{stream}:outcomes"
         self.index = index
+        self.outcomes = outcomes or WrongHitBudget()
         self.max_entries = max_entries
         """Stream length kept (approximately) by Redis."""
         self.wall = wall
         """Wall-clock seconds: expiries cross processes, so monotonic time will not do."""
         self.origin = uuid.uuid4().hex.encode()
         """This process: its own entries, already indexed, are skipped when read back."""
-        self.last_id = b"0"
+        self.last_id = {stream: b"0", self.outcome_stream: b"0"}
         self.read = 0
         """Entries indexed from the stream (others' only)."""
+        self.learnt = 0
+        """Outcomes recorded from the stream (others' only)."""
         self._task: asyncio.Task[None] | None = None
 
     async def publish(
@@ -87,6 +98,18 @@ class SemanticShare:
             b"o": self.origin,
         }
         await self.redis.xadd(self.stream, fields, maxlen=self.max_entries, approximate=True)
+
+    async def publish_outcome(self, route: tuple[str, str, str], outcome: Outcome) -> None:
+        """Append an outcome for the other replicas' budgets (raises if Redis is down)."""
+        fields = {
+            b"r": "/".join(route).encode(),
+            b"s": repr(outcome.similarity).encode(),
+            b"g": repr(outcome.agreement).encode(),
+            b"k": b"1" if outcome.correct else b"0",
+            b"w": repr(outcome.weight).encode(),
+            b"o": self.origin,
+        }
+        await self.redis.xadd(self.outcome_stream, fields, maxlen=KEPT, approximate=True)
 
     def start(self) -> None:
         """Follow the stream in the background, from its beginning."""
@@ -105,9 +128,7 @@ class SemanticShare:
         failures = 0
         while True:
             try:
-                answer = await self.redis.xread(
-                    {self.stream: self.last_id}, count=BATCH, block=BLOCK_MS
-                )
+                answer = await self.redis.xread(self.last_id, count=BATCH, block=BLOCK_MS)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -118,10 +139,27 @@ class SemanticShare:
                 failures += 1
                 await asyncio.sleep(wait)
                 continue
-            for _, entries in answer or []:
+            for name, entries in answer or []:
+                stream = name.decode() if isinstance(name, bytes) else str(name)
+                learn = stream == self.outcome_stream
                 for entry_id, fields in entries:
-                    self.last_id = entry_id
-                    self._index(fields)
+                    self.last_id[stream] = entry_id
+                    self._learn(fields) if learn else self._index(fields)
+
+    def _learn(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            if fields[b"o"] == self.origin:
+                return
+            route = tuple(fields[b"r"].decode().split("/"))
+            if len(route) != 3:
+                raise ValueError(f"route {route!r}")
+            outcome = Outcome(
+                float(fields[b"s"]), float(fields[b"g"]), fields[b"k"] == b"1", float(fields[b"w"])
+            )
+            self.outcomes.record(route, outcome)
+            self.learnt += 1
+        except (KeyError, ValueError, UnicodeDecodeError) as error:
+            log.warning("skipping a malformed outcome of %s: %s", self.outcome_stream, error)
 
     def _index(self, fields: dict[bytes, bytes]) -> None:
         try:

@@ -126,6 +126,7 @@ class SemanticCache(Quiet):
         index: SemanticIndex,
         vectors: SharedVectors,
         share: Callable[[], SemanticShare | None] = lambda: None,
+        outcomes: WrongHitBudget | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.metrics = metrics
@@ -136,7 +137,8 @@ class SemanticCache(Quiet):
         """The shared record in force (Redis stores only), read per request."""
         self.draw = draw
         """Uniform in [0, 1): which servable near matches are explored."""
-        self.outcomes = WrongHitBudget()
+        self.outcomes = outcomes or WrongHitBudget()
+        """Outcomes per route; with a Redis store, every replica's."""
         self._served: OrderedDict[str, tuple[tuple[str, str, str], float, float]] = OrderedDict()
         """The newest budget-served hits by response id: what a user's report refers to."""
 
@@ -207,7 +209,7 @@ class SemanticCache(Quiet):
         while len(self._served) > REMEMBERED:
             self._served.popitem(last=False)
 
-    def feedback(self, response_id: str, correct: bool) -> bool:
+    async def feedback(self, response_id: str, correct: bool) -> bool:
         """A user's report on a served near match; False when the id is not remembered.
 
         Only wrong answers are learnt from: users report what went wrong far
@@ -221,8 +223,18 @@ class SemanticCache(Quiet):
         result = "correct" if correct else "wrong"
         self.metrics.semantic_outcomes.labels(*labels, "feedback", result).inc()
         if not correct:
-            self.outcomes.record(labels, Outcome(similarity, agreeing, False))
+            await self._learn(labels, Outcome(similarity, agreeing, False))
         return True
+
+    async def _learn(self, labels: tuple[str, str, str], outcome: Outcome) -> None:
+        """Record an outcome here and for the other replicas (a Redis down: here only)."""
+        self.outcomes.record(labels, outcome)
+        share = self.share()
+        if share is not None:
+            try:
+                await share.publish_outcome(labels, outcome)
+            except Exception:
+                log.warning("sharing a semantic outcome failed", exc_info=True)
 
     async def store(self, x: Exchange, answer: Answer) -> None:
         """Learn from a candidate the model answered; keep a fresh answer under its vector."""
@@ -232,7 +244,7 @@ class SemanticCache(Quiet):
         # An error or a refusal says nothing about the stored answer.
         if candidate is not None and candidate.entry and fresh is not None and cacheable(fresh):
             correct = await self._agree(x, fresh, candidate.entry)
-            self.outcomes.record(x.labels, candidate.outcome(correct))
+            await self._learn(x.labels, candidate.outcome(correct))
             source = "explore" if candidate.explored else "miss"
             result = "correct" if correct else "wrong"
             self.metrics.semantic_outcomes.labels(*x.labels, source, result).inc()
