@@ -6,9 +6,12 @@ unit vectors (HNSW search cost depends on the graph's size, and random
 vectors are its hard case) plus the one real question. The parent sends,
 one at a time: the same request again and again (exact hits), then a
 paraphrase again and again (semantic hits: the exact cache only stores what
-an upstream answered, so each paraphrase embeds and searches).
+an upstream answered, so each paraphrase embeds and searches). With
+``--budget`` the semantic cache serves by a wrong-hit budget (its cuts
+seeded so that it serves from similarity 0.8): each hit then reads the
+16 nearest entries and their answers too.
 
-    python bench/cache_latency.py [--entries 100000] [--requests 300]
+    python bench/cache_latency.py [--entries 100000] [--requests 300] [--budget]
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ QUESTION = "My new card has not arrived yet, what should I do?"
 PARAPHRASE = "my new card still hasn't arrived, what do I do?"
 
 
-def write_config(folder: Path, upstream: int) -> Path:
+def write_config(folder: Path, upstream: int, budget: bool) -> Path:
+    semantic: dict[str, object] = {"enabled": True, "threshold": 0.8}
+    if budget:
+        semantic["wrongHitBudget"] = {"maxWrongShare": 0.02, "explore": 0}
     policy = {
-        "cache": {
-            "semantic": {"enabled": True, "threshold": 0.8},
-            "store": {"maxEntries": 1_000_000, "maxMemoryMib": 4096},
-        }
+        "cache": {"semantic": semantic, "store": {"maxEntries": 1_000_000, "maxMemoryMib": 4096}}
     }
     return bench_resources(folder, upstream, policy, embedding={"provider": "local"})
 
@@ -41,6 +44,7 @@ async def serve(config: str, port: int, entries: int) -> None:
     """The child: a sidecar with a seeded semantic partition."""
     from tokenomy_sidecar.app import Sidecar, SidecarSettings  # noqa: PLC0415
     from tokenomy_sidecar.embedders import LocalEmbedder  # noqa: PLC0415
+    from tokenomy_sidecar.semantic_budget import Outcome  # noqa: PLC0415
     from tokenomy_sidecar.sources import FileSource  # noqa: PLC0415
     from tokenomy_sidecar.stages.semantic_cache import question_context  # noqa: PLC0415
 
@@ -58,6 +62,11 @@ async def serve(config: str, port: int, entries: int) -> None:
     print(
         f"seeded {entries} entries in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True
     )
+    # What a budget's cuts are chosen from (unused without one): right above 0.8, wrong
+    # below, agreement the same for all, so the similarity cut is 0.8.
+    for i in range(1_100):
+        outcome = Outcome(0.8, 0.0, True) if i < 1_000 else Outcome(0.5, 0.0, False)
+        sidecar.outcomes.record(("bench", "bench", "chat"), outcome)
     await sidecar.start()
     await asyncio.Event().wait()
 
@@ -82,6 +91,7 @@ def main() -> None:
     )
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--budget", action="store_true", help="serve by a wrong-hit budget")
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -90,7 +100,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     upstream_port, port = free_port(), free_port()
     upstream = start("upstream", tokenomy("standin", "--port", str(upstream_port)), upstream_port)
-    config = write_config(folder, upstream_port)
+    config = write_config(folder, upstream_port, args.budget)
     child = start(
         "sidecar",
         [
