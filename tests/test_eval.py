@@ -17,7 +17,6 @@ from tokenomy_eval.cascade import evaluate_cascade
 from tokenomy_eval.dataset import Query, load_jsonl, load_routellm, load_routerbench, split
 from tokenomy_eval.routing import (
     Pair,
-    choose_threshold,
     decide,
     evaluate,
     fit_router,
@@ -57,13 +56,6 @@ def test_random_and_perfect_baselines() -> None:
 def test_cost_reduction_when_nothing_reaches_the_target() -> None:
     c = metrics.curve([0, 0, 0, 0], WEAK, np.zeros(4), CHEAP, DEAR, steps=4)
     assert metrics.cost_reduction_at(c, 1.0, 40.0) == (0.0, 1.0)
-
-
-def test_choose_threshold_is_the_highest_cut_that_reaches_the_target() -> None:
-    scores = np.array([0.1, 0.9, 0.2, 0.3])
-    assert choose_threshold(scores, WEAK, STRONG, fraction=1.0) == 0.9
-    assert choose_threshold(scores, WEAK, STRONG, fraction=0.5) == 0.9
-    assert choose_threshold(scores, np.zeros(4), STRONG, fraction=1.0) == 0.1
 
 
 def test_features_are_normalised_hashed_ngrams() -> None:
@@ -161,6 +153,25 @@ def test_loaders(tmp_path: Path) -> None:
     assert row.costs == {"a": Decimal("0.001"), "b": Decimal("0.03")}
 
 
+def test_loaders_skip_empty_cells_and_name_the_bad_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bench = tmp_path / "rb.csv"
+    header = "prompt,a,b,a|total_cost\n"
+    bench.write_text(header + "hi,1,0.5,0.001\nempty,,0.5,0.001\nalso,1,,\n")
+    [row] = load_routerbench(bench, ["a", "b"])  # once: could not convert string to float
+    assert row.prompt == "hi"
+    assert "skipped 2 of 3 rows with an empty score cell" in caplog.text
+    bench.write_text(header + "hi,1,0.5,0.001\nbad,1,high,0.001\n")
+    with pytest.raises(ValueError, match=r"rb.csv:3: column 'b': 'high' is not a number"):
+        load_routerbench(bench, ["a", "b"])
+    with pytest.raises(ValueError, match=r"rb.csv: no column 'c'"):
+        load_routerbench(bench, ["a", "c"])
+    mmlu = tmp_path / "mmlu.csv"
+    mmlu.write_text("prompt,W,S\nq1,True,True\nq2,,False\n")
+    assert [q.prompt for q in load_routellm(mmlu, "W", "S")] == ["q1"]
+
+
 def test_split_is_fixed_by_its_seed() -> None:
     queries = toy(50, 4)
     assert split(queries, 0.5, 7) == split(queries, 0.5, 7)
@@ -241,7 +252,8 @@ def with_answers(n: int, seed: int) -> list[Query]:
 
 def test_cascade_escalates_the_answers_the_scorer_doubts() -> None:
     prices = {"weak": price("0.1", "0.1"), "strong": price("10", "30")}
-    result = evaluate_cascade(with_answers(300, 1), with_answers(200, 2), "weak", "strong", prices)
+    # Enough to certify 95 % at 90 % confidence: 600 to fit, 600 to choose the cut on.
+    result = evaluate_cascade(with_answers(1200, 1), with_answers(400, 2), "weak", "strong", prices)
     assert result.row.quality >= 0.95
     # Only wrong answers (about 40 %) need the strong model; a blind cascade would escalate all.
     assert result.row.strong_share < 0.5

@@ -100,11 +100,14 @@ def test_decide_checks_domains_in_order_then_complexity_then_default() -> None:
         (0.1, 100, {}, True, "small"),  # sure the small tier does as well
         (0.9, 100, {}, True, "large"),  # sure it does not
         (0.4, 100, {}, True, "small"),  # average request, under the cut
-        (0.4, 20, {}, True, "large"),  # short: escalating costs little, so it does
+        (0.4, 20, {}, True, "small"),  # short: judged on its gain alone, not inflated
+        (0.3, 5, {}, True, "small"),  # "hi": stays cheap
         (0.6, 400, {}, True, "small"),  # long: worth keeping on the cheap tier
-        (0.6, 400, {}, False, "large"),  # ... unless cost is ignored
+        (0.6, 400, {}, False, "medium"),  # ... unless cost is ignored: past the cut
         (0.6, 100, {"small": 0.7}, True, "small"),  # a tier's own threshold
         (0.75, 100, {"small": 0.7, "medium": 0.8}, True, "medium"),
+        (0.6, 100, {}, False, "medium"),  # no thresholds: small under 0.5, medium under 0.75
+        (0.8, 100, {}, False, "large"),
     ],
 )
 def test_complexity_tier(

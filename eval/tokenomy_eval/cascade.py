@@ -4,9 +4,9 @@ The judging is the sidecar's: :func:`~tokenomy_sidecar.routing.confidence.format
 and :func:`~tokenomy_sidecar.routing.confidence.judge` with the learned
 :class:`~tokenomy_sidecar.routing.scorer.AnswerScorer` (the only confidence
 signal a recorded answer carries: no logprobs, one sample). The scorer is
-the average of 5 fold scorers and its cut is chosen on their out-of-fold
-scores on the training data. A cascaded query costs the weak call always and
-the strong call too when it escalates.
+fit on half of the training split and its cut chosen on the other half with
+a finite-sample guarantee (:mod:`tokenomy_eval.guarantee`). A cascaded query
+costs the weak call always and the strong call too when it escalates.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 from tokenomy_api.compiled import Price
 from tokenomy_eval import metrics
 from tokenomy_eval.dataset import Query
-from tokenomy_eval.routing import FOLDS, Row, outcomes, stable_threshold
+from tokenomy_eval.guarantee import guaranteed_cut
+from tokenomy_eval.routing import CONFIDENCE, Row, calibration_split, outcomes
 from tokenomy_sidecar.routing.confidence import format_problem, judge
 from tokenomy_sidecar.routing.scorer import AnswerScorer, answer_features
 
@@ -33,26 +34,44 @@ def problems(queries: Sequence[Query], weak: str) -> list[str | None]:
     return [format_problem(_choice(q.answers[weak]), {}) for q in queries]
 
 
-def fit_scorer(train_set: Sequence[Query], weak: str, strong: str, fraction: float) -> AnswerScorer:
-    """The answer scorer with its cut calibrated for ``fraction`` of the strong quality."""
-    x = np.array([answer_features(q.prompt, q.answers[weak]) for q in train_set])
-    y = np.array([q.scores[weak] for q in train_set])
+def fit_scorer(
+    train_set: Sequence[Query],
+    weak: str,
+    strong: str,
+    fraction: float,
+    confidence: float = CONFIDENCE,
+    batch: int | None = None,
+) -> AnswerScorer:
+    """The answer scorer, fit on part of ``train_set``, with the cut that keeps ``fraction``
+    of the strong quality with probability ``confidence`` (chosen on the rest of it)."""
+    fit, calibrate = calibration_split(train_set)
+    x = np.array([answer_features(q.prompt, q.answers[weak]) for q in fit])
+    y = np.array([q.scores[weak] for q in fit])
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
-    right = np.empty(len(train_set))
-    folds = []
-    for fold in range(FOLDS):
-        held = np.arange(len(train_set)) % FOLDS == fold
-        fitted = AnswerScorer.fit_scaled(x[~held], y[~held], mean, scale)
-        folds.append(fitted)
-        right[held] = [fitted.score_features(row) for row in x[held]]
-    scorer = AnswerScorer.average(folds)
-    flagged = np.array([p is not None for p in problems(train_set, weak)])
+    scorer = AnswerScorer.fit_scaled(x, y, mean, scale)
+    right = np.array([scorer.score(q.prompt, q.answers[weak]) for q in calibrate])
+    flagged = np.array([p is not None for p in problems(calibrate, weak)])
     # Escalation score: 1 - P(right); a format problem always escalates.
     escalate = np.where(flagged, np.inf, 1.0 - right)
-    strong_q = np.array([q.scores[strong] for q in train_set])
-    cut = stable_threshold(escalate, y, strong_q, fraction)
-    scorer.cut = 1.0 - cut if np.isfinite(cut) else 0.0
+    weak_q = np.array([q.scores[weak] for q in calibrate])
+    strong_q = np.array([q.scores[strong] for q in calibrate])
+    cut = guaranteed_cut(escalate, weak_q, strong_q, fraction, confidence, batch)
+    scorer.cut = acceptance(right, escalate, cut)
     return scorer
+
+
+def acceptance(right: np.ndarray, escalate: np.ndarray, cut: float) -> float:
+    """The scorer's threshold (accept when P(right) >= it) for an escalation cut (escalate
+    when ``1 - P(right) >= cut``): between the answers escalated and the lowest kept one, so
+    that the group at the cut escalates as the guarantee assumed."""
+    if cut == -np.inf:
+        return 1.0 + 1e-9  # no saving supported: accept nothing
+    kept = right[escalate < cut]
+    if not len(kept):
+        return 1.0 + 1e-9
+    if cut == np.inf:
+        return 0.0  # every answer without a format problem is kept
+    return float((1.0 - cut + kept.min()) / 2)
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,7 @@ def evaluate_cascade(
     prices: Mapping[str, Price],
     default_output: int = 5,
     fraction: float = 0.95,
+    confidence: float = CONFIDENCE,
 ) -> CascadeResult:
     """The cascade on the test split, with the scorer and its cut from the train split."""
     missing = [q for q in (*train_set, *test_set) if weak not in q.answers]
@@ -81,7 +101,7 @@ def evaluate_cascade(
             f"{len(missing)} queries have no recorded answer of {weak}: a cascade judges the "
             "weak model's answer, so the data needs it (RouteLLM's GSM8K CSV has it, MMLU not)"
         )
-    scorer = fit_scorer(train_set, weak, strong, fraction)
+    scorer = fit_scorer(train_set, weak, strong, fraction, confidence, len(test_set))
     wq, sq, wc, sc = outcomes(test_set, weak, strong, prices, default_output)
     right = np.array([scorer.score(q.prompt, q.answers[weak]) for q in test_set])
     verdicts = [

@@ -10,11 +10,20 @@ from collections.abc import Sequence
 from decimal import InvalidOperation
 from pathlib import Path
 
+import numpy as np
+
 from tokenomy_api.compiled import Price
 from tokenomy_eval import cache
-from tokenomy_eval.cascade import evaluate_cascade
+from tokenomy_eval.cascade import CascadeResult, evaluate_cascade
 from tokenomy_eval.dataset import Query, load_jsonl, load_routellm, load_routerbench, split
-from tokenomy_eval.routing import Row, evaluate, price
+from tokenomy_eval.routing import (
+    CONFIDENCE,
+    RANDOM_CALIBRATED,
+    Evaluation,
+    Row,
+    evaluate,
+    price,
+)
 from tokenomy_sidecar.local_embedder import MiniLM
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -57,6 +66,24 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quality", type=float, default=0.95, help="share of the strong model's quality to keep"
     )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=CONFIDENCE,
+        help="probability that --quality holds on unseen data (default %(default)s)",
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--json`` and ``--splits``, for routing and cascade."""
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--splits",
+        type=int,
+        default=1,
+        help="with --data: repeat over this many random splits (seeds --seed, --seed+1, ...) "
+        "and report how often the quality target held on test",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
     routing = sub.add_parser("routing", help="complexity routing between two models")
     add_data_arguments(routing)
+    add_output_arguments(routing)
     routing.add_argument("--plot", type=Path, help="draw cost against quality into this PNG")
     routing.add_argument(
         "--no-cost-aware", dest="cost_aware", action="store_false",
@@ -73,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cascade", help="cascade on the weak model's recorded answer, beside routing"
     )
     add_data_arguments(cascade)
+    add_output_arguments(cascade)
     cascade.add_argument("--plot", type=Path, help="draw cost against quality into this PNG")
     cache = sub.add_parser("cache", help="semantic cache hit rate and wrong hits per threshold")
     kind = cache.add_mutually_exclusive_group(required=True)
@@ -106,12 +135,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load(path: Path, fmt: str, weak: str, strong: str) -> list[Query]:
-    """Queries from a file in one of the supported formats."""
-    if fmt == "jsonl":
-        return load_jsonl(path)
+    """Queries from a file in one of the supported formats, each with both models' scores."""
     if fmt == "routerbench":
         return load_routerbench(path, [weak, strong])
-    return load_routellm(path, weak, strong)
+    if fmt == "routellm":
+        return load_routellm(path, weak, strong)
+    queries = load_jsonl(path)
+    kept = [q for q in queries if weak in q.scores and strong in q.scores]
+    if len(kept) < len(queries):
+        print(
+            f"tokenomy eval: {path}: skipped {len(queries) - len(kept)} of {len(queries)} "
+            f"queries without a score for {weak} and {strong}",
+            file=sys.stderr,
+        )
+    return kept
 
 
 def train_and_test(args: argparse.Namespace) -> tuple[list[Query], list[Query]]:
@@ -183,30 +220,87 @@ def _run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_split(
+    args: argparse.Namespace, train_set: list[Query], test_set: list[Query]
+) -> tuple[Evaluation, CascadeResult | None]:
+    """The routers (and the cascade) on one train/test split."""
+    prices = dict(args.price)
+    result = None
+    if args.what == "cascade":
+        result = evaluate_cascade(
+            train_set, test_set, args.weak, args.strong, prices,
+            fraction=args.quality, confidence=args.confidence,
+        )  # fmt: skip
+    evaluation = evaluate(
+        train_set, test_set, args.weak, args.strong, prices, fraction=args.quality,
+        cost_aware=getattr(args, "cost_aware", True), confidence=args.confidence,
+    )  # fmt: skip
+    return evaluation, result
+
+
+def _run_splits(args: argparse.Namespace) -> int:
+    """The first row (the cascade, else the complexity router) over random splits."""
+    if args.data is None:
+        raise ValueError("--splits needs --data (one data set to split)")
+    seeds = range(args.seed, args.seed + args.splits)
+    found = []
+    best_random: list[float] = []
+    for seed in seeds:
+        train_set, test_set = train_and_test(argparse.Namespace(**{**vars(args), "seed": seed}))
+        evaluation, result = one_split(args, train_set, test_set)
+        rows = {r.name: r for r in evaluation.rows}
+        mine = result.row if result is not None else rows["complexity router"]
+        found.append((seed, mine, rows[RANDOM_CALIBRATED], rows["perfect router"]))
+        best_random.append(rows["random router"].cost_reduction)
+    held = sum(m.quality >= args.quality - 1e-9 for _, m, _, _ in found)
+    summary = {
+        "data": str(args.data),
+        "lever": found[0][1].name,
+        "quality": args.quality,
+        "confidence": args.confidence,
+        "splits": len(found),
+        "held": held / len(found),
+        "cost_reduction": float(np.mean([m.cost_reduction for _, m, _, _ in found])),
+        "random": float(np.mean([r.cost_reduction for _, _, r, _ in found])),
+        "random_best_test_point": float(np.mean(best_random)),
+        "perfect": float(np.mean([p.cost_reduction for _, _, _, p in found])),
+        "worst_quality": float(min(m.quality for _, m, _, _ in found)),
+        "per_split": [
+            {"seed": seed, "cost_reduction": m.cost_reduction, "quality": m.quality}
+            for seed, m, _, _ in found
+        ],
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(
+        f"{summary['lever']} on {args.data}, {len(found)} splits, target {args.quality:.0%} "
+        f"of the strong model's quality at {args.confidence:.0%} confidence:\n"
+        f"  target held on test in {summary['held']:.0%} of the splits "
+        f"(worst {summary['worst_quality']:.1%})\n"
+        f"  cost reduction {summary['cost_reduction']:.1%} on average; random routing "
+        f"calibrated the same way {summary['random']:.1%} (the best point of its test "
+        f"curve {summary['random_best_test_point']:.1%}), perfect {summary['perfect']:.1%}"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the comparison, or one line saying what is wrong (exit 2)."""
     try:
         if args.what == "cache":
             return _run_cache(args)
+        if args.splits > 1:
+            return _run_splits(args)
         train_set, test_set = train_and_test(args)
-        prices = dict(args.price)
-        result = None
-        if args.what == "cascade":
-            result = evaluate_cascade(
-                train_set, test_set, args.weak, args.strong, prices, fraction=args.quality
-            )
-        evaluation = evaluate(
-            train_set,
-            test_set,
-            args.weak,
-            args.strong,
-            prices,
-            fraction=args.quality,
-            cost_aware=getattr(args, "cost_aware", True),
-        )
+        evaluation, result = one_split(args, train_set, test_set)
     except (OSError, ValueError, KeyError) as error:
         print(f"tokenomy eval: {error}", file=sys.stderr)
         return 2
+    if args.json:
+        rows = ([result.row] if result else []) + evaluation.rows
+        print(json.dumps({"seed": args.seed, "rows": [dataclasses.asdict(r) for r in rows]}))
+        return 0
     print(_models(args, train_set, test_set), end="\n\n")
     print(table(([result.row] if result else []) + evaluation.rows))
     if result is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from tokenomy_sidecar.routing.decision import estimate_tokens
 
 csv.field_size_limit(1 << 30)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,17 +53,37 @@ def _contaminated(folder: Path) -> set[str]:
     }
 
 
+def _columns(file: Path, row: dict[str, str], needed: Iterable[str]) -> None:
+    missing = [c for c in needed if c not in row]
+    if missing:
+        raise ValueError(
+            f"{file}: no column {', '.join(map(repr, missing))} (has {', '.join(row)[:300]})"
+        )
+
+
+def _skipped(file: Path, skipped: int, total: int, what: str) -> None:
+    if skipped:
+        log.warning("%s: skipped %d of %d rows with %s", file, skipped, total, what)
+
+
 def load_routellm(path: Path, weak: str, strong: str) -> list[Query]:
-    """RouteLLM response CSVs (a file, or a folder of them); contaminated prompts dropped."""
+    """RouteLLM response CSVs (a file, or a folder of them); contaminated prompts dropped,
+    rows with an empty score cell skipped (and counted)."""
     folder = path if path.is_dir() else path.parent
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     skip = _contaminated(folder)
     out = []
     for file in files:
+        empty = rows = 0
         with file.open(newline="") as f:
             for row in csv.DictReader(f):
+                rows += 1
+                _columns(file, row, ("prompt", weak, strong))
                 prompt = row["prompt"]
                 if prompt in skip:
+                    continue
+                if not (row[weak] or "").strip() or not (row[strong] or "").strip():
+                    empty += 1
                     continue
                 tokens, answers = {}, {}
                 for model in (weak, strong):
@@ -72,6 +94,7 @@ def load_routellm(path: Path, weak: str, strong: str) -> list[Query]:
                         answers[model] = response
                 scores = {weak: _bool(row[weak]), strong: _bool(row[strong])}
                 out.append(Query(prompt, scores, tokens=tokens, answers=answers))
+        _skipped(file, empty, rows, "an empty score cell")
     return out
 
 
@@ -103,19 +126,46 @@ def load_jsonl(path: Path) -> list[Query]:
 
 
 def load_routerbench(path: Path, models: Sequence[str]) -> list[Query]:
-    """RouterBench-style CSV: a score column per model and ``<model>|total_cost``."""
+    """RouterBench-style CSV: a score column per model and ``<model>|total_cost``; rows with
+    an empty score cell are skipped (and counted), a cell that is not a number is an error
+    naming its row and column."""
     out = []
+    empty = rows = 0
     with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            costs = {
-                m: Decimal(row[f"{m}|total_cost"]) for m in models if row.get(f"{m}|total_cost")
-            }
+        for number, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
+            rows += 1
+            _columns(path, row, ("prompt", *models))
+            if any(not (row[m] or "").strip() for m in models):
+                empty += 1
+                continue
+            try:
+                scores = {m: float(row[m]) for m in models}
+                costs = {
+                    m: Decimal(row[f"{m}|total_cost"]) for m in models if row.get(f"{m}|total_cost")
+                }
+            except (ValueError, ArithmeticError):
+                bad = next(
+                    (c, row[c])
+                    for c in [*models, *(f"{m}|total_cost" for m in models)]
+                    if row.get(c) and not _number(row[c])
+                )
+                raise ValueError(
+                    f"{path}:{number}: column {bad[0]!r}: {bad[1]!r} is not a number"
+                ) from None
             answers = {
                 m: row[f"{m}|model_response"] for m in models if row.get(f"{m}|model_response")
             }
-            scores = {m: float(row[m]) for m in models}
             out.append(Query(row["prompt"], scores, costs=costs, answers=answers))
+    _skipped(path, empty, rows, "an empty score cell")
     return out
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def split(

@@ -4,9 +4,10 @@ The router is the sidecar's own: the complexity model
 (:mod:`tokenomy_sidecar.routing.complexity`) predicts the chance that the
 strong model answers better, and the decision is
 :func:`tokenomy_sidecar.routing.decision.complexity_tier` on a two-tier route
-priced like the data. The model is the average of 5 fold models and its cut
-is chosen on their out-of-fold scores on the training data, so nothing on the
-test split was tuned on it.
+priced like the data. The model is fit on half of the training split and its
+cut chosen on the other half with a finite-sample guarantee
+(:mod:`tokenomy_eval.guarantee`), so nothing on the test split was tuned on
+it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TypeVar
 
 import numpy as np
 
 from tokenomy_api.compiled import CompiledBackend, CompiledRetry, CompiledRoute, CompiledTier, Price
 from tokenomy_eval import metrics
 from tokenomy_eval.dataset import Query
+from tokenomy_eval.guarantee import guaranteed_cut
 from tokenomy_sidecar.routing.complexity import ComplexityModel
 from tokenomy_sidecar.routing.decision import (
     Complexity,
@@ -31,6 +34,12 @@ from tokenomy_sidecar.routing.decision import (
 
 FOLDS = 5
 MILLION = Decimal(1_000_000)
+CALIBRATION = 0.5
+"""Share of the training queries kept apart to choose the cut on: the guarantee needs
+queries the model never saw, and its bound tightens with their number."""
+CONFIDENCE = 0.9
+"""Default probability that the quality target holds on unseen data."""
+Q = TypeVar("Q")
 
 
 def price(text_in: str | Decimal, text_out: str | Decimal) -> Price:
@@ -62,65 +71,12 @@ def gain_label(q: Query, weak: str, strong: str) -> float:
     return 1.0 if q.scores[strong] > q.scores[weak] else 0.0
 
 
-def cross_fit(
-    queries: Sequence[Query], weak: str, strong: str
-) -> tuple[np.ndarray, ComplexityModel]:
-    """Out-of-fold predictions for the training queries, and the fold models' average.
-
-    The cut is chosen on the out-of-fold predictions; the deployed model is
-    the average of the same fold models, so its scores are on the same scale.
-    A model refitted on all the data scores more confidently, and a cut
-    chosen on out-of-fold scores then misses its target (seen: GSM8K quality
-    anywhere from 90 % to 100 % across split seeds).
-    """
-    predictions = np.empty(len(queries))
-    models = []
-    for fold in range(FOLDS):
-        rest = [q for i, q in enumerate(queries) if i % FOLDS != fold]
-        fitted = ComplexityModel.empty().fit(
-            [q.prompt for q in rest], [gain_label(q, weak, strong) for q in rest]
-        )
-        models.append(fitted)
-        for i in range(fold, len(queries), FOLDS):
-            predictions[i] = fitted.score(queries[i].prompt)
-    return predictions, ComplexityModel.average(models)
-
-
-def choose_threshold(
-    scores: np.ndarray, weak_q: np.ndarray, strong_q: np.ndarray, fraction: float
-) -> float:
-    """The highest score cut whose quality reaches ``fraction`` of the strong model's."""
-    target = fraction * strong_q.mean()
-    for cut in np.unique(scores)[::-1]:
-        routed = np.where(scores >= cut, strong_q, weak_q).mean()
-        if routed >= target:
-            return float(cut)
-    return float("-inf")
-
-
-def stable_threshold(
-    scores: np.ndarray,
-    weak_q: np.ndarray,
-    strong_q: np.ndarray,
-    fraction: float,
-    resamples: int = 100,
-    seed: int = 0,
-) -> float:
-    """The median of :func:`choose_threshold` over bootstrap resamples of the training data.
-
-    A cut chosen once on a few hundred queries swings with which queries
-    happen to be in the split (GSM8K: 93-99 % quality across seeds); the
-    median over resamples is the cut the data supports, not the one its
-    noise does.
-    """
-    rng = np.random.default_rng(seed)
-    finite = np.isfinite(scores)
-    cuts = []
-    for _ in range(resamples):
-        pick = rng.integers(0, len(scores), len(scores))
-        cut = choose_threshold(scores[pick], weak_q[pick], strong_q[pick], fraction)
-        cuts.append(cut if np.isfinite(cut) else float(scores[finite].min(initial=0.0)))
-    return float(np.median(cuts))
+def calibration_split(queries: Sequence[Q], seed: int = 0) -> tuple[list[Q], list[Q]]:
+    """A fixed-seed split of the training queries: what the model is fit on, and the
+    calibration queries its cut is chosen on (scored by the fitted model, unseen by it)."""
+    order = np.random.default_rng(seed).permutation(len(queries))
+    cut = round(len(queries) * (1 - CALIBRATION))
+    return [queries[i] for i in order[:cut]], [queries[i] for i in order[cut:]]
 
 
 @dataclass(frozen=True)
@@ -200,17 +156,30 @@ def scores_for(
 
 
 def fit_router(
-    train_set: Sequence[Query], pair: Pair, fraction: float, cost_aware: bool = True
+    train_set: Sequence[Query],
+    pair: Pair,
+    fraction: float,
+    cost_aware: bool = True,
+    confidence: float = CONFIDENCE,
+    batch: int | None = None,
 ) -> ComplexityModel:
-    """The complexity model with its cut calibrated for ``fraction`` of the strong quality."""
-    predictions, model = cross_fit(train_set, pair.weak, pair.strong)
-    model.mean_input_tokens, model.mean_output_tokens = mean_tokens(
-        train_set, [pair.weak, pair.strong]
+    """The complexity model, fit on part of ``train_set``, with the cut that keeps
+    ``fraction`` of the strong quality with probability ``confidence`` (the rest of it).
+
+    The cut is ``-inf`` (everything to the strong tier) when the calibration
+    queries support no saving at that confidence. ``batch``: the guarantee also
+    covers a batch of that many requests (:func:`guaranteed_cut`).
+    """
+    fit, calibrate = calibration_split(train_set)
+    model = ComplexityModel.empty().fit(
+        [q.prompt for q in fit], [gain_label(q, pair.weak, pair.strong) for q in fit]
     )
-    scores = scores_for(model, pair, train_set, predictions, cost_aware)
-    tw = np.array([q.scores[pair.weak] for q in train_set])
-    ts = np.array([q.scores[pair.strong] for q in train_set])
-    model.cut = stable_threshold(scores, tw, ts, fraction)
+    model.mean_input_tokens, model.mean_output_tokens = mean_tokens(fit, [pair.weak, pair.strong])
+    predictions = np.array([model.score(q.prompt) for q in calibrate])
+    scores = scores_for(model, pair, calibrate, predictions, cost_aware)
+    tw = np.array([q.scores[pair.weak] for q in calibrate])
+    ts = np.array([q.scores[pair.strong] for q in calibrate])
+    model.cut = guaranteed_cut(scores, tw, ts, fraction, confidence, batch)
     return model
 
 
@@ -275,6 +244,7 @@ def evaluate(
     default_output: int = 5,
     fraction: float = 0.95,
     cost_aware: bool = True,
+    confidence: float = CONFIDENCE,
 ) -> Evaluation:
     """The complexity router (cut from train) beside the random, cost-only and perfect routers.
 
@@ -282,7 +252,8 @@ def evaluate(
     (an upper bound for them); the router's row is what its cut did.
     """
     pair = pair_for([*train_set, *test_set], weak, strong, prices)
-    model = fit_router(train_set, pair, fraction, cost_aware)
+    # The target is judged on the test split: a batch of its size.
+    model = fit_router(train_set, pair, fraction, cost_aware, confidence, len(test_set))
     wq, sq, wc, sc = outcomes(test_set, weak, strong, prices, default_output)
     predictions = np.array([model.score(q.prompt) for q in test_set])
     scores = scores_for(model, pair, test_set, predictions, cost_aware)
@@ -314,4 +285,33 @@ def evaluate(
                 metrics.apgr(by_calls[name], wq.mean(), sq.mean()),
             )
         )
+    rows.append(
+        calibrated_random(train_set, (wq, sq, wc, sc), pair, fraction, confidence, default_output)
+    )
     return Evaluation(rows, curves, float(sc.sum()), float(sq.mean()))
+
+
+RANDOM_CALIBRATED = "random, calibrated the same way"
+
+
+def calibrated_random(
+    train_set: Sequence[Query],
+    test: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    pair: Pair,
+    fraction: float,
+    confidence: float,
+    default_output: int,
+) -> Row:
+    """A router that knows nothing, its cut chosen with the same guarantee: the baseline
+    a guaranteed router must beat (the random curve's best test point knows the test)."""
+    wq, sq, wc, sc = test
+    _, calibrate = calibration_split(train_set)
+    cw = np.array([q.scores[pair.weak] for q in calibrate])
+    cs = np.array([q.scores[pair.strong] for q in calibrate])
+    rng = np.random.default_rng(len(calibrate))
+    cut = guaranteed_cut(rng.uniform(0, 1, len(calibrate)), cw, cs, fraction, confidence, len(wq))
+    to_strong = rng.uniform(0, 1, len(wq)) >= cut
+    quality = float(np.where(to_strong, sq, wq).mean())
+    reduction = 1 - float(np.where(to_strong, sc, wc).sum() / sc.sum())
+    share = float(to_strong.mean())
+    return Row(RANDOM_CALIBRATED, reduction, share, quality / sq.mean(), 1.0, 0.5)

@@ -9,6 +9,7 @@ numbers in the README are the sidecar's own decisions.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,8 +83,14 @@ def relative_cost(
 
 
 def routing_score(gain: float, relative: float) -> float:
-    """The complexity score a threshold is compared with: gain per unit of relative cost."""
-    return gain / relative
+    """The complexity score a threshold is compared with: gain per unit of relative cost.
+
+    A request costlier than average needs that much more gain to escalate; a
+    cheaper one is judged on its gain alone. Dividing by a relative cost
+    below 1 inflated every short prompt's score and sent "hi" and "What is
+    2 + 2?" to the strongest tier.
+    """
+    return gain / max(1.0, relative)
 
 
 def skips(score: float, cut: float) -> bool:
@@ -92,13 +99,23 @@ def skips(score: float, cut: float) -> bool:
 
 
 def complexity_tier(route: CompiledRoute, c: Complexity, cost_aware: bool) -> Decision:
-    """The cheapest tier the request does not skip; the reference tier at the latest."""
+    """The cheapest tier the request does not skip; the reference tier at the latest.
+
+    A tier without a threshold of its own skips at the model's cut, raised
+    for each tier above the cheapest so that the cheaper tiers share the
+    range above the cut evenly (three tiers, cut 0.5: small under 0.5,
+    medium under 0.75): with one cut for all, a middle tier was never chosen.
+    """
     reference = next(t for t in route.tiers if t.name == route.reference_tier)
     strong = reference.backends[0].price
-    for tier in route.tiers:
-        if tier.name == reference.name:
-            break
-        cut = tier.routing_threshold if tier.routing_threshold is not None else c.cut
+    cheaper = [t for t in route.tiers[: route.tiers.index(reference)]]
+    score, cut = c.gain, c.cut
+    for i, tier in enumerate(cheaper):
+        cut = c.cut
+        if tier.routing_threshold is not None:
+            cut = tier.routing_threshold
+        elif i and math.isfinite(c.cut):
+            cut = c.cut + (1.0 - c.cut) * i / len(cheaper)
         relative = (
             relative_cost(
                 tier.backends[0].price,
@@ -114,7 +131,7 @@ def complexity_tier(route: CompiledRoute, c: Complexity, cost_aware: bool) -> De
         if not skips(score, cut):
             return Decision(tier.name, f"complexity {score:.2f} < {cut:.2f}", "complexity")
     return Decision(
-        reference.name, f"complexity {c.gain:.2f}: needs {reference.name}", "complexity"
+        reference.name, f"complexity {score:.2f} >= {cut:.2f}: needs {reference.name}", "complexity"
     )
 
 
