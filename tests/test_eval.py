@@ -331,6 +331,28 @@ def test_plot_and_router_train_commands(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "complexity model from 300 outcomes" in out.stdout
     assert ComplexityModel.load(model).mean_input_tokens > 0
+    hopeless = tmp_path / "hopeless.jsonl"  # the weak model is never right: nothing to save
+    hopeless.write_text(
+        "\n".join(
+            json.dumps({"prompt": f"question {i}", "scores": {"weak": 0, "strong": 1}})
+            for i in range(200)
+        )
+    )
+    out = subprocess.run(
+        [*cli, "router", "train", "--data", str(hopeless), *common, "-o", str(model)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "support no saving at 95% quality with 90% confidence" in out.stderr
+    assert ComplexityModel.load(model).cut == float("-inf")
+    scored = subprocess.run(
+        [*cli, "eval", "routing", "--data", str(hopeless), *common, "--model", str(model),
+         "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    rows = {r["name"]: r for r in json.loads(scored.stdout)["rows"]}
+    assert rows["complexity router"]["strong_share"] == 1.0  # the saved cut, as it is
     scorer = tmp_path / "scorer.npz"
     out = subprocess.run(
         [*cli, "router", "train", "--scorer", "--data", str(data), *common, "-o", str(scorer)],

@@ -25,6 +25,7 @@ from tokenomy_eval.routing import (
     price,
 )
 from tokenomy_sidecar.local_embedder import MiniLM
+from tokenomy_sidecar.routing.complexity import ComplexityModel
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"
@@ -93,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(routing)
     add_output_arguments(routing)
     routing.add_argument("--plot", type=Path, help="draw cost against quality into this PNG")
+    routing.add_argument(
+        "--model",
+        type=Path,
+        help="score this saved router (tokenomy router train -o FILE) as it is, cut included, "
+        "instead of fitting one on the train split",
+    )
     routing.add_argument(
         "--no-cost-aware", dest="cost_aware", action="store_false",
         help="rank by predicted gain alone, not gain per relative cost",
@@ -231,9 +238,11 @@ def one_split(
             train_set, test_set, args.weak, args.strong, prices,
             fraction=args.quality, confidence=args.confidence,
         )  # fmt: skip
+    saved = getattr(args, "model", None)
     evaluation = evaluate(
         train_set, test_set, args.weak, args.strong, prices, fraction=args.quality,
         cost_aware=getattr(args, "cost_aware", True), confidence=args.confidence,
+        model=ComplexityModel.load(saved) if saved is not None else None,
     )  # fmt: skip
     return evaluation, result
 

@@ -245,15 +245,18 @@ def evaluate(
     fraction: float = 0.95,
     cost_aware: bool = True,
     confidence: float = CONFIDENCE,
+    model: ComplexityModel | None = None,
 ) -> Evaluation:
-    """The complexity router (cut from train) beside the random, cost-only and perfect routers.
+    """The complexity router (cut from train, or ``model`` as saved) beside the random,
+    cost-only and perfect routers.
 
     The baselines' rows are the best point of their curve on the test split
     (an upper bound for them); the router's row is what its cut did.
     """
     pair = pair_for([*train_set, *test_set], weak, strong, prices)
-    # The target is judged on the test split: a batch of its size.
-    model = fit_router(train_set, pair, fraction, cost_aware, confidence, len(test_set))
+    if model is None:  # a saved one is scored as it is
+        # The target is judged on the test split: a batch of its size.
+        model = fit_router(train_set, pair, fraction, cost_aware, confidence, len(test_set))
     wq, sq, wc, sc = outcomes(test_set, weak, strong, prices, default_output)
     predictions = np.array([model.score(q.prompt) for q in test_set])
     scores = scores_for(model, pair, test_set, predictions, cost_aware)
