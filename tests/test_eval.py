@@ -14,7 +14,14 @@ import pytest
 
 from tokenomy_eval import cache, metrics
 from tokenomy_eval.cascade import evaluate_cascade
-from tokenomy_eval.dataset import Query, load_jsonl, load_routellm, load_routerbench, split
+from tokenomy_eval.dataset import (
+    Query,
+    load_jsonl,
+    load_mtbench,
+    load_routellm,
+    load_routerbench,
+    split,
+)
 from tokenomy_eval.routing import (
     Pair,
     decide,
@@ -170,6 +177,23 @@ def test_loaders_skip_empty_cells_and_name_the_bad_ones(
     mmlu = tmp_path / "mmlu.csv"
     mmlu.write_text("prompt,W,S\nq1,True,True\nq2,,False\n")
     assert [q.prompt for q in load_routellm(mmlu, "W", "S")] == ["q1"]
+
+
+def test_mtbench_loader_reads_judge_scores_per_turn(tmp_path: Path) -> None:
+    questions = [{"question_id": 1, "turns": ["Write a poem.", "Now shorter."]},
+                 {"question_id": 2, "turns": ["Leaked question", "Again"]}]  # fmt: skip
+    (tmp_path / "question.jsonl").write_text("\n".join(map(json.dumps, questions)))
+    judged = [
+        {"question_id": q, "model": m, "turn": t, "score": s}
+        for q, t, m, s in [(1, 1, "W", 6), (1, 1, "S", 9), (1, 2, "W", 8), (1, 2, "S", -1),
+                           (2, 1, "W", 5), (2, 1, "S", 5)]
+    ]  # fmt: skip
+    (tmp_path / "judgements.jsonl").write_text("\n".join(map(json.dumps, judged)))
+    leaked = {"eval_prompt": "Leaked question"}
+    (tmp_path / "contaminated_prompts.jsonl").write_text(json.dumps(leaked))
+    [query] = load_mtbench(tmp_path, ["W", "S"])  # turn 2 has no valid score for S
+    assert query.prompt == "Write a poem."
+    assert query.scores == {"W": 0.6, "S": 0.9}
 
 
 def test_split_is_fixed_by_its_seed() -> None:

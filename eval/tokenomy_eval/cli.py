@@ -15,7 +15,14 @@ import numpy as np
 from tokenomy_api.compiled import Price
 from tokenomy_eval import cache
 from tokenomy_eval.cascade import CascadeResult, evaluate_cascade
-from tokenomy_eval.dataset import Query, load_jsonl, load_routellm, load_routerbench, split
+from tokenomy_eval.dataset import (
+    Query,
+    load_jsonl,
+    load_mtbench,
+    load_routellm,
+    load_routerbench,
+    split,
+)
 from tokenomy_eval.routing import (
     CONFIDENCE,
     RANDOM_CALIBRATED,
@@ -50,7 +57,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--train", type=Path, help="training file (with --test)")
     parser.add_argument("--test", type=Path, help="test file (with --train)")
     parser.add_argument(
-        "--format", choices=["routellm", "jsonl", "routerbench"], default="routellm"
+        "--format", choices=["routellm", "jsonl", "routerbench", "mtbench"], default="routellm"
     )
     parser.add_argument("--weak", default=WEAK, help=f"the cheaper model (default {WEAK})")
     parser.add_argument("--strong", default=STRONG, help=f"the stronger model (default {STRONG})")
@@ -145,6 +152,8 @@ def load(path: Path, fmt: str, weak: str, strong: str) -> list[Query]:
     """Queries from a file in one of the supported formats, each with both models' scores."""
     if fmt == "routerbench":
         return load_routerbench(path, [weak, strong])
+    if fmt == "mtbench":
+        return load_mtbench(path, [weak, strong])
     if fmt == "routellm":
         return load_routellm(path, weak, strong)
     queries = load_jsonl(path)

@@ -98,6 +98,38 @@ def load_routellm(path: Path, weak: str, strong: str) -> list[Query]:
     return out
 
 
+def load_mtbench(folder: Path, models: Sequence[str]) -> list[Query]:
+    """MT-Bench as RouteLLM keeps it: ``question.jsonl`` and GPT-4 judge scores (1-10, read
+    as 0.1-1) per question, turn and model in ``judgements.jsonl``; one query per question
+    and turn (the second turn's prompt holds the first), contaminated questions dropped,
+    turns without a score for every model skipped."""
+    questions = {
+        q["question_id"]: q
+        for q in map(json.loads, (folder / "question.jsonl").read_text().splitlines())
+    }
+    scores: dict[tuple[int, int], dict[str, float]] = {}
+    for line in (folder / "judgements.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        if item["model"] in models and float(item["score"]) >= 0:
+            scores.setdefault((item["question_id"], item["turn"]), {})[item["model"]] = (
+                float(item["score"]) / 10
+            )
+    skip = _contaminated(folder)
+    out = []
+    for (qid, turn), by_model in sorted(scores.items()):
+        turns = questions[qid]["turns"][:turn]
+        prompt = "\n\n".join(turns)
+        if set(by_model) >= set(models) and not skip & set(turns):
+            out.append(Query(prompt, by_model))
+    _skipped(
+        folder / "judgements.jsonl",
+        len(scores) - len(out),
+        len(scores),
+        "no score for every model, or a contaminated question",
+    )
+    return out
+
+
 def load_jsonl(path: Path) -> list[Query]:
     """The documented JSONL format."""
     out = []

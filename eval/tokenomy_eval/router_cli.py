@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--data", type=Path, action="append", required=True, help="outcomes (repeatable)"
     )
-    train.add_argument("--format", choices=["routellm", "jsonl", "routerbench"], default="jsonl")
+    train.add_argument(
+        "--format", choices=["routellm", "jsonl", "routerbench", "mtbench"], default="jsonl"
+    )
     train.add_argument("--weak", default=WEAK)
     train.add_argument("--strong", default=STRONG)
     train.add_argument("--price", type=parse_price, action="append", default=[])
