@@ -8,6 +8,7 @@ import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -283,6 +284,44 @@ def test_cascade_escalates_the_answers_the_scorer_doubts() -> None:
     assert result.row.strong_share < 0.5
     assert result.row.cost_reduction > 0.4
     assert set(result.reasons) == {"confident", "low_confidence"}
+
+
+def sampled(n: int, seed: int) -> list[dict[str, Any]]:
+    """Word problems with 7 weak samples each: easy ones mostly agree on the right answer,
+    hard ones scatter; the strong model is always right."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        right = 0.95 if rng.random() < 0.6 else 0.3
+        answers = [
+            f"#### {a * b if rng.random() < right else a * b + rng.randint(1, 50)}"
+            for _ in range(7)
+        ]
+        out.append({
+            "prompt": f"What is {a} times {b}?",
+            "scores": {"weak": float(answers[0] == f"#### {a * b}"), "strong": 1.0},
+            "samples": {"weak": answers},
+            "reference": str(a * b),
+        })  # fmt: skip
+    return out
+
+
+def test_agreement_cascade_keeps_answers_the_samples_agree_on(tmp_path: Path) -> None:
+    data = tmp_path / "sampled.jsonl"
+    data.write_text("\n".join(json.dumps(q) for q in sampled(3_000, 5)))
+    out = subprocess.run(
+        [sys.executable, "-m", "tokenomy_cli.main", "eval", "cascade", "--data", str(data),
+         "--format", "jsonl", "--weak", "weak", "--strong", "strong",
+         "--price", "weak=0.1/0.1", "--price", "strong=10/30",
+         "--method", "agreement", "--samples", "7", "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)["rows"][0]
+    assert row["name"] == "cascade (agreement of 7 samples)"
+    assert row["quality"] >= 0.95
+    assert row["cost_reduction"] > 0.3  # most easy questions are kept on the weak model
 
 
 def test_cascade_needs_recorded_answers() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from tokenomy_api.compiled import Price
 from tokenomy_eval import cache
-from tokenomy_eval.cascade import CascadeResult, evaluate_cascade
+from tokenomy_eval.cascade import CascadeResult, evaluate_agreement, evaluate_cascade
 from tokenomy_eval.dataset import (
     Query,
     load_jsonl,
@@ -116,6 +116,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(cascade)
     add_output_arguments(cascade)
+    cascade.add_argument(
+        "--method",
+        choices=["scorer", "agreement"],
+        default="scorer",
+        help="how the weak answer is judged: the learned answer scorer, or the agreement of "
+        "--samples recorded samples (the JSONL's `samples`)",
+    )
+    cascade.add_argument("--samples", type=int, default=5, help="samples for --method agreement")
     cascade.add_argument("--plot", type=Path, help="draw cost against quality into this PNG")
     cache = sub.add_parser("cache", help="semantic cache hit rate and wrong hits per threshold")
     kind = cache.add_mutually_exclusive_group(required=True)
@@ -242,7 +250,12 @@ def one_split(
     """The routers (and the cascade) on one train/test split."""
     prices = dict(args.price)
     result = None
-    if args.what == "cascade":
+    if args.what == "cascade" and args.method == "agreement":
+        result = evaluate_agreement(
+            train_set, test_set, args.weak, args.strong, prices, args.samples,
+            fraction=args.quality, confidence=args.confidence,
+        )  # fmt: skip
+    elif args.what == "cascade":
         result = evaluate_cascade(
             train_set, test_set, args.weak, args.strong, prices,
             fraction=args.quality, confidence=args.confidence,

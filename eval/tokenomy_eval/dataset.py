@@ -2,8 +2,9 @@
 
 Formats read: the documented JSONL (one object a line:
 ``{"prompt": str, "scores": {model: 0..1}, "costs": {model: usd}?,
-"tokens": {model: {"input": int, "output": int}}?, "answers": {model: str}?}``), RouteLLM's response
-CSVs (MMLU folder of per-subject files, GSM8K with responses), and
+"tokens": {model: {"input": int, "output": int}}?, "answers": {model: str}?,
+"samples": {model: [str]}?, "sample_scores": {model: [0..1]}?, "reference": str?}``),
+RouteLLM's response CSVs (MMLU folder of per-subject files, GSM8K with responses), and
 RouterBench-style CSVs (``prompt``, one score column per model,
 ``<model>|model_response``, ``<model>|total_cost``).
 """
@@ -38,6 +39,13 @@ class Query:
     """(input, output) tokens per model, when known, for pricing with a table."""
     answers: dict[str, str] = field(default_factory=dict)
     """Each model's answer, when recorded (what a cascade judges)."""
+    samples: dict[str, list[str]] = field(default_factory=dict)
+    """Several answers per model to the same prompt, when recorded (agreement cascades)."""
+    sample_scores: dict[str, list[float]] = field(default_factory=dict)
+    """The quality of each of those samples, 0..1, when recorded."""
+    reference: str = ""
+    """The reference answer, when recorded: a sample is right when its final answer
+    matches this one's."""
 
 
 def _bool(text: str) -> float:
@@ -148,6 +156,15 @@ def load_jsonl(path: Path) -> list[Query]:
                         for m, t in (item.get("tokens") or {}).items()
                     },
                     answers={m: str(a) for m, a in (item.get("answers") or {}).items()},
+                    samples={
+                        m: [str(a) for a in answers]
+                        for m, answers in (item.get("samples") or {}).items()
+                    },
+                    sample_scores={
+                        m: [float(v) for v in values]
+                        for m, values in (item.get("sample_scores") or {}).items()
+                    },
+                    reference=str(item.get("reference") or ""),
                 )
             )
         except (KeyError, TypeError, ValueError) as error:
