@@ -125,6 +125,17 @@ def test_complexity_tier(
     assert complexity_tier(the_route(config), c, cost_aware).tier == tier
 
 
+def test_the_route_reason_shows_the_score_that_was_judged() -> None:
+    config = three_tiers(routing={"complexity": {"enabled": True}})
+    long = Complexity(gain=0.9, cut=0.5, input_tokens=300, output_tokens=0, mean_input_tokens=100)
+    decision = complexity_tier(the_route(config), long, cost_aware=True)
+    # 0.9 over three times the average cost is 0.30: under the small tier's cut.
+    assert (decision.tier, decision.reason) == ("small", "complexity 0.30 < 0.50")
+    hard = Complexity(gain=0.95, cut=0.5, input_tokens=100, output_tokens=0, mean_input_tokens=100)
+    decision = complexity_tier(the_route(config), hard, cost_aware=True)
+    assert (decision.tier, decision.reason) == ("large", "complexity 0.95 >= 0.75: needs large")
+
+
 @pytest.mark.parametrize(
     ("tokens_in", "tokens_out", "mean_in", "expected"),
     [
