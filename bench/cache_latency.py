@@ -31,9 +31,11 @@ PARAPHRASE = "my new card still hasn't arrived, what do I do?"
 
 
 def write_config(folder: Path, upstream: int, budget: bool) -> Path:
-    semantic: dict[str, object] = {"enabled": True, "threshold": 0.8}
+    semantic: dict[str, object] = {"enabled": True}
     if budget:
         semantic["wrongHitBudget"] = {"maxWrongShare": 0.02, "explore": 0}
+    else:
+        semantic["threshold"] = 0.8
     policy = {
         "cache": {"semantic": semantic, "store": {"maxEntries": 1_000_000, "maxMemoryMib": 4096}}
     }

@@ -15,6 +15,7 @@ from tokenomy_api.costpolicy import (
     DomainRoute,
     RegionPlacement,
     Routing,
+    SemanticCache,
     Tools,
 )
 from tokenomy_api.crd import structural_schema
@@ -63,6 +64,9 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (CacheScope, {"type": "header", "header": "x-tenant"}, True),
     (CacheScope, {"type": "header"}, False),
     (CacheScope, {"type": "policy", "header": "x-tenant"}, False),
+    (SemanticCache, {"threshold": 0.9}, True),
+    (SemanticCache, {"wrongHitBudget": {"maxWrongShare": 0.02}}, True),
+    (SemanticCache, {"threshold": 0.9, "wrongHitBudget": {"maxWrongShare": 0.02}}, False),
     (CacheStore, {}, True),
     (CacheStore, {"type": "redis", "redis": REDIS}, True),
     (CacheStore, {"type": "redis"}, False),

@@ -80,6 +80,10 @@ _CAPACITY_PRIORITY: dict[str, dict[str, int]] = {
 }
 
 
+DEFAULT_SEMANTIC_THRESHOLD = 0.95
+"""The semantic cache's threshold when the policy sets neither one nor a wrong-hit budget."""
+
+
 def compile_configs(
     policies: Iterable[CostPolicy],
     routes: Iterable[ModelRoute],
@@ -242,7 +246,11 @@ def _cache(cache: Cache) -> c.CompiledCache:
         ),
         semantic=c.CompiledSemanticCache(
             enabled=cache.semantic.enabled,
-            threshold=cache.semantic.threshold,
+            threshold=(
+                cache.semantic.threshold
+                if cache.semantic.threshold is not None
+                else DEFAULT_SEMANTIC_THRESHOLD
+            ),
             ttl_seconds=_seconds(cache.semantic.ttl),
             budget=(
                 c.CompiledWrongHitBudget(

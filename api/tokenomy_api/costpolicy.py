@@ -66,13 +66,22 @@ class WrongHitBudget(ApiModel):
 class SemanticCache(ApiModel):
     """Serve a request whose meaning matches a stored one closely enough."""
 
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!(has(self.threshold) && has(self.wrongHitBudget))",
+            message="threshold has no effect with a wrongHitBudget (which learns its own "
+            "cuts): set one of them",
+            check=lambda s: s.threshold is None or s.wrong_hit_budget is None,
+        ),
+    )
+
     enabled: bool = False
     """Whether the semantic cache is on; it needs ``spec.embedding`` on the routes."""
-    threshold: Fraction = 0.95
-    """Cosine similarity at or above which a stored answer is served (without a
-    ``wrongHitBudget``)."""
+    threshold: Fraction | None = None
+    """Cosine similarity at or above which a stored answer is served; 0.95 when neither
+    this nor ``wrongHitBudget`` is set."""
     wrong_hit_budget: WrongHitBudget | None = None
-    """Serve by a wrong-hit budget learnt from outcomes; ``threshold`` then has no effect."""
+    """Serve by a wrong-hit budget learnt from outcomes, instead of a threshold."""
     ttl: Duration = "1h"
     """How long an answer stays servable."""
 
