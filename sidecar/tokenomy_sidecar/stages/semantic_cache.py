@@ -32,7 +32,7 @@ import orjson
 
 from tokenomy_api.compiled import CompiledSemanticCache
 from tokenomy_sidecar.metrics import Metrics
-from tokenomy_sidecar.pipeline import Answer, CacheRecord, Exchange, Quiet
+from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet
 from tokenomy_sidecar.request import message_text
 from tokenomy_sidecar.semantic_budget import (
     NEIGHBOURS,
@@ -164,48 +164,47 @@ class SemanticCache(Quiet):
             if vector is not None
             else []
         )
-        result = self._judge(x, semantic, near)
+        result, judged = self._judge(x, semantic, near)
         lookups.labels(*x.labels, "semantic", result).inc()
         if result != "hit":
+            x.cache.candidate = judged  # the fresh answer will tell if it was right
             return None
         x.headers["x-tokenomy-similarity"] = f"{near[0].similarity:.4f}"
         answer = hit(x, self.meter, near[0].value, "semantic")
-        if semantic.budget is not None and answer.completion is not None:
+        if judged is not None and answer.completion is not None:
             # A response id of its own, so that a report of a wrong answer names this hit.
             answer.completion["id"] = f"chatcmpl-tk{uuid.uuid4().hex[:24]}"
             answer.body = b""
-            self._remember(answer.completion["id"], x.labels, x.cache)
+            self._remember(answer.completion["id"], x.labels, judged)
         return answer
 
-    def _judge(self, x: Exchange, semantic: CompiledSemanticCache, near: list[Found]) -> str:
-        """``hit``, ``miss`` or ``explore``; a near match not served becomes a candidate."""
+    def _judge(
+        self, x: Exchange, semantic: CompiledSemanticCache, near: list[Found]
+    ) -> tuple[str, Candidate | None]:
+        """``hit``, ``miss`` or ``explore``, and the near match the budget judged (if any)."""
         budget = semantic.budget
         if budget is None:
-            return "hit" if near and near[0].similarity >= semantic.threshold else "miss"
+            served = near and near[0].similarity >= semantic.threshold
+            return ("hit" if served else "miss"), None
         if not near or near[0].similarity < budget.min_similarity:
-            return "miss"
+            return "miss", None
         similarity = near[0].similarity
         agreeing = agreement([(f.similarity, f.value) for f in near])
         cut = self.outcomes.cuts(x.labels, budget.max_wrong_share)
         self._report(x.labels, cut)
         verdict = decide(cut, similarity, agreeing, budget.explore, self.draw())
-        if verdict == "serve":
-            x.cache.candidate = Candidate(similarity, agreeing, 1.0, b"")
-            return "hit"
         explored = verdict == "explore"
         weight = 1.0 / budget.explore if explored else 1.0
-        x.cache.candidate = Candidate(similarity, agreeing, weight, near[0].value, explored)
-        return verdict
+        judged = Candidate(similarity, agreeing, weight, near[0].value, explored)
+        return ("hit" if verdict == "serve" else verdict), judged
 
     def _report(self, labels: tuple[str, str, str], cut: Cuts) -> None:
         self.metrics.semantic_bound.labels(*labels).set(cut.bound)
         self.metrics.semantic_cut.labels(*labels, "similarity").set(cut.similarity)
         self.metrics.semantic_cut.labels(*labels, "agreement").set(cut.agreement)
 
-    def _remember(self, response_id: str, labels: tuple[str, str, str], cache: CacheRecord) -> None:
-        assert cache.candidate is not None
-        self._served[response_id] = (labels, cache.candidate.similarity, cache.candidate.agreement)
-        cache.candidate = None
+    def _remember(self, response_id: str, labels: tuple[str, str, str], served: Candidate) -> None:
+        self._served[response_id] = (labels, served.similarity, served.agreement)
         while len(self._served) > REMEMBERED:
             self._served.popitem(last=False)
 
