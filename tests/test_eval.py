@@ -324,6 +324,41 @@ def test_agreement_cascade_keeps_answers_the_samples_agree_on(tmp_path: Path) ->
     assert row["cost_reduction"] > 0.3  # most easy questions are kept on the weak model
 
 
+def three_models(path: Path, n: int, seed: int) -> None:
+    """A RouterBench-style CSV: easy prompts every model answers, medium ones the two larger,
+    hard ones only the largest; costs 1 : 5 : 20."""
+    rng = random.Random(seed)
+    lines = ["prompt,s,m,l,s|total_cost,m|total_cost,l|total_cost"]
+    for i in range(n):
+        kind = rng.choice(["easy", "easy", "medium", "hard"])
+        words = {"easy": "greeting hello", "medium": "sum of numbers", "hard": "integral proof"}
+        right = {"easy": (1, 1, 1), "medium": (0, 1, 1), "hard": (0, 0, 1)}[kind]
+        lines.append(f"{words[kind]} {i % 17},{right[0]},{right[1]},{right[2]},0.001,0.005,0.02")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_routing_over_three_tiers_uses_the_middle_one_and_keeps_the_target(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "three.csv"
+    three_models(data, 4_000, 3)
+    out = subprocess.run(
+        [sys.executable, "-m", "tokenomy_cli.main", "eval", "routing", "--data", str(data),
+         "--format", "routerbench", "--tiers", "s,m,l", "--no-cost-aware", "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)["rows"]}
+    router = rows["complexity router (3 tiers)"]
+    assert router["quality"] >= 0.95
+    assert router["cost_reduction"] > rows["random, calibrated the same way"]["cost_reduction"]
+    # Easy ones on s and the rest on l would save 46 %: more needs the middle tier.
+    assert router["cost_reduction"] > 0.55
+    assert router["strong_share"] < 0.3  # only the hard quarter on l
+    assert rows["all on l"]["cost_reduction"] == 0.0
+    assert rows["perfect router"]["quality"] == 1.0
+
+
 def test_cascade_needs_recorded_answers() -> None:
     prices = {"weak": price("0.1", "0.1"), "strong": price("10", "30")}
     with pytest.raises(ValueError, match="no recorded answer of weak"):

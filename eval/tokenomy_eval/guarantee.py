@@ -83,8 +83,21 @@ def guaranteed_cut(
     cuts = np.array([ranked[k] if k < n else math.inf for k in ks])
     weak = scores[None, :] < cuts[:, None]
     loss = np.where(weak, fraction * strong_q - weak_q, fraction * strong_q - strong_q)
+    passed = last_passing(loss, fraction, confidence, batch)
+    best = float(cuts[passed]) if passed >= 0 else -math.inf
+    return best if best != float(ranked[0]) else -math.inf
+
+
+def last_passing(loss: Array, fraction: float, confidence: float, batch: int | None) -> int:
+    """Fixed-sequence testing over candidates ordered safest first: the index of the last
+    one whose mean loss is shown below 0 before the first that is not; -1 for none.
+
+    ``loss``: one row per candidate, the per-query loss ``fraction * reference -
+    routed`` (in ``[-1, fraction]``) in sampling order. ``batch``: see
+    :func:`guaranteed_cut`.
+    """
     delta = 1.0 - confidence
-    margin = np.zeros(len(cuts))
+    margin = np.zeros(len(loss))
     if batch:
         delta /= 2
         log = math.log(1 / delta)
@@ -96,9 +109,5 @@ def guaranteed_cut(
     passed = rejects(
         (loss + margin[:, None] - low) / (high - low)[:, None], -low / (high - low), delta
     )
-    best = -math.inf
-    for cut, ok in zip(cuts, passed, strict=True):
-        if not ok:
-            break  # the first null not rejected ends the sequence
-        best = float(cut)
-    return best if best != float(ranked[0]) else -math.inf
+    failed = np.flatnonzero(~passed)
+    return int(failed[0]) - 1 if len(failed) else len(passed) - 1

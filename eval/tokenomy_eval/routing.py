@@ -90,40 +90,41 @@ class Pair:
 
     def route(self) -> CompiledRoute:
         """A two-tier route priced like the data, for the sidecar's decision function."""
+        return route_of([self.weak, self.strong], [self.weak_price, self.strong_price])
 
-        def tier(name: str, model: str, p: Price) -> CompiledTier:
-            backend = CompiledBackend(
-                name=name, cluster=f"eval/{name}", provider="openai", model=model,
-                endpoints=[], price=p, weight=1,
-            )  # fmt: skip
-            return CompiledTier(name=name, backends=[backend])
 
-        return CompiledRoute(
-            name="eval",
-            model="eval",
-            tiers=[
-                tier("weak", self.weak, self.weak_price),
-                tier("strong", self.strong, self.strong_price),
-            ],
-            default_tier="strong",
-            reference_tier="strong",
-            cascade_tiers=[],
-            retry=CompiledRetry(attempts=3, timeout_seconds=60),
-        )
+def route_of(models: Sequence[str], prices: Sequence[Price]) -> CompiledRoute:
+    """A route of these models, cheapest first (tiers ``t0``, ``t1``, …), the last the
+    reference."""
+    tiers = []
+    for i, (model, p) in enumerate(zip(models, prices, strict=True)):
+        backend = CompiledBackend(
+            name=f"t{i}", cluster=f"eval/t{i}", provider="openai", model=model,
+            endpoints=[], price=p, weight=1,
+        )  # fmt: skip
+        tiers.append(CompiledTier(name=f"t{i}", backends=[backend]))
+    last = tiers[-1].name
+    return CompiledRoute(
+        name="eval", model="eval", tiers=tiers, default_tier=last, reference_tier=last,
+        cascade_tiers=[], retry=CompiledRetry(attempts=3, timeout_seconds=60),
+    )  # fmt: skip
+
+
+def model_price(queries: Sequence[Query], model: str, prices: Mapping[str, Price]) -> Price:
+    """A model's price from the table, or per token from its recorded costs."""
+    if model in prices:
+        return prices[model]
+    costs = query_costs(queries, model, prices, 1)
+    tokens = sum(q.tokens.get(model, (estimate_tokens(q.prompt), 1))[0] for q in queries)
+    per_million = Decimal(str(costs.sum())) * MILLION / max(1, tokens)
+    return price(per_million, per_million)
 
 
 def pair_for(queries: Sequence[Query], weak: str, strong: str, prices: Mapping[str, Price]) -> Pair:
     """Prices from the table, or per token from the recorded costs when there is no table."""
-
-    def of(model: str) -> Price:
-        if model in prices:
-            return prices[model]
-        costs = query_costs(queries, model, prices, 1)
-        tokens = sum(q.tokens.get(model, (estimate_tokens(q.prompt), 1))[0] for q in queries)
-        per_million = Decimal(str(costs.sum())) * MILLION / max(1, tokens)
-        return price(per_million, per_million)
-
-    return Pair(weak, strong, of(weak), of(strong))
+    return Pair(
+        weak, strong, model_price(queries, weak, prices), model_price(queries, strong, prices)
+    )
 
 
 def mean_tokens(queries: Sequence[Query], models: Sequence[str]) -> tuple[float, float]:
@@ -192,7 +193,7 @@ def decide(model: ComplexityModel, pair: Pair, query: Query, cost_aware: bool) -
         output_tokens=model.mean_output_tokens,
         mean_input_tokens=model.mean_input_tokens,
     )
-    return complexity_tier(pair.route(), c, cost_aware).tier == "strong"
+    return complexity_tier(pair.route(), c, cost_aware).tier == "t1"
 
 
 def outcomes(
