@@ -359,6 +359,28 @@ def test_routing_over_three_tiers_uses_the_middle_one_and_keeps_the_target(
     assert rows["perfect router"]["quality"] == 1.0
 
 
+def test_eval_tiers_recommends_the_cheapest_route_that_keeps_the_target(tmp_path: Path) -> None:
+    data = tmp_path / "three.csv"
+    three_models(data, 4_000, 4)
+    lines = data.read_text().splitlines()
+    # x is always right but dearer than l; z is cheap and always wrong.
+    more = [lines[0] + ",x,z,x|total_cost,z|total_cost"]
+    more += [line + ",1,0,0.05,0.0005" for line in lines[1:]]
+    data.write_text("\n".join(more) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "tokenomy_cli.main", "eval", "tiers", "--data", str(data),
+         "--format", "routerbench", "--models", "s,m,l,x,z", "--no-cost-aware", "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert found["reference"] == "l"
+    routes = [tuple(c["models"]) for c in found["candidates"]]
+    assert routes[0] == ("s", "m", "l")
+    assert all("x" not in r for r in routes)  # dearer than the reference: never a cheaper tier
+    assert found["recommended"]["quality"] >= 0.95
+
+
 def test_cascade_needs_recorded_answers() -> None:
     prices = {"weak": price("0.1", "0.1"), "strong": price("10", "30")}
     with pytest.raises(ValueError, match="no recorded answer of weak"):

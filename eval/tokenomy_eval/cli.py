@@ -31,7 +31,7 @@ from tokenomy_eval.routing import (
     evaluate,
     price,
 )
-from tokenomy_eval.tiers import evaluate_tiers
+from tokenomy_eval.tiers import evaluate_tiers, recommend
 from tokenomy_sidecar.local_embedder import MiniLM
 from tokenomy_sidecar.routing.complexity import ComplexityModel
 
@@ -132,6 +132,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     cascade.add_argument("--samples", type=int, default=5, help="samples for --method agreement")
     cascade.add_argument("--plot", type=Path, help="draw cost against quality into this PNG")
+    tiers = sub.add_parser("tiers", help="which models to put in a ModelRoute")
+    add_data_arguments(tiers)
+    tiers.add_argument(
+        "--models", required=True, metavar="A,B,...", help="the candidate models (2 or more)"
+    )
+    tiers.add_argument(
+        "--reference", help="the reference tier (default: the best-scoring candidate)"
+    )
+    tiers.add_argument("--max-tiers", type=int, default=3, help="tiers a route may have")
+    tiers.add_argument("--json", action="store_true", help="print the results as JSON")
+    tiers.add_argument(
+        "--no-cost-aware", dest="cost_aware", action="store_false",
+        help="rank by predicted gain alone, not gain per relative cost",
+    )  # fmt: skip
     cache = sub.add_parser("cache", help="semantic cache hit rate and wrong hits per threshold")
     kind = cache.add_mutually_exclusive_group(required=True)
     kind.add_argument("--labelled", type=Path, help="CSV of text,category (as Banking77)")
@@ -296,6 +310,43 @@ def one_split(
     return evaluation, result
 
 
+def _run_tiers(args: argparse.Namespace) -> int:
+    """Recommend the cheapest route of the candidates that keeps the quality target."""
+    models = [m for m in args.models.split(",") if m]
+    if len(models) < 2:
+        raise ValueError("--models needs two candidates at least")
+    args.tiers = ",".join(models)  # load every candidate's scores
+    train_set, test_set = train_and_test(args)
+    reference = args.reference or max(models, key=lambda m: sum(q.scores[m] for q in train_set))
+    if reference not in models:
+        raise ValueError(f"--reference {reference} is not among --models")
+    found, scored = recommend(
+        train_set, test_set, models, reference, dict(args.price), args.max_tiers,
+        args.quality, args.confidence, args.cost_aware,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({
+            "reference": reference,
+            "candidates": [dataclasses.asdict(c) for c in found],
+            "recommended": dataclasses.asdict(scored) if scored is not None else None,
+        }))  # fmt: skip
+        return 0
+    print(f"reference {reference}; routes judged on half of the train split, cheapest first:\n")
+    print("| tiers (cheapest first) | cost vs reference alone | quality vs reference |")
+    print("|---|---|---|")
+    for c in found[:10]:
+        print(f"| {', '.join(c.models)} | {c.cost:.1%} | {c.quality:.1%} |")
+    if scored is None:
+        print(f"\nNo route kept {args.quality:.0%} of {reference}'s quality: use it alone.")
+    else:
+        best = next(c for c in found if c.quality >= args.quality)
+        print(
+            f"\nRecommended: {', '.join(best.models)}; on the test split it saves "
+            f"{scored.cost_reduction:.1%} at {scored.quality:.1%} of {reference}'s quality."
+        )
+    return 0
+
+
 def _run_splits(args: argparse.Namespace) -> int:
     """The first row (the cascade, else the complexity router) over random splits."""
     if args.data is None:
@@ -348,6 +399,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.what == "cache":
             return _run_cache(args)
+        if args.what == "tiers":
+            return _run_tiers(args)
         if args.splits > 1:
             return _run_splits(args)
         train_set, test_set = train_and_test(args)

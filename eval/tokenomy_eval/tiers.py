@@ -11,13 +11,15 @@ routing (:mod:`tokenomy_eval.guarantee`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from tokenomy_api.compiled import Price
-from tokenomy_eval.dataset import Query
+from tokenomy_eval.dataset import Query, split
 from tokenomy_eval.guarantee import GRID, last_passing
 from tokenomy_eval.routing import (
     CONFIDENCE,
@@ -160,3 +162,57 @@ def evaluate_tiers(
     priced = np.where(good, cost, np.inf)
     out.append(row("perfect router", priced.argmin(axis=1)))
     return Evaluation(out, {}, float(reference_cost), float(reference_quality))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One set of tiers, as judged on the selection half of the training split."""
+
+    models: tuple[str, ...]
+    cost: float
+    """Cost of its router on the selection half, as a share of the reference alone."""
+    quality: float
+    """Its quality there, as a share of the reference's."""
+
+
+def recommend(
+    train_set: Sequence[Query],
+    test_set: Sequence[Query],
+    models: Sequence[str],
+    reference: str,
+    prices: Mapping[str, Price],
+    max_tiers: int = 3,
+    fraction: float = 0.95,
+    confidence: float = CONFIDENCE,
+    cost_aware: bool = True,
+) -> tuple[list[Candidate], Row | None]:
+    """Every route of up to ``max_tiers`` of ``models`` ending in ``reference``, judged
+    on half of ``train_set`` (routers fit on the other half), cheapest first; and the
+    cheapest one that kept ``fraction`` there, scored on ``test_set`` (None if none did)."""
+    everything = [*train_set, *test_set]
+
+    def cost(m: str) -> float:
+        p = model_price(everything, m, prices)
+        return float(p.input + p.output)
+
+    # Cheaper tiers only: one that costs more than the reference saves nothing.
+    by_price = sorted((m for m in models if cost(m) < cost(reference)), key=cost)
+    fit, judge = split(train_set, 0.5, 0)
+    found = []
+    for size in range(1, max_tiers):
+        for cheaper in itertools.combinations(by_price, size):
+            chain = (*cheaper, reference)
+            first = evaluate_tiers(
+                fit, judge, chain, prices, fraction=fraction, cost_aware=cost_aware,
+                confidence=confidence,
+            ).rows[0]  # fmt: skip
+            found.append(Candidate(chain, 1 - first.cost_reduction, first.quality))
+    found.sort(key=lambda c: c.cost)
+    best = next((c for c in found if c.quality >= fraction), None)
+    if best is None:
+        return found, None
+    scored = evaluate_tiers(
+        train_set, test_set, best.models, prices, fraction=fraction, cost_aware=cost_aware,
+        confidence=confidence,
+    ).rows[0]  # fmt: skip
+    return found, scored
