@@ -397,3 +397,38 @@ def test_pass_through_keeps_routes_and_drops_every_optimisation() -> None:
     assert plain.budget is None
     assert plain.version != config.version
     assert SidecarConfig.from_json(plain.to_json()) == plain  # a valid, self-consistent config
+
+
+# --- fields without effect ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "notices"),
+    [
+        ({}, []),
+        ({"batching": {"enabled": False, "maxBatchSize": 8}}, []),  # off: nothing claimed
+        (
+            {"batching": {"enabled": True}},
+            ["spec.batching.enabled: has no effect in this version: requests are sent one by one"],
+        ),
+        (
+            {"tools": {"upstreams": [{"name": "weather", "url": "http://weather"}]}},
+            ["spec.tools: has no effect in this version: the tool proxy answers 404"],
+        ),
+        (
+            {"prompt": {"maxInputTokens": 10}},
+            [
+                "spec.prompt.maxInputTokens: has no effect in this version: longer requests are "
+                "not refused"
+            ],
+        ),
+    ],
+)
+def test_fields_without_effect_are_noticed_and_the_policy_still_compiles(
+    spec: dict[str, Any], notices: list[str]
+) -> None:
+    result = compile_configs([policy(**spec)], [route()])
+    assert result.problems == []
+    assert "ns/agent" in result.configs
+    assert [f"{n.field}: {n.reason}" for n in result.notices] == notices
+    assert all(str(n).startswith("CostPolicy ns/agent: ") for n in result.notices)

@@ -66,7 +66,7 @@ def test_condition_keeps_its_transition_time_while_unchanged() -> None:
 def test_applied_condition(rollout: Rollout, applied: str, reason: str) -> None:
     observed = PolicyStatus(1, True, "Compiled", "", "v1", ())
     status = policy_status(observed, rollout, {}, "now")
-    _, applied_condition, _ = status["conditions"]
+    _, applied_condition, _, _ = status["conditions"]
     assert (applied_condition["status"], applied_condition["reason"]) == (applied, reason)
     assert status["sidecars"] == {
         "matched": rollout.matched,
@@ -93,6 +93,17 @@ def test_pods_without_a_sidecar_are_named(
     assert (injected["type"], injected["status"]) == ("SidecarsInjected", status)
     assert named in injected["message"]
     assert out["sidecars"]["unmanaged"] == len(unmanaged)
+
+
+@pytest.mark.parametrize(
+    ("no_effect", "status", "reason"),
+    [("", "True", "AllInEffect"), ("spec.batching.enabled: has no effect", "False", "NoEffect")],
+)
+def test_fields_without_effect_are_a_condition(no_effect: str, status: str, reason: str) -> None:
+    observed = PolicyStatus(1, True, "Compiled", "", "v1", (), (), no_effect)
+    found = policy_status(observed, Rollout(0, 0, 0), {}, "now")["conditions"][3]
+    assert (found["type"], found["status"], found["reason"]) == ("FieldsInEffect", status, reason)
+    assert no_effect in found["message"]
 
 
 @pytest.fixture
@@ -466,7 +477,7 @@ async def test_alerts_become_conditions_and_events() -> None:
     assert {
         c["reason"]
         for n, c in conditions().items()
-        if n not in {"Ready", "Applied", "SidecarsInjected"}
+        if n not in {"Ready", "Applied", "SidecarsInjected", "FieldsInEffect"}
     } == {"WithinBaseline"}
     for _ in range(6):  # an hour: 3x the spend, longer prompts, no hits, all on the large tier
         send(10, cost=Decimal("0.03"), tier="large", reference=True, input_tokens=200)

@@ -164,6 +164,15 @@ def test_invalid_change_keeps_the_last_good_config_and_says_why() -> None:
     assert f"The last good config ({good.version}) stays in force." in status.message
 
 
+def test_fields_without_effect_reach_the_policy_status() -> None:
+    state = state_with(route_doc(), policy_doc(prompt={"maxInputTokens": 10}))
+    status = state.reconcile().policies["ns/agent"]
+    assert status.ready  # still compiles and runs
+    assert status.no_effect.startswith("spec.prompt.maxInputTokens: has no effect")
+    state.policies[("ns", "agent")] = policy_doc()
+    assert state.reconcile().policies["ns/agent"].no_effect == ""
+
+
 def test_schema_errors_name_the_field_too() -> None:
     bad = policy_doc(cache={"semantic": {"threshold": 2}})
     status = state_with(route_doc(), bad).reconcile().policies["ns/agent"]

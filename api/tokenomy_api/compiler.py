@@ -69,6 +69,9 @@ class Compilation:
     """Configs by policy key (``namespace/name``)."""
     problems: list[Problem] = field(default_factory=list)
     """Problems, sorted; a policy with any problem has no config here."""
+    notices: list[Problem] = field(default_factory=list)
+    """Fields set that have no effect in this version, sorted: the policy still compiles,
+    and the user is told (``tokenomy compile``, the ``FieldsInEffect`` condition)."""
 
 
 # Order within a tier by how capacity is bought. Reserved capacity is paid for
@@ -107,10 +110,35 @@ def compile_configs(
     for policy in sorted(policies, key=lambda p: (p.metadata.namespace, p.metadata.name)):
         config, problems = _compile_policy(policy, by_name, broken_routes, endpoints)
         result.problems.extend(problems)
+        result.notices.extend(no_effect(policy))
         if config is not None:
             result.configs[config.policy.key] = config
     result.problems.sort()
+    result.notices.sort()
     return result
+
+
+NOT_BUILT = "has no effect in this version"
+
+
+def no_effect(policy: CostPolicy) -> list[Problem]:
+    """The fields this policy sets that this version validates but does not act on.
+
+    Pure, like the compiler: one notice per section, naming the field, so a
+    user never believes a lever is on when it is not.
+    """
+    spec = policy.spec
+    found = []
+    if spec.batching.enabled:
+        found.append(("spec.batching.enabled", f"{NOT_BUILT}: requests are sent one by one"))
+    if spec.tools.enabled or spec.tools.upstreams:
+        found.append(("spec.tools", f"{NOT_BUILT}: the tool proxy answers 404"))
+    if spec.prompt.max_input_tokens is not None:
+        found.append(
+            ("spec.prompt.maxInputTokens", f"{NOT_BUILT}: longer requests are not refused")
+        )
+    meta = policy.metadata
+    return [Problem(COST_POLICY_KIND, meta.namespace, meta.name, f, r) for f, r in found]
 
 
 def check_route(route: ModelRoute) -> list[Problem]:

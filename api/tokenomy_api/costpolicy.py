@@ -671,7 +671,8 @@ class CostPolicyStatus(ApiModel):
     observed_generation: Annotated[int, Field(ge=0)] = 0
     """The ``metadata.generation`` this status describes."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready``, ``Applied``, ``BudgetExceeded`` and alert conditions."""
+    """``Ready``, ``Applied``, ``SidecarsInjected``, ``FieldsInEffect``, ``BudgetExceeded`` and
+    alert conditions."""
     config_version: Annotated[str, Field(max_length=64)] = ""
     """Version (content hash) of the compiled config in force."""
     sidecars: Sidecars = Field(default_factory=Sidecars)

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the compiled configs by policy, or every problem and exit 2."""
+    """Print the compiled configs by policy (and, as warnings, fields without effect), or
+    every problem and exit 2."""
     resources = load_resources(args.paths)
     compilation = compile_configs(resources.policies, resources.routes)
     problems = list(resources.problems)
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
+    for notice in compilation.notices:
+        source = resources.source_of(notice.kind, notice.namespace, notice.name)
+        print(f"warning: {dataclasses.replace(notice, source=source)}", file=sys.stderr)
     out = {key: dump(config) for key, config in compilation.configs.items()}
     json.dump(out, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")

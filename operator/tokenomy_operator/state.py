@@ -60,6 +60,8 @@ class PolicyStatus:
     unmanaged: tuple[str, ...] = ()
     """Node ids of selected pods without a sidecar that did not opt out: admitted
     before the policy existed or while the webhook was unreachable."""
+    no_effect: str = ""
+    """The fields the spec sets that have no effect in this version, with why."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class ClusterState:
             specs={key: spec for key, (_, spec) in self.last_good.items()},
             parsed=parsed,
             nodes=nodes,
-            policies=self._policy_statuses(problems, configs, nodes),
+            policies=self._policy_statuses(problems, configs, nodes, self._notices()),
             routes=self._route_statuses(problems, endpoints),
         )
 
@@ -163,7 +165,15 @@ class ClusterState:
             resources.policies,
             compilation.configs,
             [*resources.problems, *compilation.problems],
+            compilation.notices,
         )
+
+    def _notices(self) -> dict[str, str]:
+        """Each policy's fields without effect, as its status says them."""
+        found: dict[str, list[Problem]] = {}
+        for notice in (n for c in self.compiled.values() for n in c.notices):
+            found.setdefault(f"{notice.namespace}/{notice.name}", []).append(notice)
+        return {key: _describe(notices) for key, notices in found.items()}
 
     def _assign(self, policies: list[CostPolicy]) -> dict[str, str]:
         """Each pod goes to the oldest policy of its namespace that selects it (then by name)."""
@@ -183,6 +193,7 @@ class ClusterState:
         problems: Mapping[tuple[str, str], list[Problem]],
         configs: Mapping[str, SidecarConfig],
         nodes: Mapping[str, str],
+        notices: Mapping[str, str],
     ) -> dict[str, PolicyStatus]:
         out = {}
         injected = {p.node_id for p in self.pods.values() if p.injected}
@@ -209,6 +220,7 @@ class ClusterState:
                     config.version if config else "",
                     pods,
                     unmanaged,
+                    notices.get(key, ""),
                 )
             else:
                 version = config.version if config else ""
@@ -220,6 +232,7 @@ class ClusterState:
                     version,
                     pods,
                     unmanaged,
+                    notices.get(key, ""),
                 )
         return out
 
@@ -258,6 +271,7 @@ class _Compiled:
     policies: list[CostPolicy]
     configs: dict[str, SidecarConfig]
     problems: list[Problem]
+    notices: list[Problem]
 
 
 def _compiled_part(doc: Mapping[str, Any]) -> dict[str, Any]:

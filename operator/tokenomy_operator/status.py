@@ -103,6 +103,15 @@ def policy_status(
                 "Applied", applied[0], applied[1], applied[2], observed.generation, conditions, now
             ),
             _injected(observed, conditions, now),
+            condition(
+                "FieldsInEffect",
+                not observed.no_effect,
+                "NoEffect" if observed.no_effect else "AllInEffect",
+                observed.no_effect or "every field the spec sets is acted on",
+                observed.generation,
+                conditions,
+                now,
+            ),
         ],
     }
 
