@@ -18,7 +18,6 @@ from tokenomy_sidecar.semantic_budget import (
     answer_of,
     cuts,
     decide,
-    lowest_cut,
     wilson_upper_each,
 )
 
@@ -46,6 +45,20 @@ def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     similarity = rng.uniform(0.5, 1.0, n)
     correct = rng.uniform(0, 1, n) > (1.0 - similarity) * 0.2  # wrong 10 % at 0.5, 0 at 1
     return similarity, correct
+
+
+def lowest_cut(
+    score: np.ndarray, correct: np.ndarray, budget: float, weight: np.ndarray | None = None
+) -> float:
+    """The agreement cut alone (similarity says nothing: all equal, and serving all fails)."""
+    w = np.ones(len(score)) if weight is None else weight
+    seen = [
+        Outcome(-1.0, float(a), bool(c), float(x))
+        for a, c, x in zip(score, correct, w, strict=True)
+    ]
+    cut = cuts(seen, budget)
+    assert cut.similarity == math.inf
+    return cut.agreement
 
 
 def test_the_lowest_cut_serves_only_where_evidence_bounds_the_wrong_share() -> None:

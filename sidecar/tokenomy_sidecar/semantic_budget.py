@@ -46,44 +46,20 @@ import orjson
 from tokenomy_api.bounds import Z_99
 
 NEIGHBOURS = 16
-"""Nearest entries read to find the nearest different answer."""
+"""Nearest entries whose answers vote in the agreement."""
 KEPT = 4_096
 """Outcomes kept per route (the newest): enough for a 1 % bound, and they follow drift."""
 
 Verdict = Literal["serve", "explore", "miss"]
 
 
-def lowest_cut(
-    score: npt.NDArray[np.float64],
-    correct: npt.NDArray[np.bool_],
-    budget: float,
-    weight: npt.NDArray[np.float64] | None = None,
-    z: float = Z_99,
-) -> float:
-    """The lowest cut whose served wrong share is under ``budget`` with confidence ``z``.
-
-    Served = outcomes with ``score >= cut``. Weighted outcomes count with
-    Kish's effective sample size, so an explored outcome standing for twenty
-    is not twenty observations. ``inf`` when no cut passes.
-    """
-    if len(score) == 0:
-        return math.inf
-    w = np.ones(len(score)) if weight is None else weight
-    order = np.argsort(-score, kind="stable")
-    s, c, w = score[order], correct[order], w[order]
-    total = np.cumsum(w)
-    effective = total * total / np.cumsum(w * w)
-    bound = wilson_upper_each(np.cumsum(w * ~c) / total, effective, z)
-    last = np.append(s[1:] != s[:-1], True)  # a cut serves every tie or none
-    passing = np.flatnonzero(last & (bound <= budget))
-    return float(s[passing[-1]]) if len(passing) else math.inf
-
-
 def wilson_upper_each(
     p: npt.NDArray[np.float64], n: npt.NDArray[np.float64], z: float
 ) -> npt.NDArray[np.float64]:
     """:func:`~tokenomy_api.bounds.wilson_upper` of shares ``p`` in ``n`` outcomes, element-wise
-    (the scan needs one per candidate cut)."""
+    (the scan needs one per candidate cut); shares of weighted outcomes count with Kish's
+    effective sample size ``n``, so an explored outcome standing for twenty is not twenty
+    observations."""
     z2 = z * z
     spread = z * np.sqrt(np.maximum(p * (1 - p), 0.0) / n + z2 / (4 * n * n))
     upper: npt.NDArray[np.float64] = np.minimum(1.0, (p + z2 / (2 * n) + spread) / (1 + z2 / n))
