@@ -165,10 +165,10 @@ def test_invalid_change_keeps_the_last_good_config_and_says_why() -> None:
 
 
 def test_fields_without_effect_reach_the_policy_status() -> None:
-    state = state_with(route_doc(), policy_doc(prompt={"maxInputTokens": 10}))
+    state = state_with(route_doc(), policy_doc(batching={"enabled": True}))
     status = state.reconcile().policies["ns/agent"]
     assert status.ready  # still compiles and runs
-    assert status.no_effect.startswith("spec.prompt.maxInputTokens: has no effect")
+    assert status.no_effect.startswith("spec.batching.enabled: has no effect")
     state.policies[("ns", "agent")] = policy_doc()
     assert state.reconcile().policies["ns/agent"].no_effect == ""
 

@@ -407,3 +407,29 @@ async def test_a_failing_stage_fails_open_to_the_default_tier(
     assert response.headers["x-tokenomy-cache"] == "bypass"
     assert large.settings.requests[-1]["max_tokens"] == 5000  # the request as the client wrote it
     assert running.metric("tokenomy_fail_open_total", stage="trim") == 1
+
+
+async def test_a_request_over_the_input_limit_is_refused_after_trimming(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    small = await standin(name="small")
+    large = await standin(name="large")
+    running = await sidecar(
+        two_tier_route(small, large),
+        policy_doc(namespace="default", prompt={"maxInputTokens": 10, "historyWindow": 1}),
+    )
+    client = running.client()
+    long = "word " * 28  # about 35 tokens by the 4-characters rule
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": long}]
+        )
+    assert refused.value.code == "context_length_exceeded"
+    assert "over this policy's limit of 10 (spec.prompt.maxInputTokens)" in str(refused.value)
+    # The window keeps the last message only: a long history is trimmed, then fits.
+    history = [{"role": "user", "content": long}, {"role": "assistant", "content": long}]
+    answered = await client.chat.completions.create(
+        model="chat", messages=[*history, {"role": "user", "content": "hi there"}]
+    )
+    assert answered.choices[0].message.content
+    assert len(small.settings.requests) + len(large.settings.requests) == 1

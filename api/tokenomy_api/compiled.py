@@ -342,6 +342,8 @@ class CompiledPrompt(Section):
     """Most recent messages kept (system messages always kept); all when unset."""
     deduplicate: bool = False
     """Drop messages that repeat an earlier one word for word."""
+    max_input_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Requests estimated above this many input tokens (after trimming) get a 400."""
 
 
 class CompiledOutput(Section):

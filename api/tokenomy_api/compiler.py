@@ -133,10 +133,6 @@ def no_effect(policy: CostPolicy) -> list[Problem]:
         found.append(("spec.batching.enabled", f"{NOT_BUILT}: requests are sent one by one"))
     if spec.tools.enabled or spec.tools.upstreams:
         found.append(("spec.tools", f"{NOT_BUILT}: the tool proxy answers 404"))
-    if spec.prompt.max_input_tokens is not None:
-        found.append(
-            ("spec.prompt.maxInputTokens", f"{NOT_BUILT}: longer requests are not refused")
-        )
     meta = policy.metadata
     return [Problem(COST_POLICY_KIND, meta.namespace, meta.name, f, r) for f, r in found]
 
@@ -238,7 +234,9 @@ def _compile_policy(
         ),
         placement=c.CompiledPlacement(nearest=spec.placement.region.strategy == "nearest"),
         prompt=c.CompiledPrompt(
-            history_window=spec.prompt.history_window, deduplicate=spec.prompt.deduplicate
+            history_window=spec.prompt.history_window,
+            deduplicate=spec.prompt.deduplicate,
+            max_input_tokens=spec.prompt.max_input_tokens,
         ),
         output=c.CompiledOutput(max_tokens=spec.output.max_tokens, brevity=spec.output.brevity),
         budget=_budget(spec),

@@ -7,7 +7,10 @@ from typing import Any
 import orjson
 
 from tokenomy_api.compiled import CompiledOutput, CompiledPrompt
+from tokenomy_sidecar.errors import ApiError
 from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet
+from tokenomy_sidecar.request import prompt_text
+from tokenomy_sidecar.routing.decision import estimate_tokens
 
 
 def cap_output(body: dict[str, Any], output: CompiledOutput) -> bool:
@@ -62,15 +65,32 @@ def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> bool:
     return True
 
 
+def input_tokens(body: dict[str, Any]) -> int:
+    """Estimated input tokens: the messages' text and any tool definitions offered."""
+    tools = body.get("tools")
+    offered = estimate_tokens(orjson.dumps(tools).decode()) if tools else 0
+    return estimate_tokens(prompt_text(body)) + offered
+
+
 class Trim(Quiet):
-    """Trims the request's prompt and caps its output, in place."""
+    """Trims the request's prompt and caps its output, in place; refuses one that is still
+    over the policy's input limit."""
 
     name = "trim"
     optional = True
 
     async def request(self, x: Exchange) -> Answer | None:
-        """Trim; never answers."""
+        """Trim, then check the limit; never answers."""
         config = x.runtime.config
         trim_prompt(x.chat.body, config.prompt)
         cap_output(x.chat.body, config.output)
+        limit = config.prompt.max_input_tokens
+        if limit is not None and (tokens := input_tokens(x.chat.body)) > limit:
+            raise ApiError(
+                400,
+                f"the request is about {tokens} input tokens, over this policy's limit of "
+                f"{limit} (spec.prompt.maxInputTokens)",
+                param="messages",
+                code="context_length_exceeded",
+            )
         return None
