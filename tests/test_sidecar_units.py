@@ -292,6 +292,43 @@ def msgs(*roles: str) -> list[dict[str, Any]]:
     return [{"role": r, "content": f"{r}{i}"} for i, r in enumerate(roles)]
 
 
+def agent_transcript() -> list[dict[str, Any]]:
+    """System, a question, a tool call with two results, an answer, the next question."""
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "lookup", "arguments": '{"order": 42}'}}  # fmt: skip
+    return [
+        {"role": "system", "content": "You help with orders."},
+        {"role": "user", "content": "Where is order 42? " * 10},  # ~50 tokens
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "shipped " * 20},  # ~40 tokens
+        {"role": "tool", "tool_call_id": "c1", "content": "eta friday"},
+        {"role": "assistant", "content": "It ships Friday."},
+        {"role": "user", "content": "And what did the tool say exactly?"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("budget", "kept_roles"),
+    [
+        (5, ["system", "user"]),  # the question always, whatever it costs
+        (20, ["system", "assistant", "user"]),
+        # the tool call and both results fit (about 60 tokens): all three, never one alone
+        (80, ["system", "assistant", "tool", "tool", "assistant", "user"]),
+        (10_000, ["system", "user", "assistant", "tool", "tool", "assistant", "user"]),
+    ],
+)
+def test_the_token_window_keeps_tool_calls_with_their_results(
+    budget: int, kept_roles: list[str]
+) -> None:
+    body = {"messages": agent_transcript()}
+    trim_prompt(body, Prompt(history_tokens=budget))
+    roles = [m["role"] for m in body["messages"]]
+    assert roles == kept_roles
+    for i, message in enumerate(body["messages"]):  # no result without its call before it
+        if message["role"] == "tool":
+            assert any(m.get("tool_calls") for m in body["messages"][:i])
+
+
 @pytest.mark.parametrize(
     ("prompt", "messages", "kept"),
     [

@@ -340,6 +340,9 @@ class CompiledPrompt(Section):
 
     history_window: Annotated[int, Field(ge=1)] | None = None
     """Most recent messages kept (system messages always kept); all when unset."""
+    history_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Most recent turns kept within this many estimated tokens; tool calls stay with
+    their results."""
     deduplicate: bool = False
     """Drop messages that repeat an earlier one word for word."""
     max_input_tokens: Annotated[int, Field(ge=1)] | None = None

@@ -235,6 +235,7 @@ def _compile_policy(
         placement=c.CompiledPlacement(nearest=spec.placement.region.strategy == "nearest"),
         prompt=c.CompiledPrompt(
             history_window=spec.prompt.history_window,
+            history_tokens=spec.prompt.history_tokens,
             deduplicate=spec.prompt.deduplicate,
             max_input_tokens=spec.prompt.max_input_tokens,
         ),

@@ -329,6 +329,9 @@ class Prompt(ApiModel):
 
     history_window: Annotated[int, Field(ge=1, le=10_000)] | None = None
     """Most recent messages kept (system messages always kept); all when unset."""
+    history_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    """Most recent turns kept within this many estimated tokens (system messages always
+    kept, the last turn always); a tool call and its results are kept or dropped together."""
     deduplicate: bool = False
     """Drop messages that repeat an earlier one word for word."""
     max_input_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None

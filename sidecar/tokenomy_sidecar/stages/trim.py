@@ -9,7 +9,7 @@ import orjson
 from tokenomy_api.compiled import CompiledOutput, CompiledPrompt
 from tokenomy_sidecar.errors import ApiError
 from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet
-from tokenomy_sidecar.request import prompt_text
+from tokenomy_sidecar.request import message_text, prompt_text
 from tokenomy_sidecar.routing.decision import estimate_tokens
 
 
@@ -33,7 +33,8 @@ def cap_output(body: dict[str, Any], output: CompiledOutput) -> bool:
 
 
 def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> bool:
-    """Apply the history window and deduplication; True if messages changed.
+    """Apply deduplication, the history window and the token budget; True if messages
+    changed.
 
     System messages are always kept; the window counts the others, newest last,
     so the question being asked is never dropped.
@@ -59,10 +60,50 @@ def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> bool:
                 break
             drop.add(i)
         kept = [m for i, m in enumerate(kept) if i not in drop]
+    if prompt.history_tokens is not None:
+        kept = within_tokens(kept, prompt.history_tokens)
     if len(kept) == len(messages):
         return False
     body["messages"] = kept
     return True
+
+
+def turns(messages: list[dict[str, Any]]) -> list[list[int]]:
+    """The non-system messages' indices as turns: an assistant message that calls tools
+    and the tool results after it are one turn, so they are kept or dropped together."""
+    out: list[list[int]] = []
+    calling = False
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role == "system":
+            continue
+        if role == "tool" and out and calling:
+            out[-1].append(i)
+            continue
+        out.append([i])
+        calling = role == "assistant" and bool(message.get("tool_calls"))
+    return out
+
+
+def message_tokens(message: dict[str, Any]) -> int:
+    """Estimated tokens of one message: its text and any tool calls it makes."""
+    calls = message.get("tool_calls")
+    made = estimate_tokens(orjson.dumps(calls).decode()) if calls else 0
+    return estimate_tokens(message_text(message)) + made
+
+
+def within_tokens(messages: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """System messages, and the newest turns whose tokens fit in ``budget`` (the last
+    turn, the question, whatever it costs)."""
+    kept: set[int] = set()
+    spent = 0
+    for turn in reversed(turns(messages)):
+        cost = sum(message_tokens(messages[i]) for i in turn)
+        if kept and spent + cost > budget:
+            break
+        kept.update(turn)
+        spent += cost
+    return [m for i, m in enumerate(messages) if i in kept or m.get("role") == "system"]
 
 
 def input_tokens(body: dict[str, Any]) -> int:
