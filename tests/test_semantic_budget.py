@@ -172,4 +172,7 @@ def test_the_budget_chooses_again_after_enough_new_outcomes_or_a_wrong_one() -> 
     for _ in range(30):
         budget.record("r", Outcome(0.97, 1.0, False))  # wrong ones count at once
     assert not budget.cuts("r", 0.02).serves(0.97, 1.0)
+    tight = budget.cuts("r", 0.02)
+    budget.record("r", Outcome(0.5, -3.0, False))  # wrong where nothing is served: no hurry
+    assert budget.cuts("r", 0.02) is tight
     assert budget.cuts("other", 0.02) == NO_CUTS  # routes learn apart

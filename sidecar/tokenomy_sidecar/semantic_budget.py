@@ -243,7 +243,8 @@ class WrongHitBudget:
 
     Choosing the cuts costs about 15 ms at 1,500 outcomes, so they are chosen
     again only once the outcomes have grown by 1/32 (at least 16) since, or at
-    once after a wrong one: news of a wrong hit must not wait.
+    once after a wrong one the cuts would have served: news of a wrong hit
+    must not wait.
     """
 
     def __init__(self) -> None:
@@ -257,7 +258,11 @@ class WrongHitBudget:
         seen = self._outcomes.setdefault(key, deque(maxlen=KEPT))
         seen.append(outcome)
         fresh = self._fresh[key] = self._fresh.get(key, 0) + 1
-        if not outcome.correct or fresh >= max(16, len(seen) // 32):
+        known = self._cuts.get(key)
+        serving = known is not None and known[1].serves(outcome.similarity, outcome.agreement)
+        # A wrong one where the cuts serve must tighten them now; elsewhere it waits its turn
+        # (re-choosing after every wrong near match would cost ~10 ms each at 4,096).
+        if (serving and not outcome.correct) or fresh >= max(16, len(seen) // 32):
             self._cuts.pop(key, None)
 
     def cuts(self, key: Hashable, budget: float) -> Cuts:
