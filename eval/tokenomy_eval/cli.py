@@ -232,7 +232,9 @@ def table(rows: Sequence[Row]) -> str:
     ]
     for r in rows:
         cells = [f"{r.cost_reduction:.1%}", f"{r.strong_share:.1%}", f"{r.quality:.1%}"]
-        lines.append(f"| {r.name} | {' | '.join(cells)} | {r.cpt50:.1%} | {r.apgr:.3f} |")
+        cpt = f"{r.cpt50:.1%}" if r.cpt50 is not None else "—"
+        apgr = f"{r.apgr:.3f}" if r.apgr is not None else "—"
+        lines.append(f"| {r.name} | {' | '.join(cells)} | {cpt} | {apgr} |")
     return "\n".join(lines)
 
 

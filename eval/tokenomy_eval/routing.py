@@ -220,8 +220,9 @@ class Row:
     cost_reduction: float
     strong_share: float
     quality: float
-    cpt50: float
-    apgr: float
+    cpt50: float | None
+    """RouteLLM's CPT(50 %); None where no call curve is traced (it is not invented)."""
+    apgr: float | None
 
 
 @dataclass(frozen=True)
@@ -318,4 +319,4 @@ def calibrated_random(
     quality = float(np.where(to_strong, sq, wq).mean())
     reduction = 1 - float(np.where(to_strong, sc, wc).sum() / sc.sum())
     share = float(to_strong.mean())
-    return Row(RANDOM_CALIBRATED, reduction, share, quality / sq.mean(), 1.0, 0.5)
+    return Row(RANDOM_CALIBRATED, reduction, share, quality / sq.mean(), None, None)

@@ -145,8 +145,8 @@ def evaluate_tiers(
             float(1 - cost[rows, tier].sum() / reference_cost),
             float((tier == len(models) - 1).mean()),
             float(q_test[rows, tier].mean() / reference_quality),
-            0.0,
-            0.0,
+            None,
+            None,
         )
 
     out = [row(f"complexity router ({len(models)} tiers)", chosen)]
