@@ -66,7 +66,7 @@ def test_the_contract_imports_no_crd_type() -> None:
     }
     assert imported & {"tokenomy_api.costpolicy", "tokenomy_api.modelroute"} == set()
     assert set(SidecarConfig.model_fields) == {
-        "version", "policy", "routes", "cache", "cascade", "routing",
+        "version", "policy", "routes", "cache", "cascade", "routing", "quality",
         "placement", "prompt", "output", "budget", "attribution",
     }  # fmt: skip
 

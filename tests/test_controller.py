@@ -95,15 +95,27 @@ def test_pods_without_a_sidecar_are_named(
     assert out["sidecars"]["unmanaged"] == len(unmanaged)
 
 
+SAVES_NOTHING = "routing.complexity: model mine supports no saving at 99 % …"
+
+
 @pytest.mark.parametrize(
-    ("no_effect", "status", "reason"),
-    [("", "True", "AllInEffect"), ("spec.batching.enabled: has no effect", "False", "NoEffect")],
-)
-def test_fields_without_effect_are_a_condition(no_effect: str, status: str, reason: str) -> None:
+    ("no_effect", "notices", "status", "reason", "message"),
+    [
+        ("", [], "True", "AllInEffect", "every field the spec sets is acted on"),
+        ("spec.batching.enabled: has no effect", [], "False", "NoEffect",
+         "spec.batching.enabled: has no effect"),
+        # what sidecars found where the model was loaded, beside what the compiler found
+        ("", [SAVES_NOTHING], "False", "NoEffect", SAVES_NOTHING),
+        ("spec.tools: x", [SAVES_NOTHING], "False", "NoEffect", f"spec.tools: x; {SAVES_NOTHING}"),
+    ],
+)  # fmt: skip
+def test_fields_without_effect_are_a_condition(
+    no_effect: str, notices: list[str], status: str, reason: str, message: str
+) -> None:
     observed = PolicyStatus(1, True, "Compiled", "", "v1", (), (), no_effect)
-    found = policy_status(observed, Rollout(0, 0, 0), {}, "now")["conditions"][3]
+    found = policy_status(observed, Rollout(0, 0, 0), {}, "now", notices)["conditions"][3]
     assert (found["type"], found["status"], found["reason"]) == ("FieldsInEffect", status, reason)
-    assert no_effect in found["message"]
+    assert found["message"] == message
 
 
 @pytest.fixture

@@ -7,10 +7,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 
 from tokenomy_sidecar.routing.complexity import ComplexityModel
+from tokenomy_sidecar.routing.guarantee import Calibration
 from tokenomy_sidecar.routing.scorer import AnswerScorer
 from tokenomy_sidecar.runtime import ConfigRejectedError
 from tokenomy_standin.server import Scripted
@@ -223,16 +225,25 @@ async def test_domain_keyword_and_example_routes(
     assert running.metric("tokenomy_route_decisions_total", kind="domain") == 2
 
 
-def toy_model(path: Path) -> None:
+def toy_texts(n: int) -> tuple[list[str], list[float]]:
     texts, labels = [], []
-    for i in range(400):
+    for i in range(n):
         hard = i % 3 == 0
         texts.append(
             f"{['alpha', 'beta', 'gamma'][i % 3]} {'prove the integral' if hard else 'say hello'}"
         )
         labels.append(1.0 if hard else 0.0)
+    return texts, labels
+
+
+def toy_model(path: Path, calibrated: bool = False) -> None:
+    texts, labels = toy_texts(400)
     model = ComplexityModel.empty(1 << 12).fit(texts, labels)
     model.cut, model.mean_input_tokens, model.mean_output_tokens = 0.5, 5.0, 5.0
+    if calibrated:  # the hard ones only the large model answers, the easy ones both
+        scores = np.array([model.score(t) for t in texts])
+        weak = 1.0 - np.array(labels)
+        model.calibration = Calibration(scores, weak, np.ones(len(texts)))
     model.save(path)
 
 
@@ -252,6 +263,42 @@ async def test_complexity_routing_with_a_trained_model(
     assert easy.headers["x-tokenomy-route-reason"].startswith("complexity 0.")
     assert hard.headers["x-tokenomy-tier"] == "large"
     assert running.metric("tokenomy_savings_usd_total", lever="routing") > 0
+
+
+async def test_a_trained_models_cut_follows_the_policys_quality_target(
+    standin: StandinFactory, sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    toy_model(tmp_path / "mine.npz", calibrated=True)
+    small = await standin(name="small")
+    large = await standin(name="large")
+    routing = {"complexity": {"enabled": True, "model": "mine", "costAware": False}}
+    running = await sidecar(
+        route(small, large),
+        policy_doc(namespace="default", routing=routing, quality={"target": 0.9}),
+        models_dir=tmp_path,
+    )
+    assert (await ask(running, "beta say hello")).headers["x-tokenomy-tier"] == "small"
+    assert (await ask(running, "alpha prove the integral")).headers["x-tokenomy-tier"] == "large"
+    runtime = running.sidecar.holder.current
+    assert runtime is not None
+    assert runtime.notices == ()
+    # Nothing the large model cannot lose: the same model saves nothing, and says so.
+    running = await sidecar(
+        route(small, large),
+        policy_doc(namespace="default", routing=routing, quality={"target": 1.0}),
+        models_dir=tmp_path,
+    )
+    easy = await ask(running, "beta say hello")
+    assert easy.headers["x-tokenomy-tier"] == "large"
+    assert easy.headers["x-tokenomy-route-reason"] == (
+        "complexity: no saving at the quality target: needs large"
+    )
+    runtime = running.sidecar.holder.current
+    assert runtime is not None
+    assert [n.split(": every")[0] for n in runtime.notices] == [
+        "routing.complexity: model mine supports no saving at 100 % of the reference tier's "
+        "quality with 90 % confidence"
+    ]
 
 
 async def test_builtin_model_routes_and_a_missing_model_refuses_the_config(

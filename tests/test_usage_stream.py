@@ -20,8 +20,9 @@ from tokenomy_operator.xds.resources import snapshot_for
 from tokenomy_operator.xds.server import AdsServer, serve
 from tokenomy_operator.xds.snapshot import SnapshotCache
 from tokenomy_sidecar.app import Sidecar, SidecarSettings
-from tokenomy_sidecar.budget_client import RemoteBudget
+from tokenomy_sidecar.budget_client import RemoteBudget, RemoteKeepers
 from tokenomy_sidecar.credentials import Credentials
+from tokenomy_sidecar.wallet import Reservation
 from tokenomy_sidecar.xds_client import XdsSource
 
 from helpers import backend, policy, route
@@ -157,6 +158,25 @@ async def test_a_policy_without_budget_is_counted_and_unlimited() -> None:
     await until(lambda: not client.wallet.unsent)
     assert service.periods[POLICY].ledger.spent == Decimal("2.5")
     await client.close()
+    await server.stop(grace=None)
+
+
+async def test_notices_reach_the_operator_only_for_the_version_sidecars_run() -> None:
+    service = UsageService(lambda p: None, SystemClock())
+    port = free_port()
+    server = await start_server(service, port)
+    keepers = RemoteKeepers(f"127.0.0.1:{port}", "shop/a", SystemClock())
+    said = "routing.complexity: model mine supports no saving at 99 % …"
+    keeper = keepers.get(POLICY, None, [said], "v1")
+    await until(lambda: service.notices(POLICY, "v1") == [said])
+    assert service.notices(POLICY, "v2") == []  # a sidecar on another version is not heard
+    keepers.get(POLICY, None, [], "v2")  # the next config saves again
+    keeper.settle(Reservation(Decimal(0)), RequestUsage(Decimal("0.01")))
+    await until(lambda: service.notices(POLICY, "v1") == [])
+    assert service.notices(POLICY, "v2") == []
+    service.keep_only(set())  # the policy is gone, and what it was told with it
+    assert service._notices == {}
+    await keepers.close()
     await server.stop(grace=None)
 
 

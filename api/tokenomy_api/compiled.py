@@ -328,6 +328,15 @@ class CompiledRouting(Section):
     """Domain routes, checked in order."""
 
 
+class CompiledQuality(Section):
+    """What a trained model's cut is chosen for, where no threshold is set by hand."""
+
+    target: float = 0.95
+    """Share of the reference tier's quality kept on new requests."""
+    confidence: float = 0.9
+    """Probability that the target holds."""
+
+
 class CompiledPlacement(Section):
     """Backend choice at request time (what the compiler could not decide)."""
 
@@ -397,6 +406,8 @@ class SidecarConfig(Section):
     """How the cascade judges answers; none when the cascade is off."""
     routing: CompiledRouting
     """Routing."""
+    quality: CompiledQuality = CompiledQuality()
+    """The quality trained cuts keep."""
     placement: CompiledPlacement
     """Request-time placement."""
     prompt: CompiledPrompt

@@ -22,6 +22,7 @@ from tokenomy_api.compiled import (
     CompiledBackend,
     CompiledDomain,
     CompiledEndpoint,
+    CompiledQuality,
     CompiledRoute,
     CompiledRouting,
     CompiledTier,
@@ -217,6 +218,7 @@ def _compile_policy(
         routes=sorted(compiled_routes, key=lambda r: r.model),
         cache=_cache(spec.cache),
         cascade=_cascade(spec),
+        quality=CompiledQuality(target=spec.quality.target, confidence=spec.quality.confidence),
         routing=CompiledRouting(
             complexity=spec.routing.complexity.enabled,
             complexity_model=spec.routing.complexity.model,

@@ -192,7 +192,7 @@ class Confidence(ApiModel):
     model on (prompt, answer); ``format``: only the format checks."""
     threshold: Fraction | None = None
     """Confidence below which the cascade escalates, unless a tier has its own. Unset:
-    the scorer's calibrated cut for ``scorer``, 0.7 for the other methods."""
+    the scorer's cut for ``quality`` for ``scorer``, 0.7 for the other methods."""
     per_tier: list[TierThreshold] = Field(default_factory=list, max_length=8)
     """Thresholds for particular tiers."""
     samples: Annotated[int, Field(ge=2, le=10)] = 3
@@ -231,7 +231,7 @@ class ComplexityRouting(ApiModel):
     """Score at or above which a request skips a cheaper tier, unless a tier has its own;
     the score is the predicted chance that the reference tier answers better (divided by
     the request's relative cost when ``costAware``). Unset: the cut calibrated into the
-    model when it was trained (for 95 % of the reference tier's quality)."""
+    model for ``quality`` (its target with its confidence)."""
     cost_aware: bool = True
     """Weigh the predicted gain against what this request costs compared with an average
     one, so long prompts stay on a cheaper tier more readily."""
@@ -283,6 +283,18 @@ class Routing(ApiModel):
     """Complexity routing."""
     domains: list[DomainRoute] = Field(default_factory=list, max_length=64)
     """Domain routes, checked in order before complexity routing."""
+
+
+class Quality(ApiModel):
+    """The quality the routing and cascade cuts keep, and how sure that must be."""
+
+    target: Annotated[float, Field(ge=0.5, le=1.0)] = 0.95
+    """Share of the reference tier's quality to keep (0.95: 95 %), on new requests."""
+    confidence: Annotated[float, Field(ge=0.5, le=0.999)] = 0.9
+    """Probability that ``target`` holds on new requests. A trained model's cut is
+    chosen for both from the calibration queries it carries (Learn then Test); when
+    they support no saving, every request goes to the reference tier and the
+    ``FieldsInEffect`` condition says so. Thresholds set by hand are used as set."""
 
 
 # --- placement, prompt, output ---------------------------------------------
@@ -495,6 +507,8 @@ class CostPolicySpec(ApiModel):
     """Model cascading."""
     routing: Routing = Field(default_factory=Routing)
     """Complexity and domain routing."""
+    quality: Quality = Field(default_factory=Quality)
+    """The quality complexity routing and the ``scorer`` cascade keep."""
     placement: Placement = Field(default_factory=Placement)
     """Backend choice within a tier."""
     prompt: Prompt = Field(default_factory=Prompt)

@@ -54,6 +54,9 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("want_lease", 4, _F.TYPE_BOOL, _F.LABEL_OPTIONAL, ""),
         ("in_flight_usd", 5, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
         ("need_usd", 6, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        # Levers the sidecar's config in force asks for that save nothing there.
+        ("notices", 7, _F.TYPE_STRING, _F.LABEL_REPEATED, ""),
+        ("config_version", 8, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
     ],
     "OperatorMessage": [
         ("acknowledged", 1, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),

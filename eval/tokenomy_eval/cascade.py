@@ -19,11 +19,11 @@ import numpy as np
 from tokenomy_api.compiled import Price
 from tokenomy_eval import metrics
 from tokenomy_eval.dataset import Query
-from tokenomy_eval.guarantee import guaranteed_cut
 from tokenomy_eval.routing import CONFIDENCE, MILLION, Row, calibration_split, outcomes
 from tokenomy_sidecar.routing.confidence import agreement, final_answer, format_problem, judge
 from tokenomy_sidecar.routing.decision import estimate_tokens
-from tokenomy_sidecar.routing.scorer import AnswerScorer, answer_features
+from tokenomy_sidecar.routing.guarantee import Calibration, guaranteed_cut
+from tokenomy_sidecar.routing.scorer import AnswerScorer, acceptance, answer_features
 
 
 def _choice(answer: str) -> dict[str, object]:
@@ -57,22 +57,9 @@ def fit_scorer(
     weak_q = np.array([q.scores[weak] for q in calibrate])
     strong_q = np.array([q.scores[strong] for q in calibrate])
     cut = guaranteed_cut(escalate, weak_q, strong_q, fraction, confidence, batch)
-    scorer.cut = acceptance(right, escalate, cut)
+    scorer.cut = acceptance(escalate, cut)
+    scorer.calibration = Calibration(escalate, weak_q, strong_q)
     return scorer
-
-
-def acceptance(right: np.ndarray, escalate: np.ndarray, cut: float) -> float:
-    """The scorer's threshold (accept when P(right) >= it) for an escalation cut (escalate
-    when ``1 - P(right) >= cut``): between the answers escalated and the lowest kept one, so
-    that the group at the cut escalates as the guarantee assumed."""
-    if cut == -np.inf:
-        return 1.0 + 1e-9  # no saving supported: accept nothing
-    kept = right[escalate < cut]
-    if not len(kept):
-        return 1.0 + 1e-9
-    if cut == np.inf:
-        return 0.0  # every answer without a format problem is kept
-    return float((1.0 - cut + kept.min()) / 2)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,7 +23,6 @@ import numpy as np
 from tokenomy_api.compiled import CompiledBackend, CompiledRetry, CompiledRoute, CompiledTier, Price
 from tokenomy_eval import metrics
 from tokenomy_eval.dataset import Query
-from tokenomy_eval.guarantee import guaranteed_cut
 from tokenomy_sidecar.routing.complexity import ComplexityModel
 from tokenomy_sidecar.routing.decision import (
     Complexity,
@@ -31,6 +31,7 @@ from tokenomy_sidecar.routing.decision import (
     relative_cost,
     routing_score,
 )
+from tokenomy_sidecar.routing.guarantee import Calibration, guaranteed_cut
 
 FOLDS = 5
 MILLION = Decimal(1_000_000)
@@ -181,6 +182,7 @@ def fit_router(
     tw = np.array([q.scores[pair.weak] for q in calibrate])
     ts = np.array([q.scores[pair.strong] for q in calibrate])
     model.cut = guaranteed_cut(scores, tw, ts, fraction, confidence, batch)
+    model.calibration = Calibration(scores, tw, ts)
     return model
 
 
@@ -249,16 +251,19 @@ def evaluate(
     confidence: float = CONFIDENCE,
     model: ComplexityModel | None = None,
 ) -> Evaluation:
-    """The complexity router (cut from train, or ``model`` as saved) beside the random,
+    """The complexity router (cut from train, or ``model`` as saved with the cut it
+    chooses for ``fraction`` and ``confidence``, as in the sidecar) beside the random,
     cost-only and perfect routers.
 
     The baselines' rows are the best point of their curve on the test split
     (an upper bound for them); the router's row is what its cut did.
     """
     pair = pair_for([*train_set, *test_set], weak, strong, prices)
-    if model is None:  # a saved one is scored as it is
+    if model is None:
         # The target is judged on the test split: a batch of its size.
         model = fit_router(train_set, pair, fraction, cost_aware, confidence, len(test_set))
+    else:  # a saved one, with the cut the sidecar would choose for this target
+        model = dataclasses.replace(model, cut=model.cut_for(fraction, confidence))
     wq, sq, wc, sc = outcomes(test_set, weak, strong, prices, default_output)
     predictions = np.array([model.score(q.prompt) for q in test_set])
     scores = scores_for(model, pair, test_set, predictions, cost_aware)

@@ -20,7 +20,6 @@ import numpy as np
 
 from tokenomy_api.compiled import Price
 from tokenomy_eval.dataset import Query, split
-from tokenomy_eval.guarantee import GRID, last_passing
 from tokenomy_eval.routing import (
     CONFIDENCE,
     RANDOM_CALIBRATED,
@@ -40,6 +39,7 @@ from tokenomy_sidecar.routing.decision import (
     relative_cost,
     routing_score,
 )
+from tokenomy_sidecar.routing.guarantee import GRID, last_passing
 
 
 def graded(q: Query, models: Sequence[str]) -> float:

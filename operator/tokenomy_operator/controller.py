@@ -232,7 +232,10 @@ class Controller:
             namespace, name = key.split("/", 1)
             previous = self.state.policies.get((namespace, name), {}).get("status") or {}
             config = result.configs.get(key)
-            status = policy_status(observed, self._rollout(observed, config), previous, now)
+            notices = self.usage.notices(key, observed.version) if self.usage is not None else []
+            status = policy_status(
+                observed, self._rollout(observed, config), previous, now, notices
+            )
             m.policy_unmanaged.labels(namespace, name).set(len(observed.unmanaged))
             warnings: list[int] = []
             if self.usage is not None:

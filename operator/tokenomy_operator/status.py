@@ -66,9 +66,14 @@ def _ready(
 
 
 def policy_status(
-    observed: PolicyStatus, rollout: Rollout, previous: Mapping[str, Any], now: str
+    observed: PolicyStatus,
+    rollout: Rollout,
+    previous: Mapping[str, Any],
+    now: str,
+    notices: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The ``status`` of a CostPolicy (spend and budget fields are not written here)."""
+    """The ``status`` of a CostPolicy (spend and budget fields are not written here);
+    ``notices``: what the sidecars on the current version say saves nothing."""
     conditions = previous.get("conditions") or []
     if rollout.rejecting:
         applied = (
@@ -103,17 +108,30 @@ def policy_status(
                 "Applied", applied[0], applied[1], applied[2], observed.generation, conditions, now
             ),
             _injected(observed, conditions, now),
-            condition(
-                "FieldsInEffect",
-                not observed.no_effect,
-                "NoEffect" if observed.no_effect else "AllInEffect",
-                observed.no_effect or "every field the spec sets is acted on",
-                observed.generation,
-                conditions,
-                now,
-            ),
+            _in_effect(observed, notices, conditions, now),
         ],
     }
+
+
+def _in_effect(
+    observed: PolicyStatus,
+    notices: Sequence[str],
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    """``FieldsInEffect``: whether every lever the spec sets acts — as compiled, and as the
+    sidecars running the current version found it (a trained model whose calibration
+    supports no saving at the policy's quality target saves nothing)."""
+    said = "; ".join([*([observed.no_effect] if observed.no_effect else []), *notices])
+    return condition(
+        "FieldsInEffect",
+        not said,
+        "NoEffect" if said else "AllInEffect",
+        said or "every field the spec sets is acted on",
+        observed.generation,
+        previous,
+        now,
+    )
 
 
 SHOWN_UNMANAGED = 10

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -73,6 +73,10 @@ class RemoteBudget:
         """The highest report number sent on the current stream."""
         self._mark = Decimal(0)
         """What had settled when the pending lease was asked for."""
+        self.notices: tuple[str, ...] = ()
+        """What the config in force cannot save; every message carries it."""
+        self.version = ""
+        """The version of that config (the operator reads only notices of its current one)."""
 
     def start(self) -> None:
         """Connect, and keep reconnecting, in the background."""
@@ -109,6 +113,8 @@ class RemoteBudget:
             want_lease=want_lease,
             in_flight_usd=str(self.wallet.reserved),
             need_usd=str(need) if want_lease else "",
+            notices=list(self.notices),
+            config_version=self.version,
         )
 
     async def _requests(self) -> AsyncIterator[Any]:
@@ -227,7 +233,13 @@ class RemoteKeepers:
     clock: Clock
     budgets: dict[str, RemoteBudget] = field(default_factory=dict)
 
-    def get(self, policy: str, budget: CompiledBudget | None) -> BudgetKeeper:
+    def get(
+        self,
+        policy: str,
+        budget: CompiledBudget | None,
+        notices: Sequence[str] = (),
+        version: str = "",
+    ) -> BudgetKeeper:
         """The policy's budget, updated to the one in force."""
         keeper = self.budgets.get(policy)
         if keeper is None:
@@ -236,6 +248,7 @@ class RemoteKeepers:
             )
             keeper.start()
         keeper.budget = budget
+        keeper.notices, keeper.version = tuple(notices), version
         return keeper
 
     async def close(self) -> None:

@@ -18,7 +18,7 @@ from tokenomy_api.compiled import CompiledStore as StoreSpec
 from tokenomy_sidecar.credentials import Credentials
 from tokenomy_sidecar.memory_budget import MemoryBudget
 from tokenomy_sidecar.routing.complexity import ComplexityModel
-from tokenomy_sidecar.routing.models import ModelFiles
+from tokenomy_sidecar.routing.models import ModelFiles, targeted
 from tokenomy_sidecar.routing.scorer import AnswerScorer
 from tokenomy_sidecar.stores import CacheStore, MemoryStore, RedisStore
 
@@ -40,6 +40,8 @@ class Runtime:
     """The complexity model, when complexity routing is on."""
     scorer: AnswerScorer | None = None
     """The cascade's answer scorer, when its confidence method is ``scorer``."""
+    notices: tuple[str, ...] = ()
+    """Levers this config asks for that save nothing here (sent to the operator)."""
 
     def credential(self, backend: CompiledBackend) -> str | None:
         """The API key for a backend, if it has one."""
@@ -111,7 +113,9 @@ class ConfigHolder:
             raise ConfigRejectedError(
                 f"Secret keys not available: {', '.join(sorted(set(missing)))}"
             )
-        complexity, scorer = self._models(config)
+        models = targeted(config, *self._models(config))
+        for notice in models.notices:
+            log.warning("%s", notice)
         previous = self.current
         spec = config.cache.store
         # The memory budget is the sidecar's, not the store's: changing it keeps the entries.
@@ -131,8 +135,9 @@ class ConfigHolder:
             store=store,
             store_spec=spec,
             credentials=credentials,
-            complexity=complexity,
-            scorer=scorer,
+            complexity=models.complexity,
+            scorer=models.scorer,
+            notices=models.notices,
         )
         self.current = runtime
         log.info("config %s of %s in force", config.version, config.policy.key)

@@ -83,6 +83,8 @@ class UsageService:
         self._persisted: dict[str, dict[str, int]] = {}
         self._active: dict[str, dict[str, float]] = {}
         """Per policy, when each sidecar name last sent anything (wall time)."""
+        self._notices: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {}
+        """Per policy and sidecar name, the config version it runs and what it cannot save."""
         """Per policy, the last report number per sidecar that status holds."""
 
     def seen(self, policy: str) -> asyncio.Event:
@@ -134,7 +136,11 @@ class UsageService:
 
     def keep_only(self, policies: set[str]) -> None:
         """Forget the counts of deleted policies (their status went with them)."""
-        for table in (self.periods, self.history, self.previous, self._persisted, self._active):
+        tables = (
+            self.periods, self.history, self.previous, self._persisted, self._active,
+            self._notices,
+        )  # fmt: skip
+        for table in tables:
             for gone in [p for p in table if p not in policies]:
                 del table[gone]
 
@@ -151,6 +157,16 @@ class UsageService:
         if self.restored_all:
             return counted
         return min(counted, self._persisted.get(policy, {}).get(holder, 0))
+
+    def notices(self, policy: str, version: str) -> list[str]:
+        """What sidecars running ``version`` of the policy's config say it cannot save
+        (distinct, sorted); sidecars on another version, or long silent, are not heard."""
+        active = self._active.get(policy, {})
+        silent_since = self.clock.wall() - HOLDER_TTL_SECONDS
+        heard = self._notices.get(policy, {})
+        for holder in [h for h in heard if active.get(h, 0.0) < silent_since]:
+            del heard[holder]
+        return sorted({n for v, notices in heard.values() if v == version for n in notices})
 
     def status(self, policy: str) -> dict[str, Any]:
         """The status fields of a policy's usage: spend, totals, the previous period."""
@@ -216,6 +232,10 @@ class UsageService:
         period, budget = self.period(message.policy)
         ledger = period.ledger
         self._active.setdefault(message.policy, {})[message.holder] = self.clock.wall()
+        self._notices.setdefault(message.policy, {})[message.holder] = (
+            message.config_version,
+            tuple(message.notices),
+        )
         history = self.history.get(message.policy)
         if history is None:
             history = self.history[message.policy] = History(self.clock.wall())

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tokenomy_sidecar.routing.guarantee import Calibration, packed, unpacked
+
 WORD = re.compile(r"[a-z0-9]+")
 BUCKETS = 1 << 18
 
@@ -52,6 +54,17 @@ class ComplexityModel:
     """Average input tokens of the training prompts: what "an average request" costs."""
     mean_output_tokens: float = 0.0
     """Average output tokens of the training answers; also the output guess per request."""
+    calibration: Calibration | None = None
+    """Routing scores and outcomes of queries kept out of training: the cut for any
+    quality target is chosen on them (:meth:`cut_for`). None in files from before."""
+
+    def cut_for(self, fraction: float, confidence: float) -> float:
+        """The cut that keeps ``fraction`` of the reference tier's quality on new requests
+        with probability ``confidence``; ``-inf`` when the calibration supports no saving.
+        A model without calibration has only the cut it was trained with."""
+        if self.calibration is None:
+            return self.cut
+        return self.calibration.cut(fraction, confidence)
 
     @classmethod
     def empty(cls, buckets: int = BUCKETS) -> ComplexityModel:
@@ -100,7 +113,9 @@ class ComplexityModel:
         """Write the model as a compressed .npz."""
         meta = [self.bias, self.cut, self.mean_input_tokens, self.mean_output_tokens]
         with path.open("wb") as f:
-            np.savez_compressed(f, weights=self.weights, meta=np.array(meta))
+            np.savez_compressed(
+                f, weights=self.weights, meta=np.array(meta), calibration=packed(self.calibration)
+            )
 
     @classmethod
     def load(cls, path: Path) -> ComplexityModel:
@@ -109,6 +124,7 @@ class ComplexityModel:
             with np.load(path) as data:
                 weights = data["weights"].astype(np.float32)
                 bias, cut, mean_in, mean_out = (float(v) for v in data["meta"])
+                calibration = unpacked(data, "calibration")
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path} is not a complexity model: {error}") from None
-        return cls(weights, bias, cut, mean_in, mean_out)
+        return cls(weights, bias, cut, mean_in, mean_out, calibration)

@@ -130,6 +130,10 @@ def complexity_tier(route: CompiledRoute, c: Complexity, cost_aware: bool) -> De
         score = routing_score(c.gain, relative)
         if not skips(score, cut):
             return Decision(tier.name, f"complexity {score:.2f} < {cut:.2f}", "complexity")
+    if cut == -math.inf:
+        # The model's calibration supports no saving at the policy's quality target.
+        why = f"complexity: no saving at the quality target: needs {reference.name}"
+        return Decision(reference.name, why, "complexity")
     return Decision(
         reference.name, f"complexity {score:.2f} >= {cut:.2f}: needs {reference.name}", "complexity"
     )

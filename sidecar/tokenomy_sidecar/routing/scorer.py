@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tokenomy_sidecar.routing.confidence import FINAL, NUMBER
+from tokenomy_sidecar.routing.guarantee import Calibration, packed, unpacked
 
 Vector = npt.NDArray[np.float64]
 
@@ -119,6 +120,19 @@ class AnswerScorer:
     scale: Vector
     cut: float = 0.5
     """Probability of a right answer below which the cascade escalates (calibrated)."""
+    calibration: Calibration | None = None
+    """Escalation scores (``1 - P(right)``, infinite for a format problem) and outcomes
+    of answers kept out of training: the cut for any quality target is chosen on them
+    (:meth:`cut_for`). None in files from before."""
+
+    def cut_for(self, fraction: float, confidence: float) -> float:
+        """The threshold on P(right) that keeps ``fraction`` of the reference tier's
+        quality on new requests with probability ``confidence``; above 1 (accept
+        nothing) when the calibration supports no saving."""
+        if self.calibration is None:
+            return self.cut
+        escalate = self.calibration.scores
+        return acceptance(escalate, self.calibration.cut(fraction, confidence))
 
     @classmethod
     def fit(
@@ -159,7 +173,10 @@ class AnswerScorer:
     def save(self, path: Path) -> None:
         """Write the scorer as a .npz."""
         with path.open("wb") as f:
-            np.savez(f, weights=self.weights, mean=self.mean, scale=self.scale, cut=[self.cut])
+            np.savez(
+                f, weights=self.weights, mean=self.mean, scale=self.scale, cut=[self.cut],
+                calibration=packed(self.calibration),
+            )  # fmt: skip
 
     @classmethod
     def load(cls, path: Path) -> AnswerScorer:
@@ -167,8 +184,28 @@ class AnswerScorer:
         try:
             with np.load(path) as data:
                 scorer = cls(data["weights"], data["mean"], data["scale"], float(data["cut"][0]))
+                scorer.calibration = unpacked(data, "calibration")
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{path} is not an answer scorer: {error}") from None
         if len(scorer.weights) != len(FEATURES) + 1:
             raise ValueError(f"{path} has {len(scorer.weights) - 1} features, not {len(FEATURES)}")
         return scorer
+
+
+ACCEPT_NOTHING = 1.0 + 1e-9
+"""A threshold on P(right) no answer reaches: every answer escalates."""
+
+
+def acceptance(escalate: Vector, cut: float) -> float:
+    """The threshold on P(right) (accept at or above it) for an escalation cut (escalate
+    when ``1 - P(right) >= cut``; ``escalate`` is infinite for a format problem): between
+    the answers escalated and the lowest kept one, so that the group at the cut
+    escalates as the guarantee assumed."""
+    if cut == -math.inf:
+        return ACCEPT_NOTHING  # no saving supported
+    kept = 1.0 - escalate[escalate < cut]
+    if not len(kept):
+        return ACCEPT_NOTHING
+    if cut == math.inf:
+        return 0.0  # every answer without a format problem is kept
+    return float((1.0 - cut + kept.min()) / 2)

@@ -94,8 +94,15 @@ class BudgetKeeper(Protocol):
 class Keepers(Protocol):
     """The budget keeper of each policy a sidecar serves."""
 
-    def get(self, policy: str, budget: CompiledBudget | None) -> BudgetKeeper | None:
-        """The keeper of ``policy``, told the budget in force; None when nothing is kept."""
+    def get(
+        self,
+        policy: str,
+        budget: CompiledBudget | None,
+        notices: Sequence[str] = (),
+        version: str = "",
+    ) -> BudgetKeeper | None:
+        """The keeper of ``policy``, told the budget in force (and, for the operator, the
+        notices of the config in force and its version); None when nothing is kept."""
         ...
 
     async def close(self) -> None:
@@ -179,7 +186,13 @@ class LocalKeepers:
     clock: Clock
     budgets: dict[str, LocalBudget] = field(default_factory=dict)
 
-    def get(self, policy: str, budget: CompiledBudget | None) -> BudgetKeeper | None:
+    def get(
+        self,
+        policy: str,
+        budget: CompiledBudget | None,
+        notices: Sequence[str] = (),
+        version: str = "",
+    ) -> BudgetKeeper | None:
         """The policy's budget, updated to the one in force; None without one.
 
         Standalone, usage goes to metrics only: there is no status to report it to.
@@ -263,4 +276,4 @@ class Budget(Quiet):
         if self.keepers is None:
             return None
         config = x.runtime.config
-        return self.keepers.get(config.policy.key, config.budget)
+        return self.keepers.get(config.policy.key, config.budget, x.runtime.notices, config.version)

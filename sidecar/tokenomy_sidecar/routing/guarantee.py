@@ -25,16 +25,25 @@ routing changes nothing, it certifies what a Bernstein bound cannot. Cuts
 are tried on a grid of :data:`GRID` quantiles. The calibration queries must
 be scored by the deployed model and unseen by its training, or the
 guarantee is about something else.
+
+This module lives with the models because the sidecar runs it too: a
+trained model carries its calibration queries (:class:`Calibration`), so the
+cut for the policy's own ``quality`` target and confidence is chosen where
+the model is loaded, not fixed when it was trained.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tokenomy_eval.metrics import Array
+Array = npt.NDArray[np.float64]
 
 GRID = 200
 """Candidate cuts, at evenly spaced ranks of the calibration scores."""
@@ -111,3 +120,47 @@ def last_passing(loss: Array, fraction: float, confidence: float, batch: int | N
     )
     failed = np.flatnonzero(~passed)
     return int(failed[0]) - 1 if len(failed) else len(passed) - 1
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """What a model's cut is chosen on: its scores on queries it never saw, and how well
+    the cheaper and the reference tier answered each (in sampling order)."""
+
+    scores: Array
+    """The decision score per query (to the reference tier at or above the cut)."""
+    weak: Array
+    """Quality of the cheaper tier's answer, in [0, 1]."""
+    strong: Array
+    """Quality of the reference tier's answer, in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        if not len(self.scores) == len(self.weak) == len(self.strong):
+            raise ValueError("calibration arrays differ in length")
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 - a handful of (target, confidence) pairs
+    def cut(self, fraction: float, confidence: float) -> float:
+        """:func:`guaranteed_cut` on these queries, for new requests (no batch)."""
+        return guaranteed_cut(self.scores, self.weak, self.strong, fraction, confidence)
+
+
+def packed(calibration: Calibration | None) -> npt.NDArray[np.float64]:
+    """A calibration as three rows of one array, for a model file; empty for None."""
+    if calibration is None:
+        return np.zeros((0, 0))
+    return np.stack([calibration.scores, calibration.weak, calibration.strong])
+
+
+def unpacked(data: Mapping[str, npt.NDArray[Any]], key: str) -> Calibration | None:
+    """The calibration stored under ``key`` (None when absent or empty, as in files from
+    before); ValueError when it is not three rows of scores and qualities in 0..1."""
+    if key not in data or not data[key].size:
+        return None
+    rows = data[key]
+    if rows.ndim != 2 or len(rows) != 3:
+        raise ValueError(f"{key} is not three rows")
+    scores, weak, strong = (np.asarray(r, dtype=np.float64) for r in rows)
+    quality = np.concatenate([weak, strong])
+    if np.isnan(scores).any() or not ((quality >= 0) & (quality <= 1)).all():
+        raise ValueError(f"{key} holds a score that is not a number or a quality outside 0..1")
+    return Calibration(scores, weak, strong)
