@@ -66,7 +66,7 @@ def test_the_contract_imports_no_crd_type() -> None:
     }
     assert imported & {"tokenomy_api.costpolicy", "tokenomy_api.modelroute"} == set()
     assert set(SidecarConfig.model_fields) == {
-        "version", "policy", "routes", "cache", "cascade", "routing", "quality",
+        "version", "policy", "routes", "cache", "cascade", "routing", "quality", "tool_pruning",
         "placement", "prompt", "output", "budget", "attribution",
     }  # fmt: skip
 
@@ -416,13 +416,25 @@ def test_pass_through_keeps_routes_and_drops_every_optimisation() -> None:
             ["spec.tools: has no effect in this version: the tool proxy answers 404"],
         ),
         ({"prompt": {"maxInputTokens": 10}}, []),  # acted on: the trim stage refuses
+        ({"tools": {"pruning": {"enabled": True}}}, []),  # acted on: the prune-tools stage
     ],
 )
 def test_fields_without_effect_are_noticed_and_the_policy_still_compiles(
     spec: dict[str, Any], notices: list[str]
 ) -> None:
-    result = compile_configs([policy(**spec)], [route()])
+    result = compile_configs([policy(**spec)], [route(embedding={"provider": "local"})])
     assert result.problems == []
     assert "ns/agent" in result.configs
     assert [f"{n.field}: {n.reason}" for n in result.notices] == notices
     assert all(str(n).startswith("CostPolicy ns/agent: ") for n in result.notices)
+
+
+def test_tool_pruning_compiles_and_needs_the_routes_embedder() -> None:
+    spec = {"tools": {"pruning": {"enabled": True, "minTools": 8, "keepShare": 0.3}}}
+    local = route(embedding={"provider": "local"})
+    config = compile_configs([policy(**spec)], [local]).configs["ns/agent"]
+    assert config.tool_pruning is not None
+    assert (config.tool_pruning.min_tools, config.tool_pruning.keep_share) == (8, 0.3)
+    assert compile_one(policy(), route()).tool_pruning is None
+    result = compile_configs([policy(**spec)], [route()])
+    assert [p.field for p in result.problems] == ["spec.tools.pruning.enabled"]

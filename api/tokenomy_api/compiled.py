@@ -367,6 +367,16 @@ class CompiledOutput(Section):
     """An instruction added to the system prompt."""
 
 
+class CompiledToolPruning(Section):
+    """The tool-pruning stage."""
+
+    min_tools: Annotated[int, Field(ge=1)] = 16
+    """Requests offering this many definitions or fewer keep them all; others at least
+    this many."""
+    keep_share: float = 0.2
+    """Share of the offered definitions kept, the most relevant first."""
+
+
 class CompiledBudget(Section):
     """The budget stage."""
 
@@ -408,6 +418,8 @@ class SidecarConfig(Section):
     """Routing."""
     quality: CompiledQuality = CompiledQuality()
     """The quality trained cuts keep."""
+    tool_pruning: CompiledToolPruning | None = None
+    """How tool definitions are pruned; none when pruning is off."""
     placement: CompiledPlacement
     """Request-time placement."""
     prompt: CompiledPrompt

@@ -26,6 +26,7 @@ from tokenomy_api.compiled import (
     CompiledRoute,
     CompiledRouting,
     CompiledTier,
+    CompiledToolPruning,
     PolicyRef,
     SidecarConfig,
 )
@@ -219,6 +220,13 @@ def _compile_policy(
         cache=_cache(spec.cache),
         cascade=_cascade(spec),
         quality=CompiledQuality(target=spec.quality.target, confidence=spec.quality.confidence),
+        tool_pruning=(
+            CompiledToolPruning(
+                min_tools=spec.tools.pruning.min_tools, keep_share=spec.tools.pruning.keep_share
+            )
+            if spec.tools.pruning.enabled
+            else None
+        ),
         routing=CompiledRouting(
             complexity=spec.routing.complexity.enabled,
             complexity_model=spec.routing.complexity.model,
@@ -363,6 +371,8 @@ def _embedding_users(policy: CostPolicy) -> str:
     for i, domain in enumerate(policy.spec.routing.domains):
         if domain.examples:
             return f"spec.routing.domains[{i}].examples"
+    if policy.spec.tools.pruning.enabled:
+        return "spec.tools.pruning.enabled"
     return ""
 
 

@@ -388,8 +388,21 @@ class ToolUpstream(ApiModel):
     """JSON fields kept in responses (dotted paths); all when empty."""
 
 
+class ToolPruning(ApiModel):
+    """Send only the tool definitions relevant to the conversation."""
+
+    enabled: bool = False
+    """Whether chat requests' ``tools`` are pruned."""
+    min_tools: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Requests offering this many definitions or fewer keep them all; others keep at
+    least this many."""
+    keep_share: Annotated[float, Field(ge=0.01, le=1.0)] = 0.2
+    """Share of the offered definitions kept (the most relevant; at least ``minTools``),
+    beside every tool the conversation already called and any ``tool_choice`` names."""
+
+
 class Tools(ApiModel):
-    """A caching, field-trimming proxy for the agent's tool APIs."""
+    """A caching, field-trimming proxy for the agent's tool APIs, and tool pruning."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -404,6 +417,8 @@ class Tools(ApiModel):
     """Whether the tool proxy is on."""
     upstreams: list[ToolUpstream] = Field(default_factory=list, max_length=64)
     """The tool APIs."""
+    pruning: ToolPruning = Field(default_factory=ToolPruning)
+    """Tool definitions sent with a chat request, pruned to the relevant ones."""
 
 
 # --- budget, alerts, attribution -------------------------------------------

@@ -11,9 +11,10 @@ from decimal import InvalidOperation
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
-from tokenomy_api.compiled import Price
-from tokenomy_eval import cache
+from tokenomy_api.compiled import CompiledToolPruning, Price
+from tokenomy_eval import cache, tools
 from tokenomy_eval.cascade import CascadeResult, evaluate_agreement, evaluate_cascade
 from tokenomy_eval.dataset import (
     Query,
@@ -175,6 +176,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the other half, over --splits splits",
     )
     cache.add_argument("--splits", type=int, default=20)
+    pruning = sub.add_parser("tools", help="tool-definition pruning on recorded requests (BFCL)")
+    pruning.add_argument("--data", type=Path, required=True, help="a BFCL file, or its folder")
+    pruning.add_argument("--min-tools", type=int, default=CompiledToolPruning().min_tools)
+    pruning.add_argument("--keep-share", type=float, default=CompiledToolPruning().keep_share)
+    pruning.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
 def load(path: Path, fmt: str, weak: str, strong: str, more: Sequence[str] = ()) -> list[Query]:
@@ -241,6 +247,33 @@ def table(rows: Sequence[Row]) -> str:
 def _models(args: argparse.Namespace, train_set: list[Query], test_set: list[Query]) -> str:
     sizes = f"train {len(train_set):,} / test {len(test_set):,} queries"
     return f"{sizes}; weak {args.weak}, strong {args.strong}"
+
+
+def _run_tools(args: argparse.Namespace) -> int:
+    pruning = CompiledToolPruning(min_tools=args.min_tools, keep_share=args.keep_share)
+    requests = tools.load_bfcl(args.data)
+    model = MiniLM()
+
+    def embed(text: str) -> npt.NDArray[np.float32]:
+        vector: npt.NDArray[np.float32] = model.embed([text])[0]
+        return vector
+
+    pool = tools.pool_of(requests)
+    rows = [
+        tools.evaluate(requests, pruning, embed),
+        tools.evaluate(requests, pruning, embed, pool),
+        tools.evaluate(requests, pruning, None, pool),
+    ]
+    if args.json:
+        print(json.dumps({"pool": len(pool), "rows": [dataclasses.asdict(r) for r in rows]}))
+        return 0
+    print(
+        f"{args.data}: {len(requests):,} requests; keep the best {args.keep_share:.0%} of the "
+        f"definitions offered, at least {args.min_tools} (never prune {args.min_tools} or "
+        "fewer)\n"
+    )
+    print(tools.table(rows, len(pool)))
+    return 0
 
 
 def _run_cache(args: argparse.Namespace) -> int:
@@ -403,6 +436,8 @@ def run(args: argparse.Namespace) -> int:
             return _run_cache(args)
         if args.what == "tiers":
             return _run_tiers(args)
+        if args.what == "tools":
+            return _run_tools(args)
         if args.splits > 1:
             return _run_splits(args)
         train_set, test_set = train_and_test(args)

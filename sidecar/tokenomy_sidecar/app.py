@@ -110,6 +110,8 @@ class Sidecar:
         self.draining = False
         self._runners: list[web.AppRunner] = []
         self._session: aiohttp.ClientSession | None = None
+        self.proxy: Proxy | None = None
+        """The API's request handling, once started."""
         self.api_url = ""
         self.metrics_url = ""
 
@@ -251,6 +253,7 @@ class Sidecar:
             max_body_bytes=s.max_body_bytes, budgets=self.budgets, pod_labels=s.pod_labels,
             stream_idle_seconds=s.stream_idle_seconds,
         )  # fmt: skip
+        self.proxy = proxy
         if self.share is not None:
             self.share.start()
         self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
@@ -269,6 +272,8 @@ class Sidecar:
         if self.share is not None:
             await self.share.stop()
         self._runners.clear()
+        if self.proxy is not None:
+            await self.proxy.vectors.close()  # background embedding uses the session
         if self._session is not None:
             await self._session.close()
         runtime = self.holder.current

@@ -174,6 +174,19 @@ class Metrics:
             [*ROUTE_LABELS, "tier"],
             registry=r,
         )
+        self.tool_pruning = Counter(
+            "tokenomy_tool_pruning",
+            "Chat requests whose tool definitions were pruned (pruned), or kept whole because "
+            "not every definition had its vector yet (cold; they are being embedded).",
+            [*ROUTE_LABELS, "result"],
+            registry=r,
+        )
+        self.tool_definitions = Counter(
+            "tokenomy_tool_definitions",
+            "Tool definitions of pruned requests: offered by the client, sent upstream.",
+            [*ROUTE_LABELS, "stage"],
+            registry=r,
+        )
         self.fail_open = Counter(
             "tokenomy_fail_open",
             "Requests sent to the default tier because a pipeline stage failed unexpectedly.",

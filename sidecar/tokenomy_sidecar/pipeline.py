@@ -107,6 +107,8 @@ class SpendRecord:
     """What the request used, once it was answered; reported when it ends."""
     estimated: bool = False
     """Some of the tokens are an estimate (a stream cut before its usage arrived)."""
+    pruned_tokens: int = 0
+    """Estimated input tokens of the tool definitions pruning removed."""
 
 
 @dataclass
@@ -163,6 +165,7 @@ class Exchange:
     def fail_open(self, stage: str) -> None:
         """Forget what the optimisations did: the client's request, to the default tier."""
         self.chat = parse_chat(self.raw)
+        self.spend.pruned_tokens = 0  # the client's tools again
         self.cache = CacheRecord.off("fail-open")
         self.routing = RoutingRecord(
             self.route.tier(self.route.default_tier), reason=f"fail-open ({stage})"

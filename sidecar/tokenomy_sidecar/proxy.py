@@ -32,6 +32,7 @@ from tokenomy_sidecar.stages.exact_cache import ExactCache
 from tokenomy_sidecar.stages.forward import Forward
 from tokenomy_sidecar.stages.identify import Identify
 from tokenomy_sidecar.stages.metering import Meter
+from tokenomy_sidecar.stages.prune_tools import PruneTools
 from tokenomy_sidecar.stages.route import Route
 from tokenomy_sidecar.stages.semantic_cache import REMEMBERED, SemanticCache
 from tokenomy_sidecar.stages.trim import Trim
@@ -68,7 +69,7 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         meter = Meter(metrics, pod_labels or {})
         caller = Caller(upstream, meter, rng, pod_region)
-        vectors = SharedVectors(upstream.session, meter)
+        vectors = self.vectors = SharedVectors(upstream.session, meter)
         budget = Budget(budgets, metrics)
         self.semantic_cache = SemanticCache(
             metrics, meter, semantic, vectors, share, outcomes or WrongHitBudget()
@@ -96,6 +97,7 @@ class Proxy:
             Trim(),
             ExactCache(metrics, meter),
             semantic_cache,
+            PruneTools(metrics, vectors),
             Route(metrics, vectors),
             budget,
             Cascade(caller, meter, metrics),

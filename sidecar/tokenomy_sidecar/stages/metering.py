@@ -141,6 +141,11 @@ class Meter:
         )
         m.money(m.savings, saved, *x.labels, x.routing.lever)
         m.money(m.overspend, -saved, *x.labels, x.routing.lever)
+        if x.spend.pruned_tokens:
+            # The definitions pruning removed, at the answering backend's input price.
+            pruned = cost(Usage(prompt=x.spend.pruned_tokens), reply.candidate.backend.price)
+            m.money(m.savings, pruned, *x.labels, "tool_pruning")
+            saved += pruned
         self.record(x, tier, source, saved)
 
     def hit(self, x: Exchange, tier: str, usage: Usage, source: str) -> None:
