@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import inspect
 import random
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from tokenomy_api import compiled
 from tokenomy_api.compiled import SidecarConfig
@@ -67,7 +69,7 @@ def test_the_contract_imports_no_crd_type() -> None:
     assert imported & {"tokenomy_api.costpolicy", "tokenomy_api.modelroute"} == set()
     assert set(SidecarConfig.model_fields) == {
         "version", "policy", "routes", "cache", "cascade", "routing", "quality", "tool_pruning",
-        "placement", "prompt", "output", "budget", "attribution",
+        "placement", "prompt", "output", "budget", "tools", "attribution",
     }  # fmt: skip
 
 
@@ -413,7 +415,11 @@ def test_pass_through_keeps_routes_and_drops_every_optimisation() -> None:
         ),
         (
             {"tools": {"upstreams": [{"name": "weather", "url": "http://weather"}]}},
-            ["spec.tools: has no effect in this version: the tool proxy answers 404"],
+            ["spec.tools.enabled: is false: the tool proxy is off and its paths answer 404"],
+        ),
+        (  # on: acted on by the tool proxy
+            {"tools": {"enabled": True, "upstreams": [{"name": "w", "url": "http://weather"}]}},
+            [],
         ),
         ({"prompt": {"maxInputTokens": 10}}, []),  # acted on: the trim stage refuses
         ({"tools": {"pruning": {"enabled": True}}}, []),  # acted on: the prune-tools stage
@@ -438,3 +444,47 @@ def test_tool_pruning_compiles_and_needs_the_routes_embedder() -> None:
     assert compile_one(policy(), route()).tool_pruning is None
     result = compile_configs([policy(**spec)], [route()])
     assert [p.field for p in result.problems] == ["spec.tools.pruning.enabled"]
+
+
+def test_the_tool_proxy_compiles_durations_fields_and_prices() -> None:
+    tools = {
+        "enabled": True,
+        "upstreams": [{"name": "weather", "url": "http://weather/api/", "ttl": "90s",
+                       "fields": ["city"], "pricePerCall": "0.002"}],
+        "mcpServers": [{"name": "orders", "url": "http://orders:8000/mcp", "ttl": "0",
+                        "timeout": "2s", "allow": ["b", "a", "a"],
+                        "results": [{"tool": "a", "fields": ["id", "items.sku"]}]}],
+    }  # fmt: skip
+    config = compile_one(policy(tools=tools), route())
+    assert config.tools is not None
+    (weather,) = config.tools.upstreams
+    assert (weather.url, weather.ttl_seconds, weather.timeout_seconds) == (
+        "http://weather/api",
+        90,
+        30,
+    )
+    assert weather.price_per_call == Decimal("0.002")
+    (orders,) = config.tools.mcp_servers
+    assert (orders.ttl_seconds, orders.timeout_seconds, orders.allow) == (0, 2, ["a", "b"])
+    assert orders.results == {"a": ["id", "items.sku"]}
+    # A deleted policy's pass-through keeps the tools reachable, uncached and untrimmed.
+    plain = config.pass_through()
+    assert plain.tools is not None
+    assert plain.tools.upstreams[0].ttl_seconds == 0
+    assert plain.tools.upstreams[0].fields == []
+    assert plain.tools.mcp_servers[0].results == {}
+    assert compile_one(policy(tools={**tools, "enabled": False}), route()).tools is None
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [
+        {"upstreams": [{"name": "w", "url": "http://a"}, {"name": "w", "url": "http://b"}]},
+        {"mcpServers": [{"name": "m", "url": "http://a"}, {"name": "m", "url": "http://b"}]},
+        {"mcpServers": [{"name": "m", "url": "http://a", "timeout": "0"}]},
+        {"upstreams": [{"name": "w", "url": "ftp://a"}]},
+    ],
+)
+def test_bad_tool_proxies_are_refused(tools: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        policy(tools={"enabled": True, **tools})

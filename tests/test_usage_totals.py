@@ -231,3 +231,25 @@ def test_an_alert_turns_true_only_after_it_held() -> None:
     calm = Check("CostSpike", False, "WithinBaseline", "ok")
     hold.conditions([calm], now=901, hold=900)
     assert hold.conditions([breach], now=902, hold=900)[0].reason == "Pending"  # starts again
+
+
+def test_tool_calls_count_in_spend_and_the_task_but_not_as_requests() -> None:
+    totals = Totals()
+    totals.add(request(cost="0.02", task="t1"))
+    paid = RequestUsage(Decimal("0.01"), cache="miss", task="t1", tool="orders/lookup")
+    hit = RequestUsage(
+        Decimal(0), saved=Decimal("0.01"), cache="hit", task="t1", tool="orders/lookup"
+    )
+    totals.add(paid)
+    totals.add(hit)
+    status = totals.status()
+    assert status["usage"]["requests"] == 1  # the model request only
+    assert status["usage"]["cacheHits"] == 0  # a tool hit is not a response-cache hit
+    assert (status["usage"]["toolCalls"], status["usage"]["toolCacheHits"]) == (2, 1)
+    assert status["tasks"]["cost"] == "0.03"  # the task's cost includes its tool calls
+    assert status["tasks"]["requests"] == 1
+    assert status["savings"] == "0.01"
+    restored = Totals.restore(status)
+    assert (restored.tool_calls, restored.tool_cache_hits) == (2, 1)
+    # The report survives the wire, its tool name included.
+    assert RequestUsage.from_report(paid.report(1)).tool == "orders/lookup"

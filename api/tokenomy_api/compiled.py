@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, Field
@@ -377,6 +378,60 @@ class CompiledToolPruning(Section):
     """Share of the offered definitions kept, the most relevant first."""
 
 
+class CompiledToolUpstream(Section):
+    """One HTTP tool API behind ``/tools/<name>/``."""
+
+    name: DnsLabel
+    """The path prefix."""
+    url: str
+    """Base URL the rest of the path is appended to."""
+    ttl_seconds: Seconds
+    """How long a successful GET response is reused; 0 never."""
+    timeout_seconds: Annotated[float, Field(gt=0)]
+    """Longest a call may take."""
+    fields: list[str] = []
+    """Dotted JSON paths kept in responses; all when empty."""
+    price_per_call: Money = Decimal(0)
+    """USD a call costs."""
+
+
+class CompiledMcpServer(Section):
+    """One MCP server behind ``/mcp/<name>``."""
+
+    name: DnsLabel
+    """The path."""
+    url: str
+    """The server's MCP endpoint."""
+    ttl_seconds: Seconds
+    """How long a read-only or idempotent tool's result is reused; 0 never."""
+    timeout_seconds: Annotated[float, Field(gt=0)]
+    """Longest a call may take."""
+    allow: list[str] = []
+    """Tools the agent may list and call; all when empty."""
+    results: dict[str, list[str]] = {}
+    """Dotted JSON paths kept in each named tool's results."""
+    price_per_call: Money = Decimal(0)
+    """USD a tool call costs."""
+
+
+class CompiledTools(Section):
+    """The tool proxy."""
+
+    upstreams: list[CompiledToolUpstream] = []
+    """HTTP tool APIs, by name."""
+    mcp_servers: list[CompiledMcpServer] = []
+    """MCP servers, by name."""
+
+    def uncached(self) -> CompiledTools:
+        """The same proxy without caching or trimming: calls reach the tools as sent."""
+        return CompiledTools(
+            upstreams=[u.model_copy(update={"ttl_seconds": 0, "fields": []})
+                       for u in self.upstreams],
+            mcp_servers=[m.model_copy(update={"ttl_seconds": 0, "results": {}})
+                         for m in self.mcp_servers],
+        )  # fmt: skip
+
+
 class CompiledBudget(Section):
     """The budget stage."""
 
@@ -420,6 +475,8 @@ class SidecarConfig(Section):
     """The quality trained cuts keep."""
     tool_pruning: CompiledToolPruning | None = None
     """How tool definitions are pruned; none when pruning is off."""
+    tools: CompiledTools | None = None
+    """The tool proxy; none when it is off (its paths answer 404)."""
     placement: CompiledPlacement
     """Request-time placement."""
     prompt: CompiledPrompt
@@ -452,6 +509,8 @@ class SidecarConfig(Section):
                 "prompt": CompiledPrompt(),
                 "output": CompiledOutput(),
                 "budget": None,
+                "tool_pruning": None,
+                "tools": self.tools.uncached() if self.tools is not None else None,
             }
         ).versioned()
 

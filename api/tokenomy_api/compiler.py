@@ -30,7 +30,14 @@ from tokenomy_api.compiled import (
     PolicyRef,
     SidecarConfig,
 )
-from tokenomy_api.costpolicy import Cache, CostPolicy, CostPolicySpec, Placement, TierThreshold
+from tokenomy_api.costpolicy import (
+    Cache,
+    CostPolicy,
+    CostPolicySpec,
+    Placement,
+    TierThreshold,
+    Tools,
+)
 from tokenomy_api.meta import SecretKeyRef, parse_duration
 from tokenomy_api.modelroute import (
     Backend,
@@ -133,8 +140,10 @@ def no_effect(policy: CostPolicy) -> list[Problem]:
     found = []
     if spec.batching.enabled:
         found.append(("spec.batching.enabled", f"{NOT_BUILT}: requests are sent one by one"))
-    if spec.tools.enabled or spec.tools.upstreams:
-        found.append(("spec.tools", f"{NOT_BUILT}: the tool proxy answers 404"))
+    if not spec.tools.enabled and (spec.tools.upstreams or spec.tools.mcp_servers):
+        found.append(
+            ("spec.tools.enabled", "is false: the tool proxy is off and its paths answer 404")
+        )
     meta = policy.metadata
     return [Problem(COST_POLICY_KIND, meta.namespace, meta.name, f, r) for f, r in found]
 
@@ -251,11 +260,42 @@ def _compile_policy(
         ),
         output=c.CompiledOutput(max_tokens=spec.output.max_tokens, brevity=spec.output.brevity),
         budget=_budget(spec),
+        tools=_tools(spec.tools),
         attribution=c.CompiledAttribution(
             pod_labels=spec.attribution.pod_labels, header=spec.attribution.header
         ),
     )
     return config.versioned(), []
+
+
+def _tools(tools: Tools) -> c.CompiledTools | None:
+    if not tools.enabled:
+        return None
+    return c.CompiledTools(
+        upstreams=[
+            c.CompiledToolUpstream(
+                name=u.name,
+                url=u.url.rstrip("/"),
+                ttl_seconds=_seconds(u.ttl),
+                timeout_seconds=_seconds(u.timeout),
+                fields=u.fields,
+                price_per_call=u.price_per_call,
+            )
+            for u in sorted(tools.upstreams, key=lambda u: u.name)
+        ],
+        mcp_servers=[
+            c.CompiledMcpServer(
+                name=m.name,
+                url=m.url,
+                ttl_seconds=_seconds(m.ttl),
+                timeout_seconds=_seconds(m.timeout),
+                allow=sorted(set(m.allow)),
+                results={r.tool: r.fields for r in m.results},
+                price_per_call=m.price_per_call,
+            )
+            for m in sorted(tools.mcp_servers, key=lambda m: m.name)
+        ],
+    )
 
 
 def _seconds(duration: str) -> float:

@@ -373,19 +373,72 @@ class Batching(ApiModel):
     """Longest a request waits for a batch to fill."""
 
 
+ToolUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/$.?#][^\s]*$")]
+POSITIVE_TIMEOUT = Rule(
+    cel="!has(self.timeout) || self.timeout != '0'",
+    message="timeout must be longer than 0",
+    check=lambda t: t.timeout != "0",
+)
+FieldPaths = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=256)]], Field(max_length=256)
+]
+
+
 class ToolUpstream(ApiModel):
-    """One tool API the agent calls through the sidecar."""
+    """One HTTP tool API the agent calls through the sidecar, at ``/tools/<name>/…``."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (POSITIVE_TIMEOUT,)
 
     name: DnsLabel
     """Name of the tool, the path prefix on the sidecar's tool proxy."""
-    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/$.?#][^\s]*$")]
-    """Base URL of the tool's API."""
+    url: ToolUrl
+    """Base URL of the tool's API; the path after ``/tools/<name>`` is appended to it."""
     ttl: Duration = "5m"
-    """How long a GET response is reused."""
-    fields: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        default_factory=list, max_length=256
+    """How long a successful GET response is reused (``0``: never cached)."""
+    timeout: Duration = "30s"
+    """Longest a call may take; then the agent gets a 504."""
+    fields: FieldPaths = Field(default_factory=list)
+    """JSON fields kept in answers to GET (dotted paths; a list's items are trimmed alike);
+    all when empty. Answers to other methods reach the agent untouched."""
+    price_per_call: Money = Decimal(0)
+    """USD one call costs (a paid search API, say): counted in spend and in the task's cost;
+    a cache hit saves it."""
+
+
+class ToolResultFields(ApiModel):
+    """The fields of one MCP tool's results that reach the agent."""
+
+    tool: Annotated[str, Field(min_length=1, max_length=128)]
+    """The tool's name as the server lists it."""
+    fields: FieldPaths
+    """JSON fields kept in its structured result and in text results that are JSON
+    (dotted paths)."""
+
+
+class McpServer(ApiModel):
+    """One MCP server (streamable HTTP) the agent reaches through the sidecar, at
+    ``/mcp/<name>``."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (POSITIVE_TIMEOUT,)
+
+    name: DnsLabel
+    """Name of the server, the path on the sidecar's MCP proxy."""
+    url: ToolUrl
+    """The server's MCP endpoint, e.g. ``http://search.tools:8000/mcp``."""
+    ttl: Duration = "5m"
+    """How long a read-only or idempotent tool's result is reused (``0``: never cached).
+    Tools whose annotations do not say so are never cached, and errors never."""
+    timeout: Duration = "60s"
+    """Longest a call may take; then the agent gets a JSON-RPC error."""
+    allow: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=1024
     )
-    """JSON fields kept in responses (dotted paths); all when empty."""
+    """Tools the agent may list and call; all when empty. Others are left out of
+    ``tools/list`` and their calls refused."""
+    results: list[ToolResultFields] = Field(default_factory=list, max_length=256)
+    """Results trimmed to the listed fields, per tool."""
+    price_per_call: Money = Decimal(0)
+    """USD one tool call costs: counted in spend and in the task's cost; a hit saves it."""
 
 
 class ToolPruning(ApiModel):
@@ -411,12 +464,20 @@ class Tools(ApiModel):
             message="tool names must be unique",
             check=lambda t: len({u.name for u in t.upstreams}) == len(t.upstreams),
         ),
+        Rule(
+            cel="!has(self.mcpServers) "
+            "|| self.mcpServers.all(u, self.mcpServers.exists_one(v, v.name == u.name))",
+            message="MCP server names must be unique",
+            check=lambda t: len({u.name for u in t.mcp_servers}) == len(t.mcp_servers),
+        ),
     )
 
     enabled: bool = False
-    """Whether the tool proxy is on."""
+    """Whether the tool proxy is on (``upstreams`` and ``mcpServers``)."""
     upstreams: list[ToolUpstream] = Field(default_factory=list, max_length=64)
-    """The tool APIs."""
+    """HTTP tool APIs."""
+    mcp_servers: list[McpServer] = Field(default_factory=list, max_length=64)
+    """MCP servers."""
     pruning: ToolPruning = Field(default_factory=ToolPruning)
     """Tool definitions sent with a chat request, pruned to the relevant ones."""
 
@@ -623,6 +684,10 @@ class UsageCounts(ApiModel):
     """Requests per answering tier."""
     saved: SignedAmount = "0"
     """Net USD saved against the reference tier (negative if escalations cost more)."""
+    tool_calls: Count = 0
+    """Calls through the tool proxy (HTTP tools and MCP ``tools/call``)."""
+    tool_cache_hits: Count = 0
+    """Of those, the ones answered from the tool proxy's cache."""
 
 
 class Spender(ApiModel):

@@ -23,6 +23,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 SERVICE = "tokenomy.usage.v1.Usage"
 SEMANTIC_CHECKS = frozenset({"correct", "wrong"})
 METHOD = f"/{SERVICE}/Stream"
+TOOL_MAX = 300
+"""Longest ``server/tool`` name kept from a report."""
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -46,6 +48,8 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("task", 11, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
         ("estimated", 12, _F.TYPE_BOOL, _F.LABEL_OPTIONAL, ""),
         ("semantic_check", 13, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        # A call through the tool proxy ("server/tool"), not a model request.
+        ("tool", 14, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
     ],
     "SidecarMessage": [
         ("holder", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
@@ -138,6 +142,9 @@ class RequestUsage:
     semantic_check: str = ""
     """``correct`` or ``wrong``: a servable semantic near match this request was sent to
     the model to check (the wrong-hit budget's exploration), and what the answer showed."""
+    tool: str = ""
+    """For a call through the tool proxy, ``server/tool`` (``cache`` is then ``hit`` or
+    ``miss``); empty for a model request."""
 
     @property
     def hit(self) -> bool:
@@ -160,6 +167,7 @@ class RequestUsage:
             task=self.task,
             estimated=self.estimated,
             semantic_check=self.semantic_check,
+            tool=self.tool,
         )
 
     @classmethod
@@ -190,4 +198,5 @@ class RequestUsage:
             semantic_check=report.semantic_check
             if report.semantic_check in SEMANTIC_CHECKS
             else "",
+            tool=report.tool[:TOOL_MAX],
         )

@@ -27,6 +27,9 @@ from tokenomy_sidecar.stages.backend_choice import HealthTracker
 from tokenomy_sidecar.stages.budget import Keepers, LocalKeepers
 from tokenomy_sidecar.stages.upstream import Upstream
 from tokenomy_sidecar.stores import CacheStore, RedisStore
+from tokenomy_sidecar.tools.calls import ToolMeter
+from tokenomy_sidecar.tools.http_proxy import HttpTools
+from tokenomy_sidecar.tools.mcp_proxy import McpProxy
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +208,15 @@ class Sidecar:
 
     # --- lifecycle -----------------------------------------------------------------
 
-    def _api_app(self, proxy: Proxy) -> web.Application:
+    def _api_app(self, proxy: Proxy, mcp: McpProxy, http_tools: HttpTools) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
         app.router.add_post("/v1/chat/completions", proxy.chat_completions)
         app.router.add_post("/v1/embeddings", proxy.embeddings)
         app.router.add_get("/v1/models", proxy.models)
         app.router.add_post("/v1/tokenomy/feedback", proxy.feedback)
+        app.router.add_route("*", "/mcp/{server}", mcp.handle)
+        app.router.add_route("*", "/tools/{tool}", http_tools.handle)
+        app.router.add_route("*", "/tools/{tool}/{path:.*}", http_tools.handle)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_page)
@@ -254,9 +260,13 @@ class Sidecar:
             stream_idle_seconds=s.stream_idle_seconds,
         )  # fmt: skip
         self.proxy = proxy
+        tool_meter = ToolMeter(self.metrics, self.budgets, s.pod_labels)
+        mcp = McpProxy(self.holder, self._session, tool_meter, s.max_body_bytes)
+        http_tools = HttpTools(self.holder, self._session, tool_meter, s.max_body_bytes)
         if self.share is not None:
             self.share.start()
-        self.api_url = await self._serve(self._api_app(proxy), s.listen_host, s.listen_port)
+        api = self._api_app(proxy, mcp, http_tools)
+        self.api_url = await self._serve(api, s.listen_host, s.listen_port)
         self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)
         log.info("serving the OpenAI API on %s, metrics on %s", self.api_url, self.metrics_url)
 

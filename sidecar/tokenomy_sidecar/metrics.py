@@ -187,6 +187,29 @@ class Metrics:
             [*ROUTE_LABELS, "stage"],
             registry=r,
         )
+        tool_labels = ["namespace", "policy", "tool"]
+        self.tool_calls = Counter(
+            "tokenomy_tool_calls",
+            "Calls through the tool proxy (tool is server/tool for MCP, the upstream's name for "
+            "HTTP; past 100 distinct tools of a policy, other), by result: hit (from cache), "
+            "miss (called, cacheable), bypass (called, not cacheable), error, refused (not "
+            "allowed by the policy).",
+            [*tool_labels, "result"],
+            registry=r,
+        )
+        self.tool_result_tokens = Counter(
+            "tokenomy_tool_result_tokens",
+            "Estimated tokens of tool results the tools answered (upstream) and the agent got "
+            "after trimming (sent); the difference stays out of the agent's next prompt.",
+            [*tool_labels, "stage"],
+            registry=r,
+        )
+        self.tool_cost = Counter(
+            "tokenomy_tool_cost_usd",
+            "USD tool calls cost at their pricePerCall.",
+            tool_labels,
+            registry=r,
+        )
         self.fail_open = Counter(
             "tokenomy_fail_open",
             "Requests sent to the default tier because a pipeline stage failed unexpectedly.",

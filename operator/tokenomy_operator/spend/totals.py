@@ -41,10 +41,10 @@ class Share:
     requests: int = 0
 
     def add(self, usage: RequestUsage) -> None:
-        """Count one request."""
+        """Count one request (a tool call adds its cost only)."""
         self.cost += usage.cost
         self.tokens += usage.input_tokens + usage.output_tokens
-        self.requests += 1
+        self.requests += not usage.tool
 
     def status(self) -> dict[str, Any]:
         """Cost, tokens and requests as status writes them."""
@@ -80,18 +80,27 @@ class Totals:
     """Servable semantic near matches sent to the model to check them (a random sample)."""
     checked_wrong: int = 0
     """Of those, the ones whose stored answer the model's contradicted."""
+    tool_calls: int = 0
+    """Calls through the tool proxy."""
+    tool_cache_hits: int = 0
+    """Of those, the ones answered from its cache."""
 
     def add(self, usage: RequestUsage) -> None:
         """Count one request's report (one that was never answered adds its cost only)."""
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.saved += usage.saved
-        if usage.cache:
+        if usage.tool:
+            self.tool_calls += 1
+            self.tool_cache_hits += usage.cache == "hit"
+        elif usage.cache:
             self.requests += 1
         if usage.semantic_check:
             self.checked += 1
             self.checked_wrong += usage.semantic_check == "wrong"
-        if usage.hit:
+        if usage.tool:
+            pass  # neither a cache hit nor a tier's answer of a model request
+        elif usage.hit:
             self.cache_hits += 1
         elif usage.tier:
             self.tiers[usage.tier] += 1
@@ -125,6 +134,8 @@ class Totals:
                 "referenceRequests": self.reference_requests,
                 "tiers": [{"tier": t, "requests": n} for t, n in sorted(self.tiers.items())],
                 "saved": str(self.saved),
+                "toolCalls": self.tool_calls,
+                "toolCacheHits": self.tool_cache_hits,
             },
         }
         if self.requests:
@@ -167,6 +178,8 @@ class Totals:
                 output_tokens=int(usage.get("outputTokens", 0)),
                 reference_requests=int(usage.get("referenceRequests", 0)),
                 saved=Decimal(str(usage.get("saved", "0"))),
+                tool_calls=int(usage.get("toolCalls", 0)),
+                tool_cache_hits=int(usage.get("toolCacheHits", 0)),
                 tiers=Counter(
                     {str(t["tier"]): int(t["requests"]) for t in usage.get("tiers") or []}
                 ),

@@ -9,7 +9,7 @@ attribution and task metrics, the usage report the budget stage sends).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -93,13 +93,41 @@ def usd(amount: Decimal) -> str:
     return text if text != "-0" else "0"
 
 
+def attribution(
+    pod_labels: Mapping[str, str], wanted: Sequence[str], feature: str | None
+) -> dict[str, str]:
+    """Who a request is charged to: the pod's labels the policy names, the header's
+    ``feature``."""
+    out = {k: v for k, v in pod_labels.items() if k in wanted}
+    if feature:
+        out["feature"] = feature
+    return out
+
+
+class LabelBound:
+    """Keeps a label's distinct values per policy and key under :data:`LABEL_VALUES`."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str, str], set[str]] = {}
+
+    def shown(self, namespace: str, policy: str, key: str, value: str) -> str:
+        """``value`` while the key has fewer than :data:`LABEL_VALUES` others, else ``other``."""
+        seen = self._values.setdefault((namespace, policy, key), set())
+        if value in seen:
+            return value
+        if len(seen) < LABEL_VALUES:
+            seen.add(value)
+            return value
+        return OTHER
+
+
 class Meter:
     """Counts what requests cost and save, into metrics and each request's spend record."""
 
     def __init__(self, metrics: Metrics, pod_labels: Mapping[str, str]) -> None:
         self.metrics = metrics
         self.pod_labels = dict(pod_labels)
-        self._values: dict[tuple[str, str, str], set[str]] = {}
+        self.bound = LabelBound()
 
     def call(self, x: Exchange, reply: Reply, usage: Usage) -> Decimal:
         """Count one backend call for the answering tier; returns the request's cost so far."""
@@ -164,7 +192,7 @@ class Meter:
         tokens = spend.input_tokens + spend.output_tokens
         policy = x.labels[:2]
         for key, value in labels.items():
-            shown = self._bounded(*policy, key, value)
+            shown = self.bound.shown(*policy, key, value)
             m.money(m.attributed_cost, spend.spent, *policy, key, shown)
             if tokens:
                 m.attributed_tokens.labels(*policy, key, shown).inc(tokens)
@@ -194,25 +222,10 @@ class Meter:
         if reply.failures:
             self.metrics.retries.labels(*x.labels, tier).inc(len(reply.failures))
 
-    def _bounded(self, namespace: str, policy: str, key: str, value: str) -> str:
-        """``value`` while the key has fewer than :data:`LABEL_VALUES` others, else ``other``."""
-        seen = self._values.setdefault((namespace, policy, key), set())
-        if value in seen:
-            return value
-        if len(seen) < LABEL_VALUES:
-            seen.add(value)
-            return value
-        return OTHER
-
     def _add(self, x: Exchange, paid: Decimal, usage: Usage) -> None:
         x.spend.spent += paid
         x.spend.input_tokens += usage.prompt
         x.spend.output_tokens += usage.completion
 
     def _attribution(self, x: Exchange) -> dict[str, str]:
-        """Who this request is charged to: the pod's labels, the header for ``feature``."""
-        wanted = x.runtime.config.attribution.pod_labels
-        out = {k: v for k, v in self.pod_labels.items() if k in wanted}
-        if x.feature:
-            out["feature"] = x.feature
-        return out
+        return attribution(self.pod_labels, x.runtime.config.attribution.pod_labels, x.feature)
