@@ -110,6 +110,16 @@ def test_short_demo_end_to_end(tmp_path: Path) -> None:
     assert built.requests_by_lever.get("cascade", 0) > 0
     assert 0.9 < built.quality_retained < 1.1
     assert sum(built.tier_shares.values()) == pytest.approx(1.0)
+    # The agent's CRM calls went through the sidecar's MCP proxy: repeats of the read-only
+    # lookup from cache, every open_ticket sent, results trimmed.
+    tools = built.tools
+    assert tools is not None
+    assert tools.calls == 120 + 120 // 8
+    assert tools.not_cacheable == 120 // 8
+    assert 0 < tools.hits < tools.calls - tools.not_cacheable
+    assert 0 < tools.tokens_with < tools.tokens_without / 4
+    assert tools.with_tokenomy == tools.without - tools.cache_saved - tools.trim_saved
+    assert "Agent tools" in report.text(built)
     page = tmp_path / "report.html"
     page.write_text(html.page(built, report.text(built)))
     screenshot(page, tmp_path / "report.png")

@@ -91,18 +91,20 @@ async def test_twenty_sidecars_share_one_budget_and_survive_a_reconnect() -> Non
         await server.stop(grace=None)  # every stream breaks; reports in the air are lost
         server = await start_server(service, port)
 
-    await asyncio.gather(drop_connections(), *(worker(s) for s in sidecars for _ in range(4)))
-    assert 0 < at_drop < settled  # the drop came while the sidecars were spending
-    ledger = service.periods[POLICY].ledger
-    # Reports not acknowledged before the drop are sent again and counted once.
-    await until(lambda: all(not s.wallet.unsent for s in sidecars))
-    assert ledger.spent == settled
-    assert settled <= spec.amount  # reservations covered every request: never over
-    # ... and the budget was used: at most a lease's crumbs (1 % of it) left per sidecar.
-    assert settled > spec.amount * Decimal("0.8")
-    for s in sidecars:
-        await s.close()
-    await server.stop(grace=None)
+    try:
+        await asyncio.gather(drop_connections(), *(worker(s) for s in sidecars for _ in range(4)))
+        assert 0 < at_drop < settled  # the drop came while the sidecars were spending
+        ledger = service.periods[POLICY].ledger
+        # Reports not acknowledged before the drop are sent again and counted once.
+        await until(lambda: all(not s.wallet.unsent for s in sidecars))
+        assert ledger.spent == settled
+        assert settled <= spec.amount  # reservations covered every request: never over
+        # ... and the budget was used: at most a lease's crumbs (1 % of it) left per sidecar.
+        assert settled > spec.amount * Decimal("0.8")
+    finally:  # a failure must not leave the streams running (pytest would never exit)
+        for s in sidecars:
+            await s.close()
+        await server.stop(grace=None)
 
 
 async def test_a_reservation_larger_than_a_share_is_leased_over_the_stream() -> None:

@@ -8,14 +8,15 @@ import importlib.util
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from tokenomy_api.compiled import Price
 from tokenomy_api.compiler import compile_configs
 from tokenomy_api.resources import parse_documents
-from tokenomy_demo import html, report, scoring
-from tokenomy_demo.run import demo_call, read_examples, replay, scripts, started
+from tokenomy_demo import html, report, scoring, tools
+from tokenomy_demo.run import TENANT, demo_call, read_examples, replay, scripts, started
 from tokenomy_demo.workload import load, workload
 from tokenomy_sidecar.local_embedder import model_dir
 
@@ -82,11 +83,16 @@ def demo(
     calls = [demo_call(q) for q in questions]
     docs = read_examples(examples)
     print("Starting stand-in models (small, medium, large) and a sidecar...", file=sys.stderr)
-    with started(scripts(data), docs) as (api, urls, served):
+    crm = tools.crm_server(docs)
+    with started(scripts(data), docs, crm=crm is not None) as (api, urls, served):
         price = reference_price(served)
         print(f"Replaying {len(calls):,} requests with the openai SDK...", file=sys.stderr)
         results = asyncio.run(replay(api, calls, progress))
         direct = asyncio.run(replay(urls["large"], calls[:64]))
+        used = None
+        if crm is not None:
+            used = agent_tools(api.removesuffix("/v1"), urls["crm"], len(questions), seed, crm,
+                               price.input)  # fmt: skip
     support = sum(q.kind == "support" for q in questions)
     return report.build(
         results,
@@ -96,7 +102,22 @@ def demo(
         direct=direct,
         tiers=("small", "medium", "large"),
         mix=f"{support:,} support questions, {len(questions) - support:,} arithmetic word problems",
+        tools=used,
     )
+
+
+def agent_tools(
+    root: str, crm_url: str, questions: int, seed: int, crm: dict[str, Any], input_price: Decimal
+) -> tools.ToolsReport:
+    """The agent's CRM calls through the sidecar's MCP proxy, and straight to the CRM."""
+    calls = tools.tool_calls(questions, seed)
+    tenant = {"x-tenant-id": TENANT}
+    print(f"Replaying {len(calls):,} tool calls with the mcp SDK...", file=sys.stderr)
+    through = asyncio.run(tools.call_all(f"{root}/mcp/crm", calls, tenant))
+    direct = asyncio.run(tools.call_all(crm_url, calls, {}))
+    counts = asyncio.run(tools.tool_counts(f"{root}/metrics"))
+    price = Decimal(str(crm.get("pricePerCall", "0")))
+    return tools.tool_report(calls, direct, through, counts, price, input_price)
 
 
 def check_embedder() -> None:

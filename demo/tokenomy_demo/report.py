@@ -4,7 +4,9 @@ Pure arithmetic over the results. Spend without Tokenomy is what each
 request would have cost on the reference tier (given by the caller); spend
 with it is what the sidecar said each request cost (``x-tokenomy-cost-usd``,
 every call included). Each request's difference is credited to the lever
-that served it, so the levers add up to the total saving exactly.
+that served it, so the levers add up to the total saving exactly. The agent's
+tool calls, where it made any, have spends and levers of their own: a call at
+the tool's price, its result as input tokens of the agent's next prompt.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from tokenomy_demo.run import Result
+from tokenomy_demo.tools import ToolsReport
 
 MILLION = Decimal(1_000_000)
 LEVERS = ("exact cache", "semantic cache", "routing", "cascade", "trimming and caps")
@@ -66,6 +69,8 @@ class Report:
     errors: int
     month: tuple[Decimal, Decimal] | None = None
     """Projected spend for a month (without, with), when the traffic rate is known."""
+    tools: ToolsReport | None = None
+    """The agent's tool calls, when it made any: spends and levers of their own."""
 
     @property
     def saved(self) -> Decimal:
@@ -89,6 +94,7 @@ def build(
     tiers: Sequence[str],
     mix: str,
     month_factor: Decimal | None = None,
+    tools: ToolsReport | None = None,
 ) -> Report:
     """The report of a run.
 
@@ -96,7 +102,8 @@ def build(
     ``tiers``); ``right``/``right_without``: whether each answer was right
     with Tokenomy and on the reference tier (None when unknown); ``direct``:
     requests sent straight to the reference tier, for latency; ``month_factor``
-    turns this traffic into a month's.
+    turns this traffic into a month's; ``tools``: the agent's tool calls (reported beside the
+    model requests, not in their totals).
     """
     by_lever = dict.fromkeys(LEVERS, Decimal(0))
     count: Counter[str] = Counter()
@@ -125,6 +132,7 @@ def build(
         latency_without=statistics.median(r.seconds for r in direct) if direct else 0.0,
         errors=sum(r.status != 200 for r in results),
         month=(without * month_factor, with_tokenomy * month_factor) if month_factor else None,
+        tools=tools,
     )
 
 
@@ -165,6 +173,21 @@ def text(report: Report) -> str:
         f"{r.latency_without * 1000:.0f} ms straight to the {r.reference} tier "
         "(stand-in timing, 10x faster than hosted models)",
     ]
+    t = r.tools
+    if t is not None:
+        removed = 1 - t.tokens_with / t.tokens_without if t.tokens_without else 0.0
+        tool_share = float((t.without - t.with_tokenomy) / t.without) if t.without else 0.0
+        lines += [
+            "",
+            f"Agent tools     {t.calls:,} MCP calls through the sidecar ({t.not_cacheable:,} "
+            f"of a tool that is not read-only), {usd(t.price)} a call; results priced as input "
+            f"of the agent's next call on the {r.reference} tier",
+            f"  spend without {usd(t.without):>10}   spend with {usd(t.with_tokenomy)} "
+            f"({tool_share:.1%} saved)",
+            f"  tool cache    {usd(t.cache_saved):>10}   {t.hits:,} calls from cache",
+            f"  tool trimming {usd(t.trim_saved):>10}   result tokens {t.tokens_without:,} -> "
+            f"{t.tokens_with:,} ({removed:.1%} removed)",
+        ]
     if r.month is not None:
         lines.append(
             f"A month         {usd(r.month[0])} without, {usd(r.month[1])} with Tokenomy "

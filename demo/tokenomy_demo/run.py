@@ -100,11 +100,17 @@ def read_examples(examples: Path) -> list[dict[str, Any]]:
     return docs
 
 
-def point_at(docs: list[dict[str, Any]], tier_urls: dict[str, str]) -> list[dict[str, Any]]:
-    """The documents with every backend of a tier sent to that tier's stand-in, keys dropped."""
+def point_at(
+    docs: list[dict[str, Any]], tier_urls: dict[str, str], mcp_urls: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The documents with every backend of a tier sent to that tier's stand-in, keys dropped,
+    and the MCP servers ``mcp_urls`` names sent to the demo's own."""
     out = []
     for original in docs:
         doc = copy.deepcopy(original)
+        if doc["kind"] == "CostPolicy":
+            for server in doc["spec"].get("tools", {}).get("mcpServers", []):
+                server["url"] = (mcp_urls or {}).get(server["name"], server["url"])
         if doc["kind"] == "ModelRoute":
             for tier in doc["spec"].get("tiers", []):
                 for backend in tier["backends"]:
@@ -125,8 +131,8 @@ class Processes:
     def __init__(self) -> None:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, *args: str) -> None:
-        command = [sys.executable, "-m", "tokenomy_cli.main", *args]
+    def start(self, name: str, *args: str, module: str = "tokenomy_cli.main") -> None:
+        command = [sys.executable, "-m", module, *args]
         process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
         )
@@ -151,6 +157,21 @@ class Processes:
                 process.wait()
 
 
+def wait_port(url: str, processes: Processes, timeout: float = 60.0) -> None:
+    """Wait until ``url``'s port takes connections; a child that dies ends the wait."""
+    address = url.split("//", 1)[1].split("/", 1)[0]
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        processes.check()
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not take connections in {timeout:.0f} s")
+
+
 async def wait_ready(url: str, processes: Processes, timeout: float = 90.0) -> None:
     """Poll ``url`` until it answers 200; a child that dies ends the wait with its error."""
     deadline = time.monotonic() + timeout
@@ -167,17 +188,27 @@ async def wait_ready(url: str, processes: Processes, timeout: float = 90.0) -> N
 
 @contextlib.contextmanager
 def started(
-    tier_scripts: dict[str, dict[str, Any]], docs: list[dict[str, Any]], words: int = 0
+    tier_scripts: dict[str, dict[str, Any]],
+    docs: list[dict[str, Any]],
+    words: int = 0,
+    crm: bool = False,
 ) -> Iterator[tuple[str, dict[str, str], list[dict[str, Any]]]]:
     """A stand-in per tier and a sidecar running: (API URL, stand-in URL by tier, resources).
 
-    ``words``: how long a stand-in's unscripted answers are (0: it echoes the question).
+    ``words``: how long a stand-in's unscripted answers are (0: it echoes the question);
+    ``crm``: also the demo's CRM (an MCP server, :mod:`tokenomy_demo.crm`), as ``crm`` in
+    the URLs and the policy's MCP server ``crm``.
     """
     processes = Processes()
     with tempfile.TemporaryDirectory(prefix="tokenomy-demo-") as folder:
         root = Path(folder)
         urls = {}
+        mcp_urls = {}
         try:
+            if crm:
+                port = free_port()
+                processes.start("crm", "--port", str(port), module="tokenomy_demo.crm")
+                mcp_urls["crm"] = f"http://127.0.0.1:{port}/mcp"
             for tier, script in tier_scripts.items():
                 port = free_port()
                 path = root / f"{tier}.json"
@@ -189,7 +220,7 @@ def started(
                     "--words", str(words),
                 )  # fmt: skip
                 urls[tier] = f"http://127.0.0.1:{port}/v1"
-            served = point_at(docs, urls)
+            served = point_at(docs, urls, mcp_urls)
             config = root / "config"
             config.mkdir()
             (config / "demo.yaml").write_text(yaml.safe_dump_all(served))
@@ -199,7 +230,9 @@ def started(
                 "--metrics", f"127.0.0.1:{metrics}", "--log-level", "WARNING",
             )  # fmt: skip
             asyncio.run(_wait_all(processes, urls, metrics))
-            yield f"http://127.0.0.1:{api}/v1", urls, served
+            for url in mcp_urls.values():
+                wait_port(url, processes)
+            yield f"http://127.0.0.1:{api}/v1", {**urls, **mcp_urls}, served
         finally:
             processes.stop()
 
