@@ -13,10 +13,12 @@ from tokenomy_api.costpolicy import (
     Confidence,
     CostPolicySpec,
     DomainRoute,
+    McpServer,
     RegionPlacement,
     Routing,
     SemanticCache,
     Tools,
+    ToolUpstream,
 )
 from tokenomy_api.crd import structural_schema
 from tokenomy_api.meta import ApiModel, LabelSelectorRequirement
@@ -89,6 +91,13 @@ CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (Tools, {}, True),
     (Tools, {"upstreams": [TOOL, {**TOOL, "name": "u"}]}, True),
     (Tools, {"upstreams": [TOOL, TOOL]}, False),
+    (Tools, {"mcpServers": [TOOL, {**TOOL, "name": "u"}]}, True),
+    (Tools, {"mcpServers": [TOOL, TOOL]}, False),
+    (ToolUpstream, TOOL, True),
+    (ToolUpstream, {**TOOL, "timeout": "2s"}, True),
+    (ToolUpstream, {**TOOL, "timeout": "0"}, False),
+    (McpServer, TOOL, True),
+    (McpServer, {**TOOL, "timeout": "0"}, False),
     (CostPolicySpec, {"selector": {}, "routes": ["a", "b"]}, True),
     (CostPolicySpec, {"selector": {}, "routes": ["a", "a"]}, False),
     (LabelSelectorRequirement, {"key": "k", "operator": "In", "values": ["v"]}, True),

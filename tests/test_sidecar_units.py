@@ -382,10 +382,21 @@ def test_cap_output(cap: int | None, body: dict[str, Any], expected: dict[str, A
     assert {k: v for k, v in body.items() if k != "messages"} == expected
 
 
-def test_brevity_adds_a_system_message() -> None:
-    body: dict[str, Any] = {"messages": msgs("user")}
+@pytest.mark.parametrize(
+    ("roles", "at"),
+    [
+        (("user",), 0),
+        (("system", "user"), 1),  # after the app's system prompt: its prefix stays first
+        (("system", "developer", "user", "assistant", "user"), 2),
+    ],
+)
+def test_brevity_adds_a_system_message_after_the_apps_own(roles: tuple[str, ...], at: int) -> None:
+    body: dict[str, Any] = {"messages": msgs(*roles)}
+    original = list(body["messages"])
     cap_output(body, Output(brevity="Be brief."))
-    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["messages"][at] == {"role": "system", "content": "Be brief."}
+    assert body["messages"][:at] == original[:at]
+    assert len(body["messages"]) == len(original) + 1
 
 
 # --- request checks -------------------------------------------------------------

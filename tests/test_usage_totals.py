@@ -253,3 +253,15 @@ def test_tool_calls_count_in_spend_and_the_task_but_not_as_requests() -> None:
     assert (restored.tool_calls, restored.tool_cache_hits) == (2, 1)
     # The report survives the wire, its tool name included.
     assert RequestUsage.from_report(paid.report(1)).tool == "orders/lookup"
+
+
+def test_the_cached_input_share_is_of_input_tokens() -> None:
+    totals = Totals()
+    totals.add(dataclasses.replace(request(tokens=(100, 10)), cached_input_tokens=75))
+    totals.add(request(tokens=(100, 10)))
+    status = totals.status()
+    assert status["usage"]["cachedInputTokens"] == 75
+    assert status["cachedInputShare"] == "38%"  # 75 of 200, whole percent like the hit rate
+    assert Totals.restore(status).cached_input_tokens == 75
+    report = RequestUsage(Decimal(0), input_tokens=10, cached_input_tokens=99).report(1)
+    assert RequestUsage.from_report(report).cached_input_tokens == 10  # never more than input

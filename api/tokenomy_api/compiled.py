@@ -112,6 +112,8 @@ class CompiledBackend(Section):
     """List price per million tokens; ``cachedInput`` filled in."""
     weight: Annotated[int, Field(ge=0)]
     """Share of traffic among equally preferred backends."""
+    prompt_cache_key: bool = False
+    """Set ``prompt_cache_key`` per cache partition where the client set none."""
 
 
 class CompiledTier(Section):

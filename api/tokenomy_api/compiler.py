@@ -575,6 +575,7 @@ def _compile_backend(
         credentials=_credentials(backend.credentials),
         price=_price(price),
         weight=backend.weight,
+        prompt_cache_key=backend.prompt_cache_key,
     )
 
 

@@ -678,6 +678,9 @@ class UsageCounts(ApiModel):
     """Input tokens of every model call."""
     output_tokens: Count = 0
     """Output tokens of every model call."""
+    cached_input_tokens: Count = 0
+    """Of the input tokens, the ones providers read from their prompt caches (priced at
+    ``cachedInput``)."""
     reference_requests: Count = 0
     """Requests answered by their route's reference (largest) tier."""
     tiers: list[TierCount] = Field(default_factory=list, max_length=64)
@@ -780,6 +783,8 @@ class CostPolicyStatus(ApiModel):
     """USD saved this period against sending everything to the reference tier."""
     cache_hit_rate: Annotated[str, Field(max_length=16)] = ""
     """Share of requests served from cache this period, e.g. ``37%``."""
+    cached_input_share: Annotated[str, Field(max_length=16)] = ""
+    """Share of input tokens providers read from their prompt caches this period."""
     tier_shares: list[TierShare] = Field(default_factory=list, max_length=64)
     """Share of model-answered requests per tier this period."""
     usage: UsageCounts | None = None

@@ -90,6 +90,11 @@ class Backend(ApiModel):
     """List price; required for every backend a CostPolicy uses, since metering needs it."""
     weight: Annotated[int, Field(ge=0, le=1000)] = 1
     """Share of traffic among equally preferred backends; 0 drains the backend."""
+    prompt_cache_key: bool = False
+    """Send OpenAI's ``prompt_cache_key`` (a hash of the request's cache partition and
+    route) when the client sets none, so the provider keeps one partition's requests on
+    the same prompt cache. For APIs that accept it (OpenAI's); off by default, since some
+    OpenAI-compatible servers refuse fields they do not know."""
 
 
 class Tier(ApiModel):

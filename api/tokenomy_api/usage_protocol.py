@@ -50,6 +50,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("semantic_check", 13, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
         # A call through the tool proxy ("server/tool"), not a model request.
         ("tool", 14, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("cached_input_tokens", 15, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
     ],
     "SidecarMessage": [
         ("holder", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
@@ -132,6 +133,8 @@ class RequestUsage:
     """Input tokens of every model call of the request."""
     output_tokens: int = 0
     """Output tokens of every model call of the request."""
+    cached_input_tokens: int = 0
+    """Of the input tokens, the ones the provider read from its prompt cache."""
     labels: tuple[tuple[str, str], ...] = ()
     """Attribution labels (pod labels, the feature header), sorted by key."""
     task: str = ""
@@ -163,6 +166,7 @@ class RequestUsage:
             cache=self.cache,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
+            cached_input_tokens=self.cached_input_tokens,
             labels=[Label(key=k, value=v) for k, v in self.labels],
             task=self.task,
             estimated=self.estimated,
@@ -192,6 +196,7 @@ class RequestUsage:
             cache=report.cache,
             input_tokens=report.input_tokens,
             output_tokens=report.output_tokens,
+            cached_input_tokens=min(report.cached_input_tokens, report.input_tokens),
             labels=tuple((label.key, label.value) for label in report.labels),
             task=report.task,
             estimated=report.estimated,

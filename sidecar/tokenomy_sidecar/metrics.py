@@ -210,6 +210,15 @@ class Metrics:
             tool_labels,
             registry=r,
         )
+        self.prefix_affinity = Counter(
+            "tokenomy_prefix_affinity",
+            "Chat calls answered, by whether their conversation went where its earlier turns "
+            "went (kept), went elsewhere (moved: that endpoint failed, was ejected or lost its "
+            "preference to placement), or was new; kept turns find the server's prefix cache "
+            "warm.",
+            [*ROUTE_LABELS, "result"],
+            registry=r,
+        )
         self.fail_open = Counter(
             "tokenomy_fail_open",
             "Requests sent to the default tier because a pipeline stage failed unexpectedly.",

@@ -99,6 +99,8 @@ class SpendRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     """Tokens of every model call for this request."""
+    cached_input_tokens: int = 0
+    """Of the input tokens, the ones the provider read from its prompt cache."""
     keeper: BudgetKeeper | None = None
     """Where the request is reported (and its budget kept), if anywhere."""
     reservation: Reservation | None = None

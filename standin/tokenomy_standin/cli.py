@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="answer with this many words (default: echo the question)",
     )
+    parser.add_argument(
+        "--prompt-cache",
+        action="store_true",
+        help="report repeated message prefixes as cached input tokens, as a prefix cache would",
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -42,6 +47,7 @@ async def _serve(args: argparse.Namespace) -> None:
         logprob=args.logprob,
         script=load_script(args.script) if args.script else {},
         reply=" ".join(f"w{i}" for i in range(args.words)) if args.words else None,
+        prompt_cache=args.prompt_cache,
     )
     runner, url = await start(settings, args.host, args.port)
     print(f"tokenomy standin: {args.name} on {url}", flush=True)

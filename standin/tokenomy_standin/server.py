@@ -66,6 +66,10 @@ class StandinSettings:
     """Bodies received, for tests that check what the proxy sent."""
     headers: list[dict[str, str]] = field(default_factory=list)
     """Headers received, in the same order."""
+    prompt_cache: bool = False
+    """Report the longest start of a request's messages this server saw before as cached
+    input tokens, as a provider's prompt cache or an inference server's prefix cache
+    would (one cache per stand-in: a conversation that moves finds it cold)."""
 
 
 def count_tokens(text: str) -> int:
@@ -97,13 +101,17 @@ def _answers(settings: StandinSettings, body: dict[str, Any], n: int) -> tuple[l
     return [f"{settings.name} answers: {question}".strip()] * n, settings.logprob
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached},
     }
+
+
+PREFIXES_MAX = 100_000
+"""Message prefixes a stand-in's prompt cache holds; then it starts over."""
 
 
 def _logprobs(words: list[str], value: float) -> dict[str, Any]:
@@ -116,12 +124,31 @@ class Standin:
     def __init__(self, settings: StandinSettings | None = None) -> None:
         self.settings = settings or StandinSettings()
         self._ids = itertools.count(1)
+        self._prefixes: set[bytes] = set()
         self.app = web.Application(client_max_size=64 * 1024 * 1024)
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/_standin/faults", self.add_faults)
         self.app.router.add_post("/_standin/reset", self.reset)
+
+    def _cached(self, messages: list[Any]) -> int:
+        """Tokens of the longest start of ``messages`` seen before (never the whole: the
+        last message is new); every start of them is remembered."""
+        digest = hashlib.sha256()
+        cached = 0
+        hit = True
+        for i, message in enumerate(messages):
+            digest.update(orjson.dumps(message, option=orjson.OPT_SORT_KEYS))
+            start = digest.copy().digest()
+            if hit and i < len(messages) - 1 and start in self._prefixes:
+                cached += count_tokens(_message_text(message))
+            else:
+                hit = False
+            if len(self._prefixes) >= PREFIXES_MAX:
+                self._prefixes.clear()
+            self._prefixes.add(start)
+        return cached
 
     def _record(self, request: web.Request, body: dict[str, Any]) -> None:
         self.settings.requests.append(body)
@@ -162,6 +189,7 @@ class Standin:
         texts, logprob = _answers(self.settings, body, max(1, n))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         prompt = sum(count_tokens(_message_text(m)) for m in body.get("messages") or [])
+        cached = self._cached(body.get("messages") or []) if self.settings.prompt_cache else 0
         completion_id = f"chatcmpl-{self.settings.name}-{next(self._ids)}"
         model = body.get("model") or self.settings.name
         choices: list[dict[str, Any]] = []
@@ -172,8 +200,9 @@ class Standin:
                 shown = " ".join(words)
             if body.get("stream"):
                 return await self._stream(
-                    request, body, completion_id, model, words, finish, prompt, pending, logprob
-                )
+                    request, body, completion_id, model, words, finish, (prompt, cached),
+                    pending, logprob,
+                )  # fmt: skip
             choices.append(
                 {
                     "index": index,
@@ -192,7 +221,7 @@ class Standin:
             "created": int(time.time()),
             "model": model,
             "choices": choices,
-            "usage": _usage(prompt, output),
+            "usage": _usage(prompt, output, cached),
         }
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
@@ -204,7 +233,7 @@ class Standin:
         model: str,
         words: list[str],
         finish: str,
-        prompt: int,
+        prompt: tuple[int, int],
         pending: str | None,
         logprob: float,
     ) -> web.StreamResponse:
@@ -240,7 +269,7 @@ class Standin:
             await response.write(chunk({"content": text}, None, **more))
         await response.write(chunk({}, finish))
         if include_usage:
-            final = {**base, "choices": [], "usage": _usage(prompt, len(words))}
+            final = {**base, "choices": [], "usage": _usage(prompt[0], len(words), prompt[1])}
             await response.write(b"data: " + orjson.dumps(final) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

@@ -66,6 +66,8 @@ class Totals:
     cache_hits: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    """Of the input tokens, the ones providers read from their prompt caches."""
     reference_requests: int = 0
     saved: Decimal = ZERO
     tiers: Counter[str] = field(default_factory=Counter)
@@ -89,6 +91,7 @@ class Totals:
         """Count one request's report (one that was never answered adds its cost only)."""
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
+        self.cached_input_tokens += usage.cached_input_tokens
         self.saved += usage.saved
         if usage.tool:
             self.tool_calls += 1
@@ -131,6 +134,7 @@ class Totals:
                 "cacheHits": self.cache_hits,
                 "inputTokens": self.input_tokens,
                 "outputTokens": self.output_tokens,
+                "cachedInputTokens": self.cached_input_tokens,
                 "referenceRequests": self.reference_requests,
                 "tiers": [{"tier": t, "requests": n} for t, n in sorted(self.tiers.items())],
                 "saved": str(self.saved),
@@ -140,6 +144,8 @@ class Totals:
         }
         if self.requests:
             out["cacheHitRate"] = percent(self.cache_hits, self.requests)
+        if self.input_tokens:
+            out["cachedInputShare"] = percent(self.cached_input_tokens, self.input_tokens)
         answered = sum(self.tiers.values())
         if answered:
             out["tierShares"] = [
@@ -176,6 +182,7 @@ class Totals:
                 cache_hits=int(usage.get("cacheHits", 0)),
                 input_tokens=int(usage.get("inputTokens", 0)),
                 output_tokens=int(usage.get("outputTokens", 0)),
+                cached_input_tokens=int(usage.get("cachedInputTokens", 0)),
                 reference_requests=int(usage.get("referenceRequests", 0)),
                 saved=Decimal(str(usage.get("saved", "0"))),
                 tool_calls=int(usage.get("toolCalls", 0)),

@@ -7,10 +7,15 @@ Health is passive: failures eject an endpoint for a while, successes clear it.
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
+
+import orjson
 
 from tokenomy_api.compiled import (
     CompiledBackend,
@@ -72,6 +77,49 @@ class HealthTracker:
         )
 
 
+AFFINITY_MAX = 10_000
+"""Conversations whose last endpoint is remembered (the oldest go first)."""
+
+
+def prefix_key(body: Mapping[str, Any]) -> str | None:
+    """What a conversation's requests share at their start: its leading system messages
+    and first other message. None for a request without messages.
+
+    Every turn of one conversation has the same key, so its turns go where the earlier
+    ones went and an in-cluster server's prefix (KV) cache holds their shared start.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    lead = next(
+        (i for i, m in enumerate(messages)
+         if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))),
+        len(messages) - 1,
+    )  # fmt: skip
+    digest = hashlib.sha256(orjson.dumps(messages[: lead + 1], option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
+
+
+@dataclass
+class PrefixAffinity:
+    """The endpoint each conversation (by :func:`prefix_key`) was last answered by."""
+
+    last: OrderedDict[str, str] = field(default_factory=OrderedDict)
+
+    def preferred(self, key: str | None) -> str | None:
+        """The endpoint URL to prefer for ``key``, if one answered it before."""
+        return self.last.get(key) if key is not None else None
+
+    def served(self, key: str | None, url: str) -> None:
+        """``url`` answered a request of ``key``."""
+        if key is None:
+            return
+        self.last[key] = url
+        self.last.move_to_end(key)
+        while len(self.last) > AFFINITY_MAX:
+            self.last.popitem(last=False)
+
+
 def blended_price(backend: CompiledBackend) -> Decimal:
     """One number to compare prices by: input and output per million, summed."""
     return backend.price.input + backend.price.output
@@ -84,14 +132,16 @@ def rank(
     health: Mapping[str, EndpointHealth],
     now: float,
     rng: random.Random,
+    preferred: str | None = None,
 ) -> list[Candidate]:
     """Every endpoint of the tier, best first.
 
     Order: healthy before ejected; drained (weight 0) last; the compiled
     priority (capacity preference: reserved, then spot or on-demand as the
     policy says); the pod's own region first when the strategy is
-    ``nearest``; cheaper first; then a weighted random order among equals, so
-    weights share traffic.
+    ``nearest``; cheaper first; the ``preferred`` endpoint (the one that
+    answered the conversation before) first among equals; then a weighted
+    random order, so weights share traffic.
     """
     keyed = []
     for backend in tier.backends:
@@ -103,7 +153,11 @@ def rank(
             weight = backend.weight
             lottery = rng.random() ** (1.0 / weight) if weight > 0 else 0.0
             drained = weight == 0
-            key = (ejected, drained, endpoint.priority, far, blended_price(backend), -lottery)
+            elsewhere = endpoint.url != preferred
+            key = (
+                ejected, drained, endpoint.priority, far, blended_price(backend), elsewhere,
+                -lottery,
+            )  # fmt: skip
             keyed.append((key, Candidate(backend, endpoint)))
     keyed.sort(key=lambda item: item[0])
     return [candidate for _, candidate in keyed]

@@ -210,6 +210,7 @@ class Meter:
             cache=source,
             input_tokens=spend.input_tokens,
             output_tokens=spend.output_tokens,
+            cached_input_tokens=spend.cached_input_tokens,
             labels=tuple(sorted(labels.items())),
             task=x.task,
             estimated=spend.estimated,
@@ -226,6 +227,7 @@ class Meter:
         x.spend.spent += paid
         x.spend.input_tokens += usage.prompt
         x.spend.output_tokens += usage.completion
+        x.spend.cached_input_tokens += usage.cached
 
     def _attribution(self, x: Exchange) -> dict[str, str]:
         return attribution(self.pod_labels, x.runtime.config.attribution.pod_labels, x.feature)

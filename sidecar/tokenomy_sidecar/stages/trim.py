@@ -27,7 +27,15 @@ def cap_output(body: dict[str, Any], output: CompiledOutput) -> bool:
         body[field] = cap
         changed = True
     if output.brevity:
-        body["messages"] = [{"role": "system", "content": output.brevity}, *body["messages"]]
+        # After the app's own leading system messages, never before them: the prefix a
+        # provider's prompt cache keys on stays the app's.
+        messages = body["messages"]
+        lead = next(
+            (i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")),
+            len(messages),
+        )
+        brevity = {"role": "system", "content": output.brevity}
+        body["messages"] = [*messages[:lead], brevity, *messages[lead:]]
         changed = True
     return changed
 

@@ -11,6 +11,7 @@ placement and health (:mod:`~tokenomy_sidecar.stages.backend_choice`), then
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -23,7 +24,13 @@ import orjson
 from tokenomy_api.clock import Clock
 from tokenomy_api.compiled import CompiledBackend, CompiledTier
 from tokenomy_sidecar.errors import ApiError
-from tokenomy_sidecar.stages.backend_choice import Candidate, HealthTracker, rank
+from tokenomy_sidecar.stages.backend_choice import (
+    Candidate,
+    HealthTracker,
+    PrefixAffinity,
+    prefix_key,
+    rank,
+)
 
 if TYPE_CHECKING:
     from tokenomy_sidecar.pipeline import Exchange
@@ -70,8 +77,13 @@ class Upstream:
         timeout: float,
         credential: CredentialLookup,
         stream: bool,
+        cache_key: str | None = None,
     ) -> Reply:
-        """Try candidates in order (wrapping around) until one answers or tries run out."""
+        """Try candidates in order (wrapping around) until one answers or tries run out.
+
+        ``cache_key`` goes as ``prompt_cache_key`` to backends that take one, unless the
+        client set its own.
+        """
         if not candidates:
             raise ApiError(503, "no backend of this tier has a ready endpoint", "server_error")
         failures: list[tuple[str, str]] = []
@@ -83,7 +95,10 @@ class Upstream:
             key = credential(backend)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-            payload = orjson.dumps({**body, "model": backend.model})
+            sent = {**body, "model": backend.model}
+            if backend.prompt_cache_key and cache_key and "prompt_cache_key" not in body:
+                sent["prompt_cache_key"] = cache_key
+            payload = orjson.dumps(sent)
             started = self.clock.monotonic()
             response: aiohttp.ClientResponse | None = None
             try:
@@ -154,6 +169,7 @@ class Caller:
         self.meter = meter
         self.rng = rng
         self.pod_region = pod_region
+        self.affinity = PrefixAffinity()
 
     async def send(
         self,
@@ -165,9 +181,11 @@ class Caller:
     ) -> Reply:
         """Send to the tier's backends in placement order, within the route's retry budget."""
         upstream = self.upstream
+        conversation = prefix_key(body) if path == "/chat/completions" else None
+        preferred = self.affinity.preferred(conversation)
         candidates = rank(
             tier, x.runtime.config.placement, self.pod_region, upstream.health.endpoints,
-            upstream.clock.monotonic(), self.rng,
+            upstream.clock.monotonic(), self.rng, preferred,
         )  # fmt: skip
         retry = x.route.retry
         reply = await upstream.send(
@@ -178,9 +196,22 @@ class Caller:
             retry.timeout_seconds,
             x.runtime.credential,
             stream,
+            prompt_cache_key(x),
         )
         self.meter.failures(x, reply, tier.name)
+        if reply.status == 200 and conversation is not None:
+            url = reply.candidate.endpoint.url
+            result = "new" if preferred is None else "kept" if url == preferred else "moved"
+            self.meter.metrics.prefix_affinity.labels(*x.labels, result).inc()
+            self.affinity.served(conversation, url)
         return reply
+
+
+def prompt_cache_key(x: Exchange) -> str:
+    """The provider cache key of a request: its cache partition and route, hashed (a
+    tenant's id never leaves the sidecar as it was sent)."""
+    partition = x.cache.decision.partition or x.runtime.config.policy.key
+    return hashlib.sha256(f"{partition}\0{x.route.name}".encode()).hexdigest()[:32]
 
 
 def completion_of(reply: Reply) -> dict[str, Any] | None:
