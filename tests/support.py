@@ -32,11 +32,12 @@ class RunningStandin:
     def __init__(self, settings: StandinSettings) -> None:
         self.settings = settings
         self.runner: web.AppRunner | None = None
+        self.server = Standin(self.settings)
         self.url = ""
         self.port = 0
 
     async def start(self, port: int = 0) -> None:
-        self.runner = web.AppRunner(Standin(self.settings).app, access_log=None)
+        self.runner = web.AppRunner(self.server.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", port or self.port)
         await site.start()

@@ -22,7 +22,7 @@ from tokenomy_api.costpolicy import (
 )
 from tokenomy_api.crd import structural_schema
 from tokenomy_api.meta import ApiModel, LabelSelectorRequirement
-from tokenomy_api.modelroute import Backend, Embedding, ModelRouteSpec, Tier
+from tokenomy_api.modelroute import Backend, Embedding, ModelRouteSpec, Price, Tier
 
 from helpers import cel_failures, with_defaults
 
@@ -34,6 +34,9 @@ TOOL = {"name": "t", "url": "https://tool/api"}
 
 CASES: list[tuple[type[BaseModel], dict[str, Any], bool]] = [
     (Backend, B_URL, True),
+    (Price, PRICE, True),
+    (Price, {**PRICE, "batchInput": "0.5", "batchOutput": "1"}, True),
+    (Price, {**PRICE, "batchInput": "0.5"}, False),
     (Backend, B_SVC, True),
     (Backend, {**B_URL, "service": {"name": "s", "port": 80}}, False),
     (Backend, {"name": "a", "model": "m"}, False),

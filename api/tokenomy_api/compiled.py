@@ -73,6 +73,16 @@ class Price(Section):
     """Per million output (completion) tokens."""
     cached_input: Money | None = None
     """Per million input tokens read from the provider's prompt cache; ``input`` if unset."""
+    batch_input: Money | None = None
+    """Per million input tokens through the provider's Batch API; none: it has none."""
+    batch_output: Money | None = None
+    """Per million output tokens through the provider's Batch API."""
+
+    def batch(self) -> Price | None:
+        """The price of a line sent through the Batch API, or None without one."""
+        if self.batch_input is None or self.batch_output is None:
+            return None
+        return Price(input=self.batch_input, output=self.batch_output)
 
 
 # --- routes --------------------------------------------------------------------

@@ -312,7 +312,13 @@ def _credentials(credentials: Credentials | None) -> c.SecretKey | None:
 
 def _price(price: Price) -> c.Price:
     cached = price.cached_input if price.cached_input is not None else price.input
-    return c.Price(input=price.input, output=price.output, cached_input=cached)
+    return c.Price(
+        input=price.input,
+        output=price.output,
+        cached_input=cached,
+        batch_input=price.batch_input,
+        batch_output=price.batch_output,
+    )
 
 
 def _cache(cache: Cache) -> c.CompiledCache:

@@ -55,6 +55,20 @@ class Price(ApiModel):
     """USD per million output (completion) tokens."""
     cached_input: Money | None = None
     """USD per million input tokens read from the provider's prompt cache; ``input`` if unset."""
+    batch_input: Money | None = None
+    """USD per million input tokens through the provider's Batch API. Set (with
+    ``batchOutput``) when the backend offers the OpenAI Batch API: batch jobs sent to the
+    sidecar then go to it; without, their lines are sent live."""
+    batch_output: Money | None = None
+    """USD per million output tokens through the provider's Batch API."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.batchInput) == has(self.batchOutput)",
+            message="batchInput and batchOutput are set together",
+            check=lambda p: (p.batch_input is None) == (p.batch_output is None),
+        ),
+    )
 
 
 class Backend(ApiModel):

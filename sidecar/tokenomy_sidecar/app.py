@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenomy_api import pod
 from tokenomy_api.clock import Clock, SystemClock
+from tokenomy_sidecar.batches import Batches
 from tokenomy_sidecar.budget_client import RemoteKeepers
 from tokenomy_sidecar.memory_budget import MemoryBudget
 from tokenomy_sidecar.metrics import Metrics
@@ -58,6 +59,8 @@ class SidecarSettings:
     store_retire_seconds: float = 120.0
     """How long a cache store a config change replaced stays open for the requests still
     using it; then it is closed and its memory returned."""
+    batch_poll_seconds: float = 30.0
+    """How often a provider's batch is asked whether it is done."""
     upstream_connections: int = 1000
     """Connections to backends at most, across all of them."""
     models_dir: Path | None = None
@@ -115,6 +118,8 @@ class Sidecar:
         self._session: aiohttp.ClientSession | None = None
         self.proxy: Proxy | None = None
         """The API's request handling, once started."""
+        self.batches: Batches | None = None
+        """Batch jobs, once started."""
         self.api_url = ""
         self.metrics_url = ""
 
@@ -208,8 +213,11 @@ class Sidecar:
 
     # --- lifecycle -----------------------------------------------------------------
 
-    def _api_app(self, proxy: Proxy, mcp: McpProxy, http_tools: HttpTools) -> web.Application:
+    def _api_app(
+        self, proxy: Proxy, mcp: McpProxy, http_tools: HttpTools, batches: Batches
+    ) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
+        batches.routes(app)
         app.router.add_post("/v1/chat/completions", proxy.chat_completions)
         app.router.add_post("/v1/embeddings", proxy.embeddings)
         app.router.add_get("/v1/models", proxy.models)
@@ -265,7 +273,11 @@ class Sidecar:
         http_tools = HttpTools(self.holder, self._session, tool_meter, s.max_body_bytes)
         if self.share is not None:
             self.share.start()
-        api = self._api_app(proxy, mcp, http_tools)
+        self.batches = Batches(
+            self.holder, proxy.batch_pipeline, proxy.caller, proxy.meter, self._session,
+            self.clock, s.max_body_bytes, s.batch_poll_seconds,
+        )  # fmt: skip
+        api = self._api_app(proxy, mcp, http_tools, self.batches)
         self.api_url = await self._serve(api, s.listen_host, s.listen_port)
         self.metrics_url = await self._serve(self._metrics_app(), s.metrics_host, s.metrics_port)
         log.info("serving the OpenAI API on %s, metrics on %s", self.api_url, self.metrics_url)
@@ -282,6 +294,8 @@ class Sidecar:
         if self.share is not None:
             await self.share.stop()
         self._runners.clear()
+        if self.batches is not None:
+            await self.batches.close()
         if self.proxy is not None:
             await self.proxy.vectors.close()  # background embedding uses the session
         if self._session is not None:

@@ -91,6 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: the --config folder, else {MODELS_DIR})",
     )
     parser.add_argument(
+        "--batch-poll-seconds",
+        type=float,
+        default=30.0,
+        help="how often a provider's batch is asked whether it is done (default 30)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
 
@@ -129,6 +135,7 @@ async def serve(args: argparse.Namespace) -> int:
         usage_address=None if args.config else (args.usage or args.xds),
         node_id=args.node_id or "",
         pod_labels=_pod_labels(os.environ.get(pod.ENV_POD_LABELS, "")),
+        batch_poll_seconds=args.batch_poll_seconds,
     )
     sidecar = Sidecar(settings)
     source: FileSource | XdsSource

@@ -17,7 +17,7 @@ the request goes as the client wrote it to the route's default tier.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -135,6 +135,8 @@ class Exchange:
     """The client's task id (``x-tokenomy-task``)."""
     embedding: bool = False
     """An embeddings request: nothing to save against the reference chat tier."""
+    park: Callable[[Exchange], Awaitable[Answer]] | None = None
+    """For a line of a batch job: hands it to the job, which answers it with the others."""
     cache: CacheRecord = field(default_factory=lambda: CacheRecord.off("not-identified"))
     routing: RoutingRecord = field(init=False)
     spend: SpendRecord = field(default_factory=SpendRecord)

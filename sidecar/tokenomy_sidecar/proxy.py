@@ -26,6 +26,7 @@ from tokenomy_sidecar.runtime import ConfigHolder, Runtime
 from tokenomy_sidecar.semantic_budget import WrongHitBudget
 from tokenomy_sidecar.semantic_index import SemanticIndex
 from tokenomy_sidecar.semantic_share import SemanticShare
+from tokenomy_sidecar.stages.batch_park import Park
 from tokenomy_sidecar.stages.budget import Budget, Keepers
 from tokenomy_sidecar.stages.cascade import Cascade
 from tokenomy_sidecar.stages.exact_cache import ExactCache
@@ -74,8 +75,12 @@ class Proxy:
         self.semantic_cache = SemanticCache(
             metrics, meter, semantic, vectors, share, outcomes or WrongHitBudget()
         )
-        self.chat_pipeline = Pipeline(
-            self.chat_stages(metrics, meter, caller, vectors, self.semantic_cache, budget), metrics
+        self.caller, self.meter = caller, meter
+        stages = self.chat_stages(metrics, meter, caller, vectors, self.semantic_cache, budget)
+        self.chat_pipeline = Pipeline(stages, metrics)
+        # A batch job's lines: the same stages up to the calls, which the job makes together.
+        self.batch_pipeline = Pipeline(
+            [*(s for s in stages if not isinstance(s, (Cascade, Forward))), Park()], metrics
         )
         self.embeddings_pipeline = Pipeline(
             [budget, Forward(caller, meter, path="/embeddings")], metrics

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from tokenomy_standin.batches import Batches
+
 Fault = Literal["500", "429", "drop", "mid-stream-drop", "mid-stream-stall", "slow"]
 FAULTS: tuple[str, ...] = ("500", "429", "drop", "mid-stream-drop", "mid-stream-stall", "slow")
 
@@ -66,6 +68,10 @@ class StandinSettings:
     """Bodies received, for tests that check what the proxy sent."""
     headers: list[dict[str, str]] = field(default_factory=list)
     """Headers received, in the same order."""
+    batch_seconds: float = 0.05
+    """How long a batch takes to run once created."""
+    batch_requests: list[dict[str, Any]] = field(default_factory=list)
+    """Bodies of batch lines answered (``requests`` holds live ones)."""
     prompt_cache: bool = False
     """Report the longest start of a request's messages this server saw before as cached
     input tokens, as a provider's prompt cache or an inference server's prefix cache
@@ -114,6 +120,15 @@ PREFIXES_MAX = 100_000
 """Message prefixes a stand-in's prompt cache holds; then it starts over."""
 
 
+def _limited(text: str, body: dict[str, Any]) -> tuple[list[str], str]:
+    """An answer's words within the request's token limit, and why it ended."""
+    words = text.split()
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(limit, int) and len(words) > limit:
+        return words[:limit], "length"
+    return words, "stop"
+
+
 def _logprobs(words: list[str], value: float) -> dict[str, Any]:
     return {"content": [{"token": w, "logprob": value, "top_logprobs": []} for w in words]}
 
@@ -131,6 +146,8 @@ class Standin:
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/_standin/faults", self.add_faults)
         self.app.router.add_post("/_standin/reset", self.reset)
+        self.batches = Batches(self._batch_line, self.settings.batch_seconds)
+        self.batches.routes(self.app)
 
     def _cached(self, messages: list[Any]) -> int:
         """Tokens of the longest start of ``messages`` seen before (never the whole: the
@@ -149,6 +166,44 @@ class Standin:
                 self._prefixes.clear()
             self._prefixes.add(start)
         return cached
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The whole (not streamed) answer to a chat request body."""
+        asked = body.get("n")
+        n = asked if isinstance(asked, int) else 1
+        texts, logprob = _answers(self.settings, body, max(1, n))
+        prompt = sum(count_tokens(_message_text(m)) for m in body.get("messages") or [])
+        cached = self._cached(body.get("messages") or []) if self.settings.prompt_cache else 0
+        choices: list[dict[str, Any]] = []
+        for index, text in enumerate(texts):
+            words, finish = _limited(text, body)
+            choices.append(
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": " ".join(words) if finish ==
+                                "length" else text, "refusal": None},
+                    "finish_reason": finish,
+                    "logprobs": _logprobs(words, logprob) if body.get("logprobs") else None,
+                }
+            )  # fmt: skip
+        output = sum(count_tokens(c["message"]["content"]) for c in choices)
+        return {
+            "id": f"chatcmpl-{self.settings.name}-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.settings.name,
+            "choices": choices,
+            "usage": _usage(prompt, output, cached),
+        }
+
+    async def _batch_line(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One line of a batch: answered like a request, recorded apart."""
+        self.settings.batch_requests.append(body)
+        if not isinstance(body.get("messages"), list):
+            return 400, {
+                "error": {"message": "messages is required", "type": "invalid_request_error"}
+            }
+        return 200, self.completion(body)
 
     def _record(self, request: web.Request, body: dict[str, Any]) -> None:
         self.settings.requests.append(body)
@@ -185,44 +240,20 @@ class Standin:
             return pending
         if self.settings.latency:
             await asyncio.sleep(self.settings.latency)
-        n = body.get("n") if isinstance(body.get("n"), int) and not body.get("stream") else 1
-        texts, logprob = _answers(self.settings, body, max(1, n))
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        prompt = sum(count_tokens(_message_text(m)) for m in body.get("messages") or [])
-        cached = self._cached(body.get("messages") or []) if self.settings.prompt_cache else 0
-        completion_id = f"chatcmpl-{self.settings.name}-{next(self._ids)}"
-        model = body.get("model") or self.settings.name
-        choices: list[dict[str, Any]] = []
-        for index, text in enumerate(texts):
-            words, finish, shown = text.split(), "stop", text
-            if isinstance(limit, int) and len(words) > limit:
-                words, finish = words[:limit], "length"
-                shown = " ".join(words)
-            if body.get("stream"):
-                return await self._stream(
-                    request, body, completion_id, model, words, finish, (prompt, cached),
-                    pending, logprob,
-                )  # fmt: skip
-            choices.append(
-                {
-                    "index": index,
-                    "message": {"role": "assistant", "content": shown, "refusal": None},
-                    "finish_reason": finish,
-                    "logprobs": _logprobs(words, logprob) if body.get("logprobs") else None,
-                }
-            )
+        if body.get("stream"):
+            texts, logprob = _answers(self.settings, body, 1)
+            words, finish = _limited(texts[0], body)
+            prompt = sum(count_tokens(_message_text(m)) for m in body.get("messages") or [])
+            cached = self._cached(body.get("messages") or []) if self.settings.prompt_cache else 0
+            return await self._stream(
+                request, body, f"chatcmpl-{self.settings.name}-{next(self._ids)}",
+                body.get("model") or self.settings.name, words, finish, (prompt, cached),
+                pending, logprob,
+            )  # fmt: skip
         if self.settings.chunk_interval:
             # A whole answer takes as long to generate as its stream would.
             await asyncio.sleep(self.settings.chunk_interval * self.settings.chunks)
-        output = sum(count_tokens(c["message"]["content"]) for c in choices)
-        payload = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": choices,
-            "usage": _usage(prompt, output, cached),
-        }
+        payload = self.completion(body)
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
     async def _stream(

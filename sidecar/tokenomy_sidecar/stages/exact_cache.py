@@ -126,7 +126,7 @@ class ExactCache(Quiet):
         if entry is not None:
             lookups.labels(*x.labels, "exact", "hit").inc()
             return hit(x, self.meter, entry, "exact")
-        if decision.store:
+        if decision.store and x.park is None:  # a batch line waits for its job, not a leader
             entry = await self._coalesce(x, (decision.partition, x.cache.key))
             if entry is not None:
                 lookups.labels(*x.labels, "exact", "coalesced").inc()
