@@ -43,14 +43,14 @@ def test_compile_warns_of_fields_without_effect_and_still_prints_the_config(
 ) -> None:
     text = (REPO / "examples" / "costpolicy-support-agent.yaml").read_text()
     (tmp_path / "policy.yaml").write_text(
-        text.replace("spec:\n", "spec:\n  batching: {enabled: true}\n", 1)
+        text.replace("    enabled: true\n    mcpServers:", "    enabled: false\n    mcpServers:", 1)
     )
     for name in ("modelroute-support-chat.yaml", "secrets.yaml"):
         (tmp_path / name).write_text((REPO / "examples" / name).read_text())
     result = tokenomy("compile", "-f", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "warning: " in result.stderr
-    assert "spec.batching.enabled: has no effect in this version" in result.stderr
+    assert "spec.tools.enabled: is false: the tool proxy is off" in result.stderr
     assert json.loads(result.stdout)
 
 

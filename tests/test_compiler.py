@@ -69,7 +69,7 @@ def test_the_contract_imports_no_crd_type() -> None:
     assert imported & {"tokenomy_api.costpolicy", "tokenomy_api.modelroute"} == set()
     assert set(SidecarConfig.model_fields) == {
         "version", "policy", "routes", "cache", "cascade", "routing", "quality", "tool_pruning",
-        "placement", "prompt", "output", "budget", "tools", "attribution",
+        "placement", "prompt", "output", "budget", "tools", "packing", "attribution",
     }  # fmt: skip
 
 
@@ -409,10 +409,7 @@ def test_pass_through_keeps_routes_and_drops_every_optimisation() -> None:
     [
         ({}, []),
         ({"batching": {"enabled": False, "maxBatchSize": 8}}, []),  # off: nothing claimed
-        (
-            {"batching": {"enabled": True}},
-            ["spec.batching.enabled: has no effect in this version: requests are sent one by one"],
-        ),
+        ({"batching": {"enabled": True}}, []),  # acted on: the pack stage
         (
             {"tools": {"upstreams": [{"name": "weather", "url": "http://weather"}]}},
             ["spec.tools.enabled: is false: the tool proxy is off and its paths answer 404"],

@@ -165,10 +165,11 @@ def test_invalid_change_keeps_the_last_good_config_and_says_why() -> None:
 
 
 def test_fields_without_effect_reach_the_policy_status() -> None:
-    state = state_with(route_doc(), policy_doc(batching={"enabled": True}))
+    listed = {"upstreams": [{"name": "w", "url": "http://weather"}]}  # but the proxy is off
+    state = state_with(route_doc(), policy_doc(tools=listed))
     status = state.reconcile().policies["ns/agent"]
     assert status.ready  # still compiles and runs
-    assert status.no_effect.startswith("spec.batching.enabled: has no effect")
+    assert status.no_effect.startswith("spec.tools.enabled: is false")
     state.policies[("ns", "agent")] = policy_doc()
     assert state.reconcile().policies["ns/agent"].no_effect == ""
 

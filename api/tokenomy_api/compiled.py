@@ -444,6 +444,17 @@ class CompiledTools(Section):
         )  # fmt: skip
 
 
+class CompiledPacking(Section):
+    """The packing stage."""
+
+    max_batch_size: Annotated[int, Field(ge=2)]
+    """Requests per packed call at most."""
+    max_wait_seconds: Seconds
+    """Longest a request waits for others."""
+    routes: list[str] = []
+    """Routes packed; all when empty."""
+
+
 class CompiledBudget(Section):
     """The budget stage."""
 
@@ -489,6 +500,8 @@ class SidecarConfig(Section):
     """How tool definitions are pruned; none when pruning is off."""
     tools: CompiledTools | None = None
     """The tool proxy; none when it is off (its paths answer 404)."""
+    packing: CompiledPacking | None = None
+    """Request packing; none when it is off."""
     placement: CompiledPlacement
     """Request-time placement."""
     prompt: CompiledPrompt
@@ -522,6 +535,7 @@ class SidecarConfig(Section):
                 "output": CompiledOutput(),
                 "budget": None,
                 "tool_pruning": None,
+                "packing": None,
                 "tools": self.tools.uncached() if self.tools is not None else None,
             }
         ).versioned()

@@ -127,9 +127,6 @@ def compile_configs(
     return result
 
 
-NOT_BUILT = "has no effect in this version"
-
-
 def no_effect(policy: CostPolicy) -> list[Problem]:
     """The fields this policy sets that this version validates but does not act on.
 
@@ -138,8 +135,6 @@ def no_effect(policy: CostPolicy) -> list[Problem]:
     """
     spec = policy.spec
     found = []
-    if spec.batching.enabled:
-        found.append(("spec.batching.enabled", f"{NOT_BUILT}: requests are sent one by one"))
     if not spec.tools.enabled and (spec.tools.upstreams or spec.tools.mcp_servers):
         found.append(
             ("spec.tools.enabled", "is false: the tool proxy is off and its paths answer 404")
@@ -213,6 +208,10 @@ def _compile_policy(
         except (ZoneInfoNotFoundError, ValueError):
             problem("spec.budget.timeZone", f'unknown time zone "{spec.budget.time_zone}"')
 
+    for i, packed in enumerate(spec.batching.routes):
+        if packed not in spec.routes:
+            problem(f"spec.batching.routes[{i}]", f'"{packed}" is not one of spec.routes')
+
     compiled_routes = []
     for _, route in resolved:
         compiled = _compile_route(policy, route, endpoints, problem)
@@ -261,6 +260,15 @@ def _compile_policy(
         output=c.CompiledOutput(max_tokens=spec.output.max_tokens, brevity=spec.output.brevity),
         budget=_budget(spec),
         tools=_tools(spec.tools),
+        packing=(
+            c.CompiledPacking(
+                max_batch_size=spec.batching.max_batch_size,
+                max_wait_seconds=_seconds(spec.batching.max_wait),
+                routes=sorted(spec.batching.routes),
+            )
+            if spec.batching.enabled
+            else None
+        ),
         attribution=c.CompiledAttribution(
             pod_labels=spec.attribution.pod_labels, header=spec.attribution.header
         ),

@@ -363,14 +363,18 @@ class Output(ApiModel):
 
 
 class Batching(ApiModel):
-    """Holding requests briefly to send them together where a backend allows it."""
+    """Request packing: concurrent small requests that share everything but their last
+    question are sent as one call and its answer split back. Opt-in: a model answering
+    several questions at once can answer each a little differently than alone."""
 
     enabled: bool = False
-    """Whether batching is on."""
+    """Whether packing is on."""
     max_batch_size: Annotated[int, Field(ge=2, le=1024)] = 16
-    """Requests per batch at most."""
+    """Requests per packed call at most."""
     max_wait: Duration = "20ms"
-    """Longest a request waits for a batch to fill."""
+    """Longest a request waits for others to share its call."""
+    routes: list[DnsLabel] = Field(default_factory=list, max_length=64)
+    """Routes whose requests are packed; all of the policy's when empty."""
 
 
 ToolUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\s/$.?#][^\s]*$")]

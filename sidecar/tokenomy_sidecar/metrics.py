@@ -219,6 +219,20 @@ class Metrics:
             [*ROUTE_LABELS, "result"],
             registry=r,
         )
+        self.packing_items = Counter(
+            "tokenomy_packing_items",
+            "Requests that waited to share a packed call, by result: packed (answered from "
+            "it) or resent (its answer could not be matched: sent alone).",
+            [*ROUTE_LABELS, "result"],
+            registry=r,
+        )
+        self.packing_saved_tokens = Counter(
+            "tokenomy_packing_input_tokens_saved",
+            "Input tokens packed requests did not pay: each one's own prompt estimate minus "
+            "its share of the packed call's prompt.",
+            ROUTE_LABELS,
+            registry=r,
+        )
         self.fail_open = Counter(
             "tokenomy_fail_open",
             "Requests sent to the default tier because a pipeline stage failed unexpectedly.",

@@ -33,6 +33,7 @@ from tokenomy_sidecar.stages.exact_cache import ExactCache
 from tokenomy_sidecar.stages.forward import Forward
 from tokenomy_sidecar.stages.identify import Identify
 from tokenomy_sidecar.stages.metering import Meter
+from tokenomy_sidecar.stages.pack import Pack
 from tokenomy_sidecar.stages.prune_tools import PruneTools
 from tokenomy_sidecar.stages.route import Route
 from tokenomy_sidecar.stages.semantic_cache import REMEMBERED, SemanticCache
@@ -80,7 +81,7 @@ class Proxy:
         self.chat_pipeline = Pipeline(stages, metrics)
         # A batch job's lines: the same stages up to the calls, which the job makes together.
         self.batch_pipeline = Pipeline(
-            [*(s for s in stages if not isinstance(s, (Cascade, Forward))), Park()], metrics
+            [*(s for s in stages if not isinstance(s, (Pack, Cascade, Forward))), Park()], metrics
         )
         self.embeddings_pipeline = Pipeline(
             [budget, Forward(caller, meter, path="/embeddings")], metrics
@@ -105,6 +106,7 @@ class Proxy:
             PruneTools(metrics, vectors),
             Route(metrics, vectors),
             budget,
+            Pack(caller, meter, metrics),
             Cascade(caller, meter, metrics),
             Forward(caller, meter),
         ]

@@ -72,6 +72,9 @@ class StandinSettings:
     """How long a batch takes to run once created."""
     batch_requests: list[dict[str, Any]] = field(default_factory=list)
     """Bodies of batch lines answered (``requests`` holds live ones)."""
+    drop_packed: int = 0
+    """Leave out the last this many items of a packed request's answer (a model that lost
+    some)."""
     prompt_cache: bool = False
     """Report the longest start of a request's messages this server saw before as cached
     input tokens, as a provider's prompt cache or an inference server's prefix cache
@@ -94,10 +97,44 @@ def _message_text(message: Any) -> str:
     return ""
 
 
+PACKED = "Requests:\n"
+"""Where a packed request's JSON list of numbered items begins (after its instruction)."""
+
+
+def _packed(settings: StandinSettings, question: str) -> str | None:
+    """A packed request's answer, following its instruction: JSON with one answer per item."""
+    if PACKED not in question or '"answers"' not in question:
+        return None
+    try:
+        items = orjson.loads(question.split(PACKED, 1)[1])
+    except orjson.JSONDecodeError:
+        return None
+    answers = [
+        {"id": item["id"], "answer": _one(settings, str(item["request"]))}
+        for item in items
+        if isinstance(item, dict) and "id" in item
+    ]
+    if settings.drop_packed:
+        answers = answers[: -settings.drop_packed]
+    return orjson.dumps({"answers": answers}).decode()
+
+
+def _one(settings: StandinSettings, question: str) -> str:
+    scripted = settings.script.get(question)
+    if scripted is not None:
+        return scripted.replies[0]
+    if settings.reply is not None:
+        return settings.reply
+    return f"{settings.name} answers: {question}".strip()
+
+
 def _answers(settings: StandinSettings, body: dict[str, Any], n: int) -> tuple[list[str], float]:
     """The ``n`` sampled answers to a request, and their tokens' log-probability."""
     messages = body.get("messages") or []
     question = _message_text(messages[-1]) if messages else ""
+    packed = _packed(settings, question)
+    if packed is not None:
+        return [packed] * n, settings.logprob
     scripted = settings.script.get(question)
     if scripted is not None:
         replies = scripted.replies
