@@ -169,7 +169,8 @@ class Pack(Quiet):
             group.items[0][1].set_result(None)  # nobody to share with: alone
             return
         task = asyncio.get_running_loop().create_task(self._send(group.items))
-        task.add_done_callback(lambda t: t.exception())  # failures are handled in _send
+        # _send answers every item whatever happens; a cancelled task (shutdown) says nothing.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _send(self, items: Sequence[tuple[Exchange, asyncio.Future[Answer | None]]]) -> None:
         lead = items[0][0]
