@@ -409,15 +409,43 @@ async def test_a_failing_stage_fails_open_to_the_default_tier(
     assert running.metric("tokenomy_fail_open_total", stage="trim") == 1
 
 
-async def test_a_request_over_the_input_limit_is_refused_after_trimming(
-    standin: StandinFactory, sidecar: SidecarFactory
-) -> None:
+async def limited(
+    standin: StandinFactory, sidecar: SidecarFactory, prompt: dict[str, Any]
+) -> tuple[RunningStandin, RunningStandin, LiveSidecar]:
+    """Two stand-in tiers behind a sidecar whose policy limits input."""
     small = await standin(name="small")
     large = await standin(name="large")
     running = await sidecar(
-        two_tier_route(small, large),
-        policy_doc(namespace="default", prompt={"maxInputTokens": 10, "historyWindow": 1}),
+        two_tier_route(small, large), policy_doc(namespace="default", prompt=prompt)
     )
+    return small, large, running
+
+
+async def test_a_request_over_the_input_limit_is_trimmed_to_fit_where_the_policy_says_so(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    prompt = {"maxInputTokens": 30, "overLimit": "trim"}
+    small, large, running = await limited(standin, sidecar, prompt)
+    client = running.client()
+    long = "word " * 28  # about 35 tokens by the 4-characters rule
+    history = [{"role": "user", "content": long}, {"role": "assistant", "content": long}]
+    answered = await client.chat.completions.create(
+        model="chat", messages=[*history, {"role": "user", "content": "and now?"}]
+    )
+    assert answered.choices[0].message.content
+    sent = (small.settings.requests + large.settings.requests)[-1]["messages"]
+    assert sent == [{"role": "user", "content": "and now?"}]  # the old turns went, not the question
+    with pytest.raises(openai.BadRequestError, match="even with its oldest turns dropped"):
+        await client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": long * 2}]
+        )
+
+
+async def test_a_request_over_the_input_limit_is_refused_after_trimming(
+    standin: StandinFactory, sidecar: SidecarFactory
+) -> None:
+    prompt = {"maxInputTokens": 10, "historyWindow": 1}
+    small, large, running = await limited(standin, sidecar, prompt)
     client = running.client()
     long = "word " * 28  # about 35 tokens by the 4-characters rule
     with pytest.raises(openai.BadRequestError) as refused:

@@ -26,7 +26,7 @@ from tokenomy_sidecar.stages.backend_choice import EndpointHealth, HealthTracker
 from tokenomy_sidecar.stages.exact_cache import exact_key
 from tokenomy_sidecar.stages.identify import decide
 from tokenomy_sidecar.stages.metering import Usage, cost, savings, usd
-from tokenomy_sidecar.stages.trim import cap_output, trim_prompt
+from tokenomy_sidecar.stages.trim import cap_output, fit_within, input_tokens, trim_prompt
 from tokenomy_sidecar.stores import MemoryStore
 
 from helpers import backend, policy, route
@@ -559,3 +559,21 @@ async def test_both_caches_share_one_memory_budget_and_its_gauge() -> None:
 def test_orjson_is_what_the_key_hashes() -> None:
     # Guard: the key must not depend on dict insertion order.
     assert orjson.dumps({"b": 1, "a": 2}, option=orjson.OPT_SORT_KEYS) == b'{"a":2,"b":1}'
+
+
+def test_fit_within_drops_the_oldest_turns_and_keeps_calls_with_their_results() -> None:
+    messages = agent_transcript()
+    body: dict[str, Any] = {"messages": [*messages]}
+    whole = input_tokens(body)
+    fit_within(body, whole - 1)
+    kept = body["messages"]
+    assert input_tokens(body) <= whole - 1
+    assert kept[0] == messages[0]  # the system message stays
+    assert kept[-1] == messages[-1]  # and the question
+    # Every tool result still follows the assistant message that called it.
+    for i, message in enumerate(kept):
+        if message.get("role") == "tool":
+            assert kept[i - 1].get("role") in ("assistant", "tool")
+    tiny: dict[str, Any] = {"messages": [*messages]}
+    fit_within(tiny, 1)  # cannot fit: system and the question are what is left
+    assert [m.get("role") for m in tiny["messages"]] == ["system", messages[-1]["role"]]

@@ -368,6 +368,8 @@ class CompiledPrompt(Section):
     deduplicate: bool = False
     """Drop messages that repeat an earlier one word for word."""
     max_input_tokens: Annotated[int, Field(ge=1)] | None = None
+    trim_to_fit: bool = False
+    """Over ``max_input_tokens``: drop the oldest turns until it fits, before refusing."""
     """Requests estimated above this many input tokens (after trimming) get a 400."""
 
 

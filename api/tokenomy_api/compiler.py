@@ -256,6 +256,7 @@ def _compile_policy(
             history_tokens=spec.prompt.history_tokens,
             deduplicate=spec.prompt.deduplicate,
             max_input_tokens=spec.prompt.max_input_tokens,
+            trim_to_fit=spec.prompt.over_limit == "trim",
         ),
         output=c.CompiledOutput(max_tokens=spec.output.max_tokens, brevity=spec.output.brevity),
         budget=_budget(spec),

@@ -347,7 +347,12 @@ class Prompt(ApiModel):
     deduplicate: bool = False
     """Drop messages that repeat an earlier one word for word."""
     max_input_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    """Requests estimated above this many input tokens are refused with a 400."""
+    """Requests estimated above this many input tokens (after the window) are refused with a
+    400, or trimmed to fit (``overLimit``)."""
+    over_limit: Literal["reject", "trim"] = "reject"
+    """A request over ``maxInputTokens``: refuse it (400 naming the limit), or drop its oldest
+    turns until it fits (system messages and the question always kept; a tool call stays with
+    its results) and refuse it only if it still does not."""
 
 
 class Output(ApiModel):

@@ -121,6 +121,18 @@ def input_tokens(body: dict[str, Any]) -> int:
     return estimate_tokens(prompt_text(body)) + offered
 
 
+def fit_within(body: dict[str, Any], limit: int) -> None:
+    """Drop the oldest turns until the request's estimated input fits in ``limit`` (what
+    system messages and tool definitions take stays; the question is always kept)."""
+    messages: list[dict[str, Any]] = body["messages"]
+    fixed = input_tokens({**body, "messages": [m for m in messages if m.get("role") == "system"]})
+    body["messages"] = within_tokens(messages, max(0, limit - fixed))
+    # Per-message estimates round apart from the whole's: drop more while still over.
+    while input_tokens(body) > limit and len(turns(body["messages"])) > 1:
+        oldest = turns(body["messages"])[0]
+        body["messages"] = [m for i, m in enumerate(body["messages"]) if i not in oldest]
+
+
 class Trim(Quiet):
     """Trims the request's prompt and caps its output, in place; refuses one that is still
     over the policy's input limit."""
@@ -134,11 +146,17 @@ class Trim(Quiet):
         trim_prompt(x.chat.body, config.prompt)
         cap_output(x.chat.body, config.output)
         limit = config.prompt.max_input_tokens
-        if limit is not None and (tokens := input_tokens(x.chat.body)) > limit:
+        if limit is None or input_tokens(x.chat.body) <= limit:
+            return None
+        if config.prompt.trim_to_fit:
+            fit_within(x.chat.body, limit)
+        tokens = input_tokens(x.chat.body)
+        if tokens > limit:
+            trimmed = " even with its oldest turns dropped" if config.prompt.trim_to_fit else ""
             raise ApiError(
                 400,
-                f"the request is about {tokens} input tokens, over this policy's limit of "
-                f"{limit} (spec.prompt.maxInputTokens)",
+                f"the request is about {tokens} input tokens{trimmed}, over this policy's "
+                f"limit of {limit} (spec.prompt.maxInputTokens)",
                 param="messages",
                 code="context_length_exceeded",
             )
