@@ -357,6 +357,17 @@ class CompiledPlacement(Section):
     """Prefer endpoints in the pod's own region."""
 
 
+class CompiledSummary(Section):
+    """Summaries of dropped turns, from the route's cheapest tier."""
+
+    max_tokens: Annotated[int, Field(ge=1)]
+    """Longest summary, in tokens."""
+    ttl_seconds: Seconds
+    """How long a summary is kept for the conversation's later requests."""
+    timeout_seconds: Seconds
+    """Longest a request waits for its summary."""
+
+
 class CompiledPrompt(Section):
     """The trim stage's input side."""
 
@@ -368,9 +379,11 @@ class CompiledPrompt(Section):
     deduplicate: bool = False
     """Drop messages that repeat an earlier one word for word."""
     max_input_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Requests estimated above this many input tokens (after trimming) get a 400."""
     trim_to_fit: bool = False
     """Over ``max_input_tokens``: drop the oldest turns until it fits, before refusing."""
-    """Requests estimated above this many input tokens (after trimming) get a 400."""
+    summary: CompiledSummary | None = None
+    """Summarise the turns the window drops; off when None."""
 
 
 class CompiledOutput(Section):

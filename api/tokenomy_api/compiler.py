@@ -35,6 +35,7 @@ from tokenomy_api.costpolicy import (
     CostPolicy,
     CostPolicySpec,
     Placement,
+    Prompt,
     TierThreshold,
     Tools,
 )
@@ -138,6 +139,15 @@ def no_effect(policy: CostPolicy) -> list[Problem]:
     if not spec.tools.enabled and (spec.tools.upstreams or spec.tools.mcp_servers):
         found.append(
             ("spec.tools.enabled", "is false: the tool proxy is off and its paths answer 404")
+        )
+    prompt = spec.prompt
+    if prompt.summary.enabled and prompt.history_window is None and prompt.history_tokens is None:
+        found.append(
+            (
+                "spec.prompt.summary.enabled",
+                "has no effect without historyWindow or historyTokens: nothing drops turns "
+                "to summarise",
+            )
         )
     meta = policy.metadata
     return [Problem(COST_POLICY_KIND, meta.namespace, meta.name, f, r) for f, r in found]
@@ -257,6 +267,7 @@ def _compile_policy(
             deduplicate=spec.prompt.deduplicate,
             max_input_tokens=spec.prompt.max_input_tokens,
             trim_to_fit=spec.prompt.over_limit == "trim",
+            summary=_summary(spec.prompt),
         ),
         output=c.CompiledOutput(max_tokens=spec.output.max_tokens, brevity=spec.output.brevity),
         budget=_budget(spec),
@@ -304,6 +315,17 @@ def _tools(tools: Tools) -> c.CompiledTools | None:
             )
             for m in sorted(tools.mcp_servers, key=lambda m: m.name)
         ],
+    )
+
+
+def _summary(prompt: Prompt) -> c.CompiledSummary | None:
+    summary = prompt.summary
+    if not summary.enabled or (prompt.history_window is None and prompt.history_tokens is None):
+        return None
+    return c.CompiledSummary(
+        max_tokens=summary.max_tokens,
+        ttl_seconds=_seconds(summary.ttl),
+        timeout_seconds=_seconds(summary.timeout),
     )
 
 

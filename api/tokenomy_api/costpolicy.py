@@ -336,6 +336,21 @@ class Placement(ApiModel):
     """Region choice."""
 
 
+class HistorySummary(ApiModel):
+    """A short summary from the route's cheapest tier in place of the turns the history
+    window drops (the "summary + recent turns" window)."""
+
+    enabled: bool = False
+    """Whether dropped turns are summarised; without it they are only dropped."""
+    max_tokens: Annotated[int, Field(ge=16, le=4096)] = 256
+    """Longest summary, in tokens; never more than half of what it replaces."""
+    ttl: Duration = "1h"
+    """How long a summary is kept for the same conversation's later requests (in the
+    cache store, inside the request's cache partition)."""
+    timeout: Duration = "10s"
+    """Longest a request waits for its summary; past it the turns are only dropped."""
+
+
 class Prompt(ApiModel):
     """Trimming what is sent."""
 
@@ -353,6 +368,9 @@ class Prompt(ApiModel):
     """A request over ``maxInputTokens``: refuse it (400 naming the limit), or drop its oldest
     turns until it fits (system messages and the question always kept; a tool call stays with
     its results) and refuse it only if it still does not."""
+    summary: HistorySummary = Field(default_factory=HistorySummary)
+    """Summarise the turns ``historyWindow`` or ``historyTokens`` drop (not those dropped to
+    fit ``maxInputTokens``)."""
 
 
 class Output(ApiModel):

@@ -93,6 +93,14 @@ class Metrics:
             [*ROUTE_LABELS, "lever"],
             registry=r,
         )
+        self.summaries = Counter(
+            "tokenomy_summaries",
+            "Summaries of the turns the history window dropped (prompt.summary), by result: "
+            "cached (found whole), extended (a shorter one found and extended), made (new), "
+            "failed (the turns only dropped), skipped (too little dropped to be worth one).",
+            [*ROUTE_LABELS, "result"],
+            registry=r,
+        )
         self.route_decisions = Counter(
             "tokenomy_route_decisions",
             "Starting tier chosen for requests that missed the cache, by how: domain, "

@@ -111,6 +111,10 @@ class SpendRecord:
     """Some of the tokens are an estimate (a stream cut before its usage arrived)."""
     pruned_tokens: int = 0
     """Estimated input tokens of the tool definitions pruning removed."""
+    trimmed_tokens: int = 0
+    """Estimated input tokens trimming removed, net of any summary put in their place."""
+    summary_cost: Decimal = Decimal(0)
+    """Of ``spent``, what the summary of dropped turns cost (charged to the trim lever)."""
 
 
 @dataclass
@@ -135,6 +139,8 @@ class Exchange:
     """The client's task id (``x-tokenomy-task``)."""
     embedding: bool = False
     """An embeddings request: nothing to save against the reference chat tier."""
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    """Messages the history window dropped, oldest first; a summary may stand in for them."""
     park: Callable[[Exchange], Awaitable[Answer]] | None = None
     """For a line of a batch job: hands it to the job, which answers it with the others."""
     cache: CacheRecord = field(default_factory=lambda: CacheRecord.off("not-identified"))
@@ -170,6 +176,8 @@ class Exchange:
         """Forget what the optimisations did: the client's request, to the default tier."""
         self.chat = parse_chat(self.raw)
         self.spend.pruned_tokens = 0  # the client's tools again
+        self.spend.trimmed_tokens = 0  # and its messages
+        self.dropped = []
         self.cache = CacheRecord.off("fail-open")
         self.routing = RoutingRecord(
             self.route.tier(self.route.default_tier), reason=f"fail-open ({stage})"

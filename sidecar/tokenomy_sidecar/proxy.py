@@ -37,6 +37,7 @@ from tokenomy_sidecar.stages.pack import Pack
 from tokenomy_sidecar.stages.prune_tools import PruneTools
 from tokenomy_sidecar.stages.route import Route
 from tokenomy_sidecar.stages.semantic_cache import REMEMBERED, SemanticCache
+from tokenomy_sidecar.stages.summarize import Summarize
 from tokenomy_sidecar.stages.trim import Trim
 from tokenomy_sidecar.stages.upstream import Caller, Upstream
 from tokenomy_sidecar.vectors import SharedVectors
@@ -106,6 +107,7 @@ class Proxy:
             PruneTools(metrics, vectors),
             Route(metrics, vectors),
             budget,
+            Summarize(caller, meter, metrics),
             Pack(caller, meter, metrics),
             Cascade(caller, meter, metrics),
             Forward(caller, meter),

@@ -32,6 +32,14 @@ def _cache_control(headers: Mapping[str, str]) -> set[str]:
     return {part.strip().lower() for part in value.split(",") if part.strip()}
 
 
+def may_keep(config: SidecarConfig, headers: Mapping[str, str]) -> bool:
+    """Whether anything derived from the request may be stored at all, cache on or off: not
+    for a client that said ``no-store``, nor one that sent a never-cache header."""
+    if "no-store" in _cache_control(headers):
+        return False
+    return not any(h in headers for h in config.cache.never.headers)
+
+
 def decide(
     config: SidecarConfig, body: Mapping[str, Any], headers: Mapping[str, str]
 ) -> CacheDecision:

@@ -129,10 +129,11 @@ class Meter:
         self.pod_labels = dict(pod_labels)
         self.bound = LabelBound()
 
-    def call(self, x: Exchange, reply: Reply, usage: Usage) -> Decimal:
-        """Count one backend call for the answering tier; returns the request's cost so far."""
+    def call(self, x: Exchange, reply: Reply, usage: Usage, tier: str | None = None) -> Decimal:
+        """Count one backend call for ``tier`` (the answering tier where unset); returns
+        what the call cost."""
         backend = reply.candidate.backend
-        labels = (*x.labels, x.routing.tier.name, backend.name)
+        labels = (*x.labels, tier or x.routing.tier.name, backend.name)
         m = self.metrics
         paid = cost(usage, backend.price)
         if usage.prompt or usage.completion:
@@ -141,7 +142,7 @@ class Meter:
             m.tokens.labels(*labels, "output").inc(usage.completion)
         m.money(m.cost, paid, *labels)
         self._add(x, paid, usage)
-        return x.spend.spent
+        return paid
 
     def embedding(self, x: Exchange, usage: Usage) -> None:
         """Count a call to the route's embedder (semantic cache, domain routing)."""
@@ -164,16 +165,23 @@ class Meter:
         m.requests.labels(
             *x.labels, tier, reply.candidate.backend.name, source, str(reply.status)
         ).inc()
-        saved = (
-            Decimal(0) if x.embedding else savings(usage, x.spend.spent, x.route.reference_price)
-        )
+        spend = x.spend
+        price = reply.candidate.backend.price
+        paid = spend.spent - spend.summary_cost
+        saved = Decimal(0) if x.embedding else savings(usage, paid, x.route.reference_price)
         m.money(m.savings, saved, *x.labels, x.routing.lever)
         m.money(m.overspend, -saved, *x.labels, x.routing.lever)
-        if x.spend.pruned_tokens:
+        if spend.pruned_tokens:
             # The definitions pruning removed, at the answering backend's input price.
-            pruned = cost(Usage(prompt=x.spend.pruned_tokens), reply.candidate.backend.price)
+            pruned = cost(Usage(prompt=spend.pruned_tokens), price)
             m.money(m.savings, pruned, *x.labels, "tool_pruning")
             saved += pruned
+        if spend.trimmed_tokens or spend.summary_cost:
+            # The same for the turns trimming dropped, less what their summary cost.
+            trimmed = cost(Usage(prompt=spend.trimmed_tokens), price) - spend.summary_cost
+            m.money(m.savings, trimmed, *x.labels, "trim")
+            m.money(m.overspend, -trimmed, *x.labels, "trim")
+            saved += trimmed
         self.record(x, tier, source, saved)
 
     def hit(self, x: Exchange, tier: str, usage: Usage, source: str) -> None:

@@ -27,22 +27,27 @@ def cap_output(body: dict[str, Any], output: CompiledOutput) -> bool:
         body[field] = cap
         changed = True
     if output.brevity:
-        # After the app's own leading system messages, never before them: the prefix a
-        # provider's prompt cache keys on stays the app's.
         messages = body["messages"]
-        lead = next(
-            (i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")),
-            len(messages),
-        )
+        lead = lead_end(messages)
         brevity = {"role": "system", "content": output.brevity}
         body["messages"] = [*messages[:lead], brevity, *messages[lead:]]
         changed = True
     return changed
 
 
-def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> bool:
-    """Apply deduplication, the history window and the token budget; True if messages
-    changed.
+def lead_end(messages: list[dict[str, Any]]) -> int:
+    """Where the app's leading system (and developer) messages end: what the sidecar adds
+    goes there, never before them, so the prefix a provider's prompt cache keys on stays
+    the app's."""
+    return next(
+        (i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")),
+        len(messages),
+    )
+
+
+def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> list[dict[str, Any]]:
+    """Apply deduplication, the history window and the token budget; returns the messages
+    the window and the budget dropped (oldest first), which a summary may stand in for.
 
     System messages are always kept; the window counts the others, newest last,
     so the question being asked is never dropped.
@@ -58,6 +63,7 @@ def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> bool:
                 seen.add(fingerprint)
                 unique.append(message)
         kept = unique
+    deduplicated = kept
     if prompt.history_window is not None:
         others = [i for i, m in enumerate(kept) if m.get("role") != "system"]
         drop = set(others[: max(0, len(others) - prompt.history_window)])
@@ -71,9 +77,11 @@ def trim_prompt(body: dict[str, Any], prompt: CompiledPrompt) -> bool:
     if prompt.history_tokens is not None:
         kept = within_tokens(kept, prompt.history_tokens)
     if len(kept) == len(messages):
-        return False
+        return []
     body["messages"] = kept
-    return True
+    # Identity, not equality: a repeated message may be kept once and dropped once.
+    still = {id(m) for m in kept}
+    return [m for m in deduplicated if id(m) not in still]
 
 
 def turns(messages: list[dict[str, Any]]) -> list[list[int]]:
@@ -143,21 +151,25 @@ class Trim(Quiet):
     async def request(self, x: Exchange) -> Answer | None:
         """Trim, then check the limit; never answers."""
         config = x.runtime.config
-        trim_prompt(x.chat.body, config.prompt)
-        cap_output(x.chat.body, config.output)
+        body = x.chat.body
+        before = input_tokens(body)
+        x.dropped = trim_prompt(body, config.prompt)
+        removed = before - input_tokens(body)
+        cap_output(body, config.output)
         limit = config.prompt.max_input_tokens
-        if limit is None or input_tokens(x.chat.body) <= limit:
+        if limit is not None and config.prompt.trim_to_fit and input_tokens(body) > limit:
+            fitted = input_tokens(body)
+            fit_within(body, limit)
+            removed += fitted - input_tokens(body)
+        x.spend.trimmed_tokens = removed
+        tokens = input_tokens(body)
+        if limit is None or tokens <= limit:
             return None
-        if config.prompt.trim_to_fit:
-            fit_within(x.chat.body, limit)
-        tokens = input_tokens(x.chat.body)
-        if tokens > limit:
-            trimmed = " even with its oldest turns dropped" if config.prompt.trim_to_fit else ""
-            raise ApiError(
-                400,
-                f"the request is about {tokens} input tokens{trimmed}, over this policy's "
-                f"limit of {limit} (spec.prompt.maxInputTokens)",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        return None
+        trimmed = " even with its oldest turns dropped" if config.prompt.trim_to_fit else ""
+        raise ApiError(
+            400,
+            f"the request is about {tokens} input tokens{trimmed}, over this policy's "
+            f"limit of {limit} (spec.prompt.maxInputTokens)",
+            param="messages",
+            code="context_length_exceeded",
+        )
