@@ -154,6 +154,14 @@ def test_status_shows_the_sidecar_and_its_spend(agent: NodeCluster) -> None:
     assert conditions["SidecarsInjected"]["status"] == "True"
     table = kubectl(admin, "get", "costpolicies", "-n", "shop").stdout
     assert "agent" in table
+    # kubectl get reads status.display: money to the cent, every route and tier.
+    display = status["display"]
+    assert display["spend"].lstrip("<").startswith("$"), display
+    assert any(w.lstrip("<").startswith("$") for w in table.split()), table  # spend moves on
+    assert display["routes"] in table
+    routes = kubectl(admin, "get", "modelroutes", "-n", "shop").stdout
+    for item in get(admin, "-n", "shop", "modelroutes")["items"]:
+        assert ",".join(t["name"] for t in item["spec"]["tiers"]) in routes, routes
 
 
 def test_a_policy_change_reaches_the_running_sidecar_and_a_bad_one_is_refused(

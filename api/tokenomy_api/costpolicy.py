@@ -792,6 +792,20 @@ class PreviousPeriod(ApiModel):
     """What was reported in it."""
 
 
+class PolicyDisplay(ApiModel):
+    """What ``kubectl get`` shows: rounded and joined for reading (exact values stay in
+    the fields above)."""
+
+    routes: Annotated[str, Field(max_length=4096)] = ""
+    """Every route the policy uses, comma-separated."""
+    budget: Annotated[str, Field(max_length=64)] = ""
+    """The budget with its currency and period, e.g. ``100 USD/month``."""
+    spend: Annotated[str, Field(max_length=32)] = ""
+    """Spend this period, to the cent, e.g. ``$12.35``."""
+    saved: Annotated[str, Field(max_length=32)] = ""
+    """Savings this period, to the cent."""
+
+
 class CostPolicyStatus(ApiModel):
     """What the operator observed of a CostPolicy."""
 
@@ -824,6 +838,8 @@ class CostPolicyStatus(ApiModel):
     """How often semantic hits answer another question, measured this period."""
     previous_period: PreviousPeriod | None = None
     """Totals of the last period."""
+    display: PolicyDisplay | None = None
+    """The same, readable: what the printer columns show."""
 
 
 class CostPolicy(ApiModel):

@@ -61,11 +61,11 @@ CRDS: tuple[CrdSpec, ...] = (
         short_names=COST_POLICY_SHORT_NAMES,
         printer_columns=(
             {"name": "Ready", "type": "string", "jsonPath": _READY},
-            {"name": "Routes", "type": "string", "jsonPath": ".spec.routes[*]"},
-            {"name": "Budget", "type": "string", "jsonPath": ".spec.budget.amount"},
-            {"name": "Spend", "type": "string", "jsonPath": ".status.spend.amount"},
+            {"name": "Routes", "type": "string", "jsonPath": ".status.display.routes"},
+            {"name": "Budget", "type": "string", "jsonPath": ".status.display.budget"},
+            {"name": "Spend", "type": "string", "jsonPath": ".status.display.spend"},
             {"name": "Used", "type": "string", "jsonPath": ".status.spend.budgetUsed"},
-            {"name": "Saved", "type": "string", "jsonPath": ".status.savings"},
+            {"name": "Saved", "type": "string", "jsonPath": ".status.display.saved"},
             {"name": "Hit rate", "type": "string", "jsonPath": ".status.cacheHitRate"},
             {"name": "Sidecars", "type": "integer", "jsonPath": ".status.sidecars.acknowledged"},
             {
@@ -85,7 +85,7 @@ CRDS: tuple[CrdSpec, ...] = (
         short_names=MODEL_ROUTE_SHORT_NAMES,
         printer_columns=(
             {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
-            {"name": "Tiers", "type": "string", "jsonPath": ".spec.tiers[*].name"},
+            {"name": "Tiers", "type": "string", "jsonPath": ".status.display.tiers"},
             {"name": "Ready", "type": "string", "jsonPath": _READY},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ),

@@ -208,6 +208,13 @@ class BackendStatus(ApiModel):
     """Ready endpoints (1 for a ``url`` backend)."""
 
 
+class RouteDisplay(ApiModel):
+    """What ``kubectl get`` shows."""
+
+    tiers: Annotated[str, Field(max_length=4096)] = ""
+    """Every tier, cheapest first, comma-separated."""
+
+
 class ModelRouteStatus(ApiModel):
     """What the operator observed of a ModelRoute."""
 
@@ -217,6 +224,8 @@ class ModelRouteStatus(ApiModel):
     """``Ready`` (the spec is valid) and ``ResolvedRefs`` (Services and Secrets exist)."""
     backends: list[BackendStatus] = Field(default_factory=list)
     """Endpoint counts per backend."""
+    display: RouteDisplay | None = None
+    """The same, readable: what the printer columns show."""
 
 
 class ModelRoute(ApiModel):

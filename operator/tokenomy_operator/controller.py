@@ -41,6 +41,7 @@ from tokenomy_operator.status import (
     budget_condition,
     condition,
     crossed_thresholds,
+    policy_display,
     policy_status,
     route_status,
 )
@@ -257,6 +258,7 @@ class Controller:
                         )
                     )  # fmt: skip
                     warnings = crossed_thresholds(previous.get("spend"), spend, budget)
+            status["display"] = policy_display(result.specs.get(key), status)
             await self._write("CostPolicy", COST_POLICY_PLURAL, namespace, name, status, previous)
             for percent in warnings:  # none unless leading: a standby has no usage
                 await self.writer.event(

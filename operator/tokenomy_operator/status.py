@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from tokenomy_api.costpolicy import Budget
+from tokenomy_api.costpolicy import Budget, CostPolicySpec
 from tokenomy_operator.state import PolicyStatus, RouteStatus
 
 
@@ -185,7 +185,38 @@ def route_status(observed: RouteStatus, previous: Mapping[str, Any], now: str) -
             _ready(observed, conditions, now),
             condition("ResolvedRefs", *resolved, observed.generation, conditions, now),
         ],
+        "display": {"tiers": ",".join(dict.fromkeys(t for t, _, _ in observed.endpoints))},
     }
+
+
+PERIODS = {"daily": "day", "weekly": "week", "monthly": "month"}
+CENT = Decimal("0.01")
+
+
+def dollars(amount: str | Decimal) -> str:
+    """An amount to the cent, for reading: ``$12.35``, ``-$0.40``; ``<$0.01`` for less
+    than a cent that is not nothing (status keeps the exact figure)."""
+    value = Decimal(amount)
+    sign = "-" if value < 0 else ""
+    if 0 < abs(value) < CENT / 2:
+        return f"{sign}<$0.01"
+    return f"{sign}${abs(value).quantize(CENT, ROUND_HALF_UP):,}"
+
+
+def policy_display(spec: CostPolicySpec | None, status: Mapping[str, Any]) -> dict[str, str]:
+    """``status.display``: the printer columns' text, from the spec and the status written."""
+    out: dict[str, str] = {}
+    if spec is not None:
+        out["routes"] = ",".join(spec.routes)
+        if spec.budget is not None:
+            amount = spec.budget.amount.normalize()
+            out["budget"] = f"{amount:f} USD/{PERIODS[spec.budget.period]}"
+    spend = status.get("spend")
+    if spend is not None:
+        out["spend"] = dollars(spend["amount"])
+    if status.get("savings") is not None:
+        out["saved"] = dollars(status["savings"])
+    return out
 
 
 def budget_condition(
