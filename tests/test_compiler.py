@@ -69,7 +69,7 @@ def test_the_contract_imports_no_crd_type() -> None:
     assert imported & {"tokenomy_api.costpolicy", "tokenomy_api.modelroute"} == set()
     assert set(SidecarConfig.model_fields) == {
         "version", "policy", "routes", "cache", "cascade", "routing", "quality", "tool_pruning",
-        "placement", "prompt", "output", "budget", "tools", "packing", "attribution",
+        "placement", "prompt", "output", "budget", "tools", "packing", "attribution", "shadow",
     }  # fmt: skip
 
 

@@ -387,14 +387,22 @@ def usage_report(number: int, **fields: Any) -> Report:
     return usage.report(number)
 
 
-async def test_status_sums_what_sidecars_report_and_a_restart_resumes_it() -> None:
+def counting(
+    policy: dict[str, Any],
+) -> tuple[Controller, MemoryWriter, UsageService, ManualClock, SnapshotCache]:
+    """A controller that counts usage reports, for the route ``chat`` and ``policy``."""
     clock = ManualClock()
     cache = SnapshotCache()
     writer = MemoryWriter()
     controller = Controller(cache, AdsServer(cache), writer, clock=clock, debounce=0.01)
     usage = controller.usage = UsageService(controller.budget_of, clock, ready=False)
     controller.state.routes[("ns", "chat")] = route_doc()
-    controller.state.policies[("ns", "agent")] = policy_doc()
+    controller.state.policies[("ns", "agent")] = policy
+    return controller, writer, usage, clock, cache
+
+
+async def test_status_sums_what_sidecars_report_and_a_restart_resumes_it() -> None:
+    controller, writer, usage, clock, cache = counting(policy_doc())
     await controller.sync()
     team = (("team", "growth"),)
     reports = [

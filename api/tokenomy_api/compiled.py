@@ -357,6 +357,21 @@ class CompiledPlacement(Section):
     """Prefer endpoints in the pod's own region."""
 
 
+class CompiledShadow(Section):
+    """The shadow stage: which answers are compared with the reference tier's, and how."""
+
+    sample: Annotated[float, Field(gt=0, le=1)]
+    """Share of eligible answers compared."""
+    max_spend_share: Annotated[float, Field(gt=0)]
+    """Shadow spend stops above this share of the requests' own spend."""
+    compare: Literal["auto", "exact", "similarity", "judge"]
+    """How answers are compared."""
+    similarity: Fraction
+    """Cosine similarity at or above which two free-text answers agree."""
+    judge_tier: DnsLabel | None = None
+    """Tier that judges; the route's cheapest when None."""
+
+
 class CompiledSummary(Section):
     """Summaries of dropped turns, from the route's cheapest tier."""
 
@@ -511,6 +526,8 @@ class SidecarConfig(Section):
     """Routing."""
     quality: CompiledQuality = CompiledQuality()
     """The quality trained cuts keep."""
+    shadow: CompiledShadow | None = None
+    """Shadow comparison; none when it is off."""
     tool_pruning: CompiledToolPruning | None = None
     """How tool definitions are pruned; none when pruning is off."""
     tools: CompiledTools | None = None
@@ -551,6 +568,7 @@ class SidecarConfig(Section):
                 "budget": None,
                 "tool_pruning": None,
                 "packing": None,
+                "shadow": None,
                 "tools": self.tools.uncached() if self.tools is not None else None,
             }
         ).versioned()

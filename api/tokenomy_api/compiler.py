@@ -36,6 +36,7 @@ from tokenomy_api.costpolicy import (
     CostPolicySpec,
     Placement,
     Prompt,
+    Shadow,
     TierThreshold,
     Tools,
 )
@@ -238,6 +239,7 @@ def _compile_policy(
         cache=_cache(spec.cache),
         cascade=_cascade(spec),
         quality=CompiledQuality(target=spec.quality.target, confidence=spec.quality.confidence),
+        shadow=_shadow(spec.shadow),
         tool_pruning=(
             CompiledToolPruning(
                 min_tools=spec.tools.pruning.min_tools, keep_share=spec.tools.pruning.keep_share
@@ -315,6 +317,18 @@ def _tools(tools: Tools) -> c.CompiledTools | None:
             )
             for m in sorted(tools.mcp_servers, key=lambda m: m.name)
         ],
+    )
+
+
+def _shadow(shadow: Shadow) -> c.CompiledShadow | None:
+    if not shadow.enabled:
+        return None
+    return c.CompiledShadow(
+        sample=shadow.sample,
+        max_spend_share=shadow.max_spend_share,
+        compare=shadow.compare,
+        similarity=shadow.similarity,
+        judge_tier=shadow.judge_tier,
     )
 
 
@@ -450,6 +464,8 @@ def _embedding_users(policy: CostPolicy) -> str:
             return f"spec.routing.domains[{i}].examples"
     if policy.spec.tools.pruning.enabled:
         return "spec.tools.pruning.enabled"
+    if policy.spec.shadow.enabled and policy.spec.shadow.compare == "similarity":
+        return "spec.shadow.compare"
     return ""
 
 
@@ -480,6 +496,8 @@ def _check_tier_references(policy: CostPolicy, route: ModelRoute, problem: Probl
         check(f"spec.routing.complexity.perTier[{i}].tier", item.tier)
     for i, domain in enumerate(spec.routing.domains):
         check(f"spec.routing.domains[{i}].tier", domain.tier)
+    if spec.shadow.enabled and spec.shadow.judge_tier is not None:
+        check("spec.shadow.judgeTier", spec.shadow.judge_tier)
 
 
 _T = TypeVar("_T", float, float | None)

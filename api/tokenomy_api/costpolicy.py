@@ -297,6 +297,33 @@ class Quality(ApiModel):
     ``FieldsInEffect`` condition says so. Thresholds set by hand are used as set."""
 
 
+class Shadow(ApiModel):
+    """Quality measured on live traffic: a sample of the answers a cheaper lever gave,
+    compared off the request path with the reference tier's answer to the same request."""
+
+    enabled: bool = False
+    """Compare a sample of eligible answers: those of a tier cheaper than the reference
+    (default tier, routing, cascade) and semantic cache hits."""
+    sample: Annotated[float, Field(ge=0.001, le=1.0)] = 0.05
+    """Share of eligible answers compared (0.05: one in twenty)."""
+    max_spend_share: Annotated[float, Field(ge=0.001, le=10.0)] = 0.1
+    """Shadow calls stop while they have cost more than this share of what the policy's
+    requests cost (above 1 for a short, thorough measurement: a comparison calls the
+    reference tier, and a judge or embedder too). Each sidecar holds its own spend to
+    it, so the policy's total does; the shadow spend also counts against ``budget`` and
+    stops when the budget is spent."""
+    compare: Literal["auto", "exact", "similarity", "judge"] = "auto"
+    """How two answers are compared: ``exact`` (normalised text; JSON by value; a final
+    number by value), ``similarity`` (embeddings of the two answers, the route's embedder),
+    ``judge`` (a prompt asking ``judgeTier`` whether they say the same), ``auto`` (``exact``
+    where the reference is structured — JSON, a final number, a short label — else
+    ``similarity`` with an embedder, ``judge`` without one)."""
+    similarity: Fraction = 0.85
+    """Cosine similarity of the two answers at or above which they agree."""
+    judge_tier: DnsLabel | None = None
+    """Tier that judges free text for ``judge``; the route's cheapest when unset."""
+
+
 # --- placement, prompt, output ---------------------------------------------
 
 
@@ -611,7 +638,10 @@ class CostPolicySpec(ApiModel):
     routing: Routing = Field(default_factory=Routing)
     """Complexity and domain routing."""
     quality: Quality = Field(default_factory=Quality)
-    """The quality complexity routing and the ``scorer`` cascade keep."""
+    """The quality complexity routing and the ``scorer`` cascade keep; ``target`` is
+    also the floor shadow comparison judges measured quality against."""
+    shadow: Shadow = Field(default_factory=Shadow)
+    """Shadow comparison against the reference tier."""
     placement: Placement = Field(default_factory=Placement)
     """Backend choice within a tier."""
     prompt: Prompt = Field(default_factory=Prompt)
@@ -779,6 +809,68 @@ class SemanticChecks(ApiModel):
     """Upper bound (99 %) of the share of wrong answers among semantic hits, e.g. ``1.8%``."""
 
 
+class LeverComparisons(ApiModel):
+    """Shadow comparisons of one lever."""
+
+    lever: Annotated[str, Field(max_length=64)]
+    """``semantic_cache``, ``routing``, ``cascade`` or ``tier`` (the route's default tier)."""
+    compared: Count = 0
+    """Answers compared this period."""
+    agreed: Count = 0
+    """Of those, the ones the reference tier's answer agreed with."""
+
+
+class ShadowCounts(ApiModel):
+    """What shadow comparisons counted this period: what a restarted operator resumes."""
+
+    cost: Money = Decimal(0)
+    """USD they cost (part of ``spend.amount``)."""
+    comparisons: list[LeverComparisons] = Field(default_factory=list, max_length=16)
+    """Per lever."""
+
+
+ShownShare = Annotated[str, Field(max_length=16)]
+"""A share for reading, e.g. ``97.3%``."""
+
+
+class LeverQuality(ApiModel):
+    """One lever's agreement with the reference tier, and its interval."""
+
+    lever: Annotated[str, Field(max_length=64)]
+    """The lever."""
+    compared: Count = 0
+    """Answers compared this period."""
+    agreement: ShownShare = ""
+    """Share the reference agreed with."""
+    lower: ShownShare = ""
+    """Lower end of the interval at ``confidence``."""
+    upper: ShownShare = ""
+    """Upper end; below ``floor``, condition ``QualityBelowFloor`` is True."""
+
+
+class QualityRetained(ApiModel):
+    """Quality retained as shadow comparisons measure it this period (``spec.shadow``)."""
+
+    floor: ShownShare = ""
+    """``spec.quality.target``."""
+    confidence: ShownShare = ""
+    """``spec.quality.confidence``: the intervals' coverage."""
+    compared: Count = 0
+    """Answers compared, all levers."""
+    agreement: ShownShare = ""
+    """Share the reference agreed with, all levers."""
+    lower: ShownShare = ""
+    """Lower end of its interval."""
+    upper: ShownShare = ""
+    """Upper end of its interval."""
+    levers: list[LeverQuality] = Field(default_factory=list, max_length=16)
+    """Per lever."""
+    shadow_cost: Money = Decimal(0)
+    """USD the comparisons cost this period."""
+    shadow_share: ShownShare = ""
+    """That cost as a share of the period's spend."""
+
+
 class PreviousPeriod(ApiModel):
     """The last period's totals: the ``previousPeriod`` baseline of alerts."""
 
@@ -812,8 +904,8 @@ class CostPolicyStatus(ApiModel):
     observed_generation: Annotated[int, Field(ge=0)] = 0
     """The ``metadata.generation`` this status describes."""
     conditions: list[Condition] = Field(default_factory=list)
-    """``Ready``, ``Applied``, ``SidecarsInjected``, ``FieldsInEffect``, ``BudgetExceeded`` and
-    alert conditions."""
+    """``Ready``, ``Applied``, ``SidecarsInjected``, ``FieldsInEffect``, ``BudgetExceeded``,
+    ``QualityBelowFloor`` and alert conditions."""
     config_version: Annotated[str, Field(max_length=64)] = ""
     """Version (content hash) of the compiled config in force."""
     sidecars: Sidecars = Field(default_factory=Sidecars)
@@ -836,6 +928,10 @@ class CostPolicyStatus(ApiModel):
     """Cost and tokens per task this period."""
     semantic_checks: SemanticChecks | None = None
     """How often semantic hits answer another question, measured this period."""
+    shadow: ShadowCounts | None = None
+    """Shadow comparisons counted this period."""
+    quality: QualityRetained | None = None
+    """Quality retained, from the shadow comparisons."""
     previous_period: PreviousPeriod | None = None
     """Totals of the last period."""
     display: PolicyDisplay | None = None

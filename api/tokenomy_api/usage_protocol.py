@@ -22,6 +22,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 SERVICE = "tokenomy.usage.v1.Usage"
 SEMANTIC_CHECKS = frozenset({"correct", "wrong"})
+SHADOW_LEVERS = frozenset({"semantic_cache", "routing", "cascade", "tier"})
+"""What a shadow comparison can have measured: an answer from the semantic cache, or from a
+tier cheaper than the reference chosen by routing, the cascade or the route's default."""
+VERDICTS = frozenset({"agree", "disagree"})
+OUTCOMES = frozenset({"success", "failure"})
 METHOD = f"/{SERVICE}/Stream"
 TOOL_MAX = 300
 """Longest ``server/tool`` name kept from a report."""
@@ -51,6 +56,12 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         # A call through the tool proxy ("server/tool"), not a model request.
         ("tool", 14, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
         ("cached_input_tokens", 15, _F.TYPE_UINT64, _F.LABEL_OPTIONAL, ""),
+        # A shadow comparison ("lever"), not a request: did the reference tier agree?
+        ("shadow", 16, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("verdict", 17, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        # A task's outcome ("success" or "failure"), with the app's score if it gave one.
+        ("outcome", 18, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("score", 19, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
     ],
     "SidecarMessage": [
         ("holder", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
@@ -148,6 +159,16 @@ class RequestUsage:
     tool: str = ""
     """For a call through the tool proxy, ``server/tool`` (``cache`` is then ``hit`` or
     ``miss``); empty for a model request."""
+    shadow: str = ""
+    """For a shadow comparison, the lever whose answer was compared (one of
+    :data:`SHADOW_LEVERS`); ``cost`` and the tokens are then the comparison's."""
+    verdict: str = ""
+    """For a shadow comparison: ``agree`` or ``disagree`` (the reference tier's answer
+    against the one served); empty when the comparison failed (its cost still counts)."""
+    outcome: str = ""
+    """For a task's outcome (``task`` names it): ``success`` or ``failure``."""
+    score: float | None = None
+    """The app's score of the task's outcome (0 to 1), if it gave one."""
 
     @property
     def hit(self) -> bool:
@@ -172,6 +193,10 @@ class RequestUsage:
             estimated=self.estimated,
             semantic_check=self.semantic_check,
             tool=self.tool,
+            shadow=self.shadow,
+            verdict=self.verdict,
+            outcome=self.outcome,
+            score="" if self.score is None else repr(self.score),
         )
 
     @classmethod
@@ -204,4 +229,17 @@ class RequestUsage:
             if report.semantic_check in SEMANTIC_CHECKS
             else "",
             tool=report.tool[:TOOL_MAX],
+            shadow=report.shadow if report.shadow in SHADOW_LEVERS else "",
+            verdict=report.verdict if report.verdict in VERDICTS else "",
+            outcome=report.outcome if report.outcome in OUTCOMES and report.task else "",
+            score=_score(report.score),
         )
+
+
+def _score(text: str) -> float | None:
+    """A reported score in [0, 1]; None when absent or not such a number."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None

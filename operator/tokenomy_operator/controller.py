@@ -18,11 +18,12 @@ import datetime
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_api.compiled import SidecarConfig
-from tokenomy_api.costpolicy import Alerts, Budget
+from tokenomy_api.costpolicy import Alerts, Budget, CostPolicySpec
 from tokenomy_api.names import COST_POLICY_PLURAL, MODEL_ROUTE_PLURAL, SIDECAR_CONFIG_TYPE_URL
 from tokenomy_api.periods import rfc3339
 from tokenomy_operator.metrics import OperatorMetrics
@@ -34,6 +35,8 @@ from tokenomy_operator.spend.alerting import (
     evaluate,
     period_window,
 )
+from tokenomy_operator.spend.quality import CONDITION as QUALITY_CONDITION
+from tokenomy_operator.spend.quality import floor_verdict, quality_status
 from tokenomy_operator.spend.usage import UsageService
 from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
 from tokenomy_operator.status import (
@@ -249,6 +252,10 @@ class Controller:
                     status["conditions"] += self._alerts(
                         key, spec.alerts.resolved(), observed, previous, now
                     )
+                    if spec.shadow.enabled or "shadow" in status:
+                        status["conditions"].append(
+                            self._quality(status, spec, observed, previous, now)
+                        )
                     self.metrics.policy_usage(namespace, name, status)
                 if spend is not None and budget is not None:
                     status["conditions"].append(
@@ -276,6 +283,25 @@ class Controller:
             previous = self.state.routes.get((namespace, name), {}).get("status") or {}
             status = route_status(observed_route, previous, now)
             await self._write("ModelRoute", MODEL_ROUTE_PLURAL, namespace, name, status, previous)
+
+    @staticmethod
+    def _quality(
+        status: dict[str, Any],
+        spec: CostPolicySpec,
+        observed: PolicyStatus,
+        previous: Mapping[str, Any],
+        now: str,
+    ) -> dict[str, Any]:
+        """``status.quality`` from the shadow comparisons, and its floor condition."""
+        target, confidence = spec.quality.target, spec.quality.confidence
+        spend = status.get("spend")
+        amount = Decimal(str(spend["amount"])) if spend else None
+        status["quality"] = quality_status(status.get("shadow"), target, confidence, amount)
+        verdict = floor_verdict(status.get("shadow"), target, confidence)
+        return condition(
+            QUALITY_CONDITION, verdict.breached, verdict.reason, verdict.message,
+            observed.generation, previous.get("conditions") or [], now,
+        )  # fmt: skip
 
     def _alerts(
         self,
@@ -360,7 +386,7 @@ class Reply:
     """Why it refused it."""
 
 
-BAD_WHEN_TRUE = frozenset({"BudgetExceeded", *ALERT_CONDITIONS})
+BAD_WHEN_TRUE = frozenset({"BudgetExceeded", QUALITY_CONDITION, *ALERT_CONDITIONS})
 """Conditions whose ``True`` is the trouble (an Event of type Warning)."""
 
 

@@ -16,6 +16,10 @@ from prometheus_client import (
 )
 
 from tokenomy_operator.spend.alerting import ALERT_CONDITIONS
+from tokenomy_operator.spend.quality import CONDITION as QUALITY_CONDITION
+
+BOUNDS = (("estimate", "agreement"), ("lower", "lower"), ("upper", "upper"))
+"""The quality gauge's ``bound`` label, and the ``status.quality`` field it reads."""
 
 
 class OperatorMetrics:
@@ -76,6 +80,20 @@ class OperatorMetrics:
             policy,
             registry=r,
         )
+        self.policy_quality = Gauge(
+            "tokenomy_policy_quality_retained",
+            "Share of shadow comparisons this period in which the reference tier agreed with "
+            "the answer a cheaper lever served, by lever (all: together) and bound (estimate, "
+            "lower, upper: the interval at the policy's quality.confidence).",
+            [*policy, "lever", "bound"],
+            registry=r,
+        )
+        self.policy_shadow_cost = Gauge(
+            "tokenomy_policy_shadow_cost_usd",
+            "USD shadow comparisons cost this period (part of the spend).",
+            policy,
+            registry=r,
+        )
         self.policy_alert = Gauge(
             "tokenomy_policy_alert",
             "1 while an alert condition of the CostPolicy is True.",
@@ -95,8 +113,22 @@ class OperatorMetrics:
             self.policy_tasks.labels(namespace, name).set(tasks["count"])
             self.policy_task_cost.labels(namespace, name).set(float(tasks["costPerTask"]))
             self.policy_task_tokens.labels(namespace, name).set(tasks["tokensPerTask"])
+        quality = status.get("quality")
+        if quality:
+            self.policy_shadow_cost.labels(namespace, name).set(float(quality["shadowCost"]))
+            levers = [*quality.get("levers", []), {"lever": "all", **quality}]
+            for entry in levers:
+                if "agreement" not in entry:
+                    continue
+                for bound, key in (
+                    ("estimate", "agreement"),
+                    ("lower", "lower"),
+                    ("upper", "upper"),
+                ):
+                    value = float(entry[key].rstrip("%")) / 100
+                    self.policy_quality.labels(namespace, name, entry["lever"], bound).set(value)
         for c in status.get("conditions") or []:
-            if c["type"] in ALERT_CONDITIONS:
+            if c["type"] in ALERT_CONDITIONS or c["type"] == QUALITY_CONDITION:
                 self.policy_alert.labels(namespace, name, c["type"]).set(c["status"] == "True")
 
     def xds_reply(self, node: str, type_url: str, version: str, error: str) -> None:

@@ -289,6 +289,8 @@ class Sidecar:
         # /readyz on the metrics port answers "draining"; the metrics server last.
         for runner in self._runners:
             await runner.cleanup()
+        if self.proxy is not None:
+            await self.proxy.shadow.drain()  # before the budgets it reports to close
         if self.budgets is not None:
             await self.budgets.close()
         if self.share is not None:

@@ -101,6 +101,29 @@ class Metrics:
             [*ROUTE_LABELS, "result"],
             registry=r,
         )
+        self.shadow_comparisons = Counter(
+            "tokenomy_shadow_comparisons",
+            "Answers of a cheaper lever compared with the reference tier's answer to the same "
+            "request (spec.shadow), by lever (semantic_cache, routing, cascade, tier) and "
+            "result (agree, disagree, failed).",
+            [*ROUTE_LABELS, "lever", "result"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "tokenomy_shadow_skipped",
+            "Sampled answers not compared, by reason: spend_share (shadow spend at its share "
+            "of the requests'), budget (the policy's budget is spent), busy (comparisons in "
+            "flight at their limit).",
+            [*ROUTE_LABELS, "reason"],
+            registry=r,
+        )
+        self.shadow_cost = Counter(
+            "tokenomy_shadow_cost_usd",
+            "USD shadow comparisons cost (reference and judge calls, embeddings): a line of "
+            "its own, not in tokenomy_cost_usd_total.",
+            ROUTE_LABELS,
+            registry=r,
+        )
         self.route_decisions = Counter(
             "tokenomy_route_decisions",
             "Starting tier chosen for requests that missed the cache, by how: domain, "

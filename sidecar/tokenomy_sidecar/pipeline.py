@@ -150,6 +150,9 @@ class Exchange:
     """(namespace, policy, route): the labels every metric of this request carries."""
     headers: dict[str, str] = field(default_factory=dict)
     """Headers the answer (or the error) carries."""
+    answer: Answer | None = None
+    """What the stages answered with, once one did (a relayed stream's completion is
+    filled in as it is written)."""
 
     def __post_init__(self) -> None:
         self.routing = RoutingRecord(self.route.tier(self.route.default_tier))
@@ -268,6 +271,7 @@ class Pipeline:
                 failed = True
                 continue
             if answer is not None:
+                x.answer = answer
                 return answer, ran
         raise RuntimeError("no stage answered: the last stage must always answer")
 

@@ -37,6 +37,7 @@ from tokenomy_sidecar.stages.pack import Pack
 from tokenomy_sidecar.stages.prune_tools import PruneTools
 from tokenomy_sidecar.stages.route import Route
 from tokenomy_sidecar.stages.semantic_cache import REMEMBERED, SemanticCache
+from tokenomy_sidecar.stages.shadow import Shadow
 from tokenomy_sidecar.stages.summarize import Summarize
 from tokenomy_sidecar.stages.trim import Trim
 from tokenomy_sidecar.stages.upstream import Caller, Upstream
@@ -78,11 +79,15 @@ class Proxy:
             metrics, meter, semantic, vectors, share, outcomes or WrongHitBudget()
         )
         self.caller, self.meter = caller, meter
-        stages = self.chat_stages(metrics, meter, caller, vectors, self.semantic_cache, budget)
+        self.shadow = Shadow(caller, vectors, metrics, rng)
+        stages = self.chat_stages(
+            metrics, meter, caller, vectors, self.semantic_cache, budget, self.shadow
+        )
         self.chat_pipeline = Pipeline(stages, metrics)
         # A batch job's lines: the same stages up to the calls, which the job makes together.
+        online = (Pack, Cascade, Forward, Shadow)
         self.batch_pipeline = Pipeline(
-            [*(s for s in stages if not isinstance(s, (Pack, Cascade, Forward))), Park()], metrics
+            [*(s for s in stages if not isinstance(s, online)), Park()], metrics
         )
         self.embeddings_pipeline = Pipeline(
             [budget, Forward(caller, meter, path="/embeddings")], metrics
@@ -97,9 +102,13 @@ class Proxy:
         vectors: SharedVectors,
         semantic_cache: SemanticCache,
         budget: Budget,
+        shadow: Shadow,
     ) -> list[Stage]:
-        """A chat request's stages, in DESIGN.md's order."""
+        """A chat request's stages, in DESIGN.md's order. The shadow stage comes first so
+        that its ``close`` (a comparison, once the answer is written) follows no other
+        stage's; it does nothing before the answer."""
         return [
+            shadow,
             Identify(),
             Trim(),
             ExactCache(metrics, meter),

@@ -63,7 +63,7 @@ class Writer:
         return response
 
     async def _relay(self, request: web.Request, x: Exchange, answer: Answer) -> web.StreamResponse:
-        """Relay a stream event by event; meter it, and assemble it if it may be stored.
+        """Relay a stream event by event; meter it, and assemble it if it may be kept.
 
         A client that leaves does not end the reading: the provider bills the
         whole answer, so it is read to its usage chunk and metered (and may
@@ -76,7 +76,9 @@ class Writer:
         assert answer.settle is not None
         upstream = reply.stream
         response = web.StreamResponse(headers={**x.headers, **SSE_HEADERS})
-        seen = _Seen(keep=[] if x.cache.decision.store else None)
+        # Assembled where the cache may store it or a shadow comparison may read it.
+        whole = x.cache.decision.store or x.runtime.config.shadow is not None
+        seen = _Seen(keep=[] if whole else None)
         client_gone = False
         buffer = bytearray()
         try:

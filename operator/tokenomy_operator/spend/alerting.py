@@ -57,8 +57,11 @@ class Window:
     reference_requests: int = 0
 
     def add(self, usage: RequestUsage) -> None:
-        """Count one request (one never answered adds its cost and tokens only)."""
+        """Count one request (one never answered adds its cost and tokens only; a shadow
+        comparison its cost only, so it moves no tokens-per-request figure)."""
         self.cost += usage.cost
+        if usage.shadow:
+            return
         self.requests += bool(usage.cache)
         self.cache_hits += usage.hit
         self.tokens += usage.input_tokens + usage.output_tokens

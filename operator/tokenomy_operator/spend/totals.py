@@ -58,6 +58,19 @@ class Share:
 
 
 @dataclass
+class Agreement:
+    """Shadow comparisons of one lever: how many, and how many the reference agreed with."""
+
+    compared: int = 0
+    agreed: int = 0
+
+    def add(self, agreed: bool) -> None:
+        """Count one verdict."""
+        self.compared += 1
+        self.agreed += agreed
+
+
+@dataclass
 class Totals:
     """A policy's reports in one period."""
 
@@ -86,9 +99,21 @@ class Totals:
     """Calls through the tool proxy."""
     tool_cache_hits: int = 0
     """Of those, the ones answered from its cache."""
+    shadow: dict[str, Agreement] = field(default_factory=dict)
+    """Shadow comparisons per lever."""
+    shadow_cost: Decimal = ZERO
+    """What shadow comparisons cost (part of the period's spend)."""
 
     def add(self, usage: RequestUsage) -> None:
         """Count one request's report (one that was never answered adds its cost only)."""
+        if usage.shadow:
+            # A comparison, not a request: its own line, and no request, tier or task.
+            self.shadow_cost += usage.cost
+            self.input_tokens += usage.input_tokens
+            self.output_tokens += usage.output_tokens
+            if usage.verdict:
+                self.shadow.setdefault(usage.shadow, Agreement()).add(usage.verdict == "agree")
+            return
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.cached_input_tokens += usage.cached_input_tokens
@@ -158,6 +183,14 @@ class Totals:
                 "wrong": self.checked_wrong,
                 "wrongHitBound": f"{bound:.1%}",
             }
+        if self.shadow or self.shadow_cost:
+            out["shadow"] = {
+                "cost": str(self.shadow_cost),
+                "comparisons": [
+                    {"lever": lever, "compared": a.compared, "agreed": a.agreed}
+                    for lever, a in sorted(self.shadow.items())
+                ],
+            }
         if self.spenders:
             ranked = _top(self.spenders, TOP_SPENDERS)
             out["spenders"] = [{"key": k, "value": v, **share.status()} for (k, v), share in ranked]
@@ -193,6 +226,12 @@ class Totals:
             )
             for entry in status.get("spenders") or []:
                 totals.spenders[(str(entry["key"]), str(entry["value"]))] = Share.read(entry)
+            shadow = status.get("shadow") or {}
+            totals.shadow_cost = Decimal(str(shadow.get("cost", "0")))
+            for entry in shadow.get("comparisons") or []:
+                totals.shadow[str(entry["lever"])] = Agreement(
+                    int(entry["compared"]), int(entry["agreed"])
+                )
             checks = status.get("semanticChecks") or {}
             totals.checked = int(checks.get("checked", 0))
             totals.checked_wrong = int(checks.get("wrong", 0))
