@@ -215,12 +215,29 @@ def operator_metrics(cluster: Cluster) -> str:
         return str(r.read().decode())
 
 
+def report_success(listen: int, task: str) -> None:
+    """The app reports that ``task`` succeeded, through the sidecar's outcome endpoint."""
+    import urllib.request  # noqa: PLC0415
+
+    outcome = urllib.request.Request(
+        f"http://127.0.0.1:{listen}/v1/tokenomy/tasks/{task}/outcome",
+        data=json.dumps({"success": True, "score": 0.9}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(outcome, timeout=5) as r:
+        assert json.loads(r.read()) == {"task": task, "reported": True}
+
+
 def usage_reports_reach_status(cluster: Cluster, paid: str) -> None:
     """A miss and an exact hit of task ``ticket-1``, summed in status by the real API server."""
     status = wait(
-        lambda: (s := policy_status(cluster)).get("usage", {}).get("requests") == 2 and s,
+        lambda: (
+            (s := policy_status(cluster)).get("usage", {}).get("requests") == 2
+            and s.get("tasks", {}).get("succeeded") == 1
+            and s
+        ),
         30,
-        "usage in status",
+        "usage and the task's outcome in status",
     )
     assert status["spend"]["amount"] == paid
     assert status["cacheHitRate"] == "50%"
@@ -229,8 +246,20 @@ def usage_reports_reach_status(cluster: Cluster, paid: str) -> None:
     assert status["tasks"]["count"] == 1
     assert status["tasks"]["requests"] == 2
     assert status["tasks"]["top"][0]["task"] == "ticket-1"
+    # Cost per successful task: the one task succeeded, so it is what the task cost
+    # (to the micro-dollar, as costPerTask).
+    per_success = Decimal(status["tasks"]["costPerSuccessfulTask"])
+    assert per_success == Decimal(paid).quantize(Decimal("0.000001"))
+    assert status["tasks"]["successRate"] == "100%"
+    assert status["tasks"]["byLever"] == [
+        {"name": "exact_cache", "tasks": 1, "succeeded": 1, "successRate": "100%"},
+        {"name": "tier", "tasks": 1, "succeeded": 1, "successRate": "100%"},
+    ]
     assert condition(status, "CostSpike")["reason"] == "NotEnoughData"
-    assert 'tokenomy_policy_tasks{namespace="shop",policy="agent"} 1.0' in operator_metrics(cluster)
+    page = operator_metrics(cluster)
+    assert 'tokenomy_policy_tasks{namespace="shop",policy="agent"} 1.0' in page
+    assert 'tokenomy_policy_task_success_ratio{namespace="shop",policy="agent"} 1.0' in page
+    assert 'tokenomy_policy_cost_per_successful_task_usd{namespace="shop",policy="agent"}' in page
 
 
 def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
@@ -301,6 +330,7 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     )
     assert status["sidecars"] == {"matched": 1, "acknowledged": 1, "rejecting": 0, "unmanaged": 0}
     assert status["configVersion"] == first_version
+    report_success(listen, "ticket-1")
     usage_reports_reach_status(cluster, answers[0].headers["x-tokenomy-cost-usd"])
 
     # Scenario 5: a change reaches the sidecar as a new version within a second of

@@ -15,6 +15,7 @@ from tokenomy_api.clock import SystemClock
 from tokenomy_api.compiler import compile_configs
 from tokenomy_api.costpolicy import Budget
 from tokenomy_api.usage_protocol import RequestUsage
+from tokenomy_operator.spend.totals import Totals
 from tokenomy_operator.spend.usage import UsageService, add_to_server
 from tokenomy_operator.xds.resources import snapshot_for
 from tokenomy_operator.xds.server import AdsServer, serve
@@ -305,11 +306,42 @@ async def test_sidecars_report_tiers_hits_tokens_labels_and_tasks(standin: Stand
         page = await sidecar_metrics(sidecar)
         assert 'tokenomy_task_requests_total{namespace="default",policy="agent"} 4.0' in page
         assert 'tokenomy_attributed_tokens_total{key="team"' in page
+
+        await outcomes_reach_the_operator(client, sidecar, totals)
         await client.close()
     finally:
         task.cancel()
         await sidecar.stop()
         await grpc_server.stop(None)
+
+
+async def outcomes_reach_the_operator(
+    client: openai.AsyncOpenAI, sidecar: Sidecar, totals: Totals
+) -> None:
+    """Outcomes: a header on task-0's last call, the endpoint for task-1 afterwards."""
+    await client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "question 9"}],
+        extra_headers={"x-tokenomy-task": "task-0", "x-tokenomy-task-outcome": "success"},
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        outcome = f"{sidecar.api_url}/v1/tokenomy/tasks/task-1/outcome"
+        async with session.post(outcome, json={"success": False, "score": 0.25}) as r:
+            assert r.status == 202
+            assert await r.json() == {"task": "task-1", "reported": True}
+    await until(lambda: totals.outcomes.succeeded + totals.outcomes.failed == 2)
+    assert totals.requests == 5  # the endpoint's report is no request
+    assert totals.tasks["task-0"].outcome == "success"
+    assert totals.tasks["task-1"].outcome == "failure"
+    status = totals.status()["tasks"]
+    assert status["successRate"] == "50%"
+    assert Decimal(status["costPerSuccessfulTask"]) == totals.tasked.cost.quantize(
+        Decimal("0.000001")
+    )
+    assert status["byTier"] == [{"name": "large", "tasks": 2, "succeeded": 1, "successRate": "50%"}]
+    assert {row["name"] for row in status["byLever"]} == {"tier", "exact_cache"}
+    assert status["meanScore"] == "0.250"
+    page = await sidecar_metrics(sidecar)
+    assert 'tokenomy_task_outcomes_total{namespace="default",outcome="success",' in page
 
 
 async def sidecar_metrics(sidecar: Sidecar) -> str:

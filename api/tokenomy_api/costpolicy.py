@@ -581,6 +581,10 @@ class Alerts(ApiModel):
     """Cache hit rate down by more than ``threshold`` points (default 10)."""
     large_tier_shift: Alert = Field(default_factory=Alert)
     """Share of requests on the largest tier up by more than ``threshold`` points (default 10)."""
+    tokens_per_task: Alert = Field(default_factory=Alert)
+    """Tokens per task that ended (reported an outcome) up by more than ``threshold``
+    percent (default 20); ``previousPeriod`` has no per-task baseline, so it always
+    compares with the previous day."""
 
     def resolved(self) -> Alerts:
         """These alerts with every unset threshold replaced by its default."""
@@ -598,6 +602,7 @@ ALERT_DEFAULT_THRESHOLDS: dict[str, int] = {
     "tokens_per_request": 20,
     "cache_hit_drop": 10,
     "large_tier_shift": 10,
+    "tokens_per_task": 20,
 }
 """Default threshold of each alert: percent for the first two, percentage points after."""
 
@@ -778,6 +783,19 @@ class TaskSpend(ApiModel):
     """Requests."""
 
 
+class OutcomeShare(ApiModel):
+    """Ended tasks one tier or lever answered a request of, and how many succeeded."""
+
+    name: Annotated[str, Field(max_length=64)]
+    """The tier or lever."""
+    tasks: Count = 0
+    """Ended tasks it answered in."""
+    succeeded: Count = 0
+    """Of those, the ones that succeeded."""
+    success_rate: Annotated[str, Field(max_length=16)] = ""
+    """``succeeded`` of ``tasks``, e.g. ``88%``."""
+
+
 class Tasks(ApiModel):
     """Cost and tokens per task, for requests that named their task."""
 
@@ -795,6 +813,27 @@ class Tasks(ApiModel):
     """Average tokens per task."""
     top: list[TaskSpend] = Field(default_factory=list, max_length=10)
     """The most expensive tasks."""
+    succeeded: Count = 0
+    """Tasks whose app reported success (``x-tokenomy-task-outcome``, or the outcome
+    endpoint); the last report of a task counts."""
+    failed: Count = 0
+    """Tasks reported as failed."""
+    success_rate: Annotated[str, Field(max_length=16)] = ""
+    """Share of tasks with an outcome that succeeded, e.g. ``92%``."""
+    cost_per_successful_task: Money | None = None
+    """USD of all tasks' requests per task that succeeded: what a success costs, failures
+    included."""
+    tokens_per_successful_task: Count | None = None
+    """Tokens of all tasks' requests per task that succeeded."""
+    scored: Count = 0
+    """Outcomes that came with a score."""
+    mean_score: Annotated[str, Field(max_length=16)] = ""
+    """Their average score, 0 to 1."""
+    by_tier: list[OutcomeShare] = Field(default_factory=list, max_length=64)
+    """Success rate of the ended tasks each tier answered a request of."""
+    by_lever: list[OutcomeShare] = Field(default_factory=list, max_length=16)
+    """The same per lever (``exact_cache``, ``semantic_cache``, ``routing``, ``cascade``,
+    ``tier``)."""
 
 
 class SemanticChecks(ApiModel):

@@ -29,6 +29,7 @@ VERDICTS = frozenset({"agree", "disagree"})
 OUTCOMES = frozenset({"success", "failure"})
 METHOD = f"/{SERVICE}/Stream"
 TOOL_MAX = 300
+LEVER_MAX = 64
 """Longest ``server/tool`` name kept from a report."""
 
 _F = descriptor_pb2.FieldDescriptorProto
@@ -62,6 +63,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         # A task's outcome ("success" or "failure"), with the app's score if it gave one.
         ("outcome", 18, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
         ("score", 19, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
+        ("lever", 20, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
     ],
     "SidecarMessage": [
         ("holder", 1, _F.TYPE_STRING, _F.LABEL_OPTIONAL, ""),
@@ -169,6 +171,14 @@ class RequestUsage:
     """For a task's outcome (``task`` names it): ``success`` or ``failure``."""
     score: float | None = None
     """The app's score of the task's outcome (0 to 1), if it gave one."""
+    lever: str = ""
+    """What answered: ``exact_cache``, ``semantic_cache``, ``routing``, ``cascade`` or
+    ``tier`` (the route's default tier)."""
+
+    @property
+    def is_request(self) -> bool:
+        """A model request: not a tool call, a shadow comparison or an outcome alone."""
+        return not (self.tool or self.shadow or (self.outcome and not self.route))
 
     @property
     def hit(self) -> bool:
@@ -197,6 +207,7 @@ class RequestUsage:
             verdict=self.verdict,
             outcome=self.outcome,
             score="" if self.score is None else repr(self.score),
+            lever=self.lever,
         )
 
     @classmethod
@@ -233,6 +244,7 @@ class RequestUsage:
             verdict=report.verdict if report.verdict in VERDICTS else "",
             outcome=report.outcome if report.outcome in OUTCOMES and report.task else "",
             score=_score(report.score),
+            lever=report.lever[:LEVER_MAX],
         )
 
 

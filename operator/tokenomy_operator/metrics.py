@@ -74,6 +74,18 @@ class OperatorMetrics:
             policy,
             registry=r,
         )
+        self.policy_successful_task_cost = Gauge(
+            "tokenomy_policy_cost_per_successful_task_usd",
+            "USD of all tasks' requests this period per task whose app reported success.",
+            policy,
+            registry=r,
+        )
+        self.policy_task_success = Gauge(
+            "tokenomy_policy_task_success_ratio",
+            "Share of tasks with a reported outcome that succeeded this period.",
+            policy,
+            registry=r,
+        )
         self.policy_unmanaged = Gauge(
             "tokenomy_policy_unmanaged_pods",
             "Pods the CostPolicy selects that run without a sidecar.",
@@ -113,6 +125,13 @@ class OperatorMetrics:
             self.policy_tasks.labels(namespace, name).set(tasks["count"])
             self.policy_task_cost.labels(namespace, name).set(float(tasks["costPerTask"]))
             self.policy_task_tokens.labels(namespace, name).set(tasks["tokensPerTask"])
+            if "costPerSuccessfulTask" in tasks:
+                per = float(tasks["costPerSuccessfulTask"])
+                self.policy_successful_task_cost.labels(namespace, name).set(per)
+            ended = tasks.get("succeeded", 0) + tasks.get("failed", 0)
+            if ended:
+                rate = tasks["succeeded"] / ended
+                self.policy_task_success.labels(namespace, name).set(rate)
         quality = status.get("quality")
         if quality:
             self.policy_shadow_cost.labels(namespace, name).set(float(quality["shadowCost"]))

@@ -222,6 +222,7 @@ class Sidecar:
         app.router.add_post("/v1/embeddings", proxy.embeddings)
         app.router.add_get("/v1/models", proxy.models)
         app.router.add_post("/v1/tokenomy/feedback", proxy.feedback)
+        app.router.add_post("/v1/tokenomy/tasks/{task}/outcome", proxy.task_outcomes.handle)
         app.router.add_route("*", "/mcp/{server}", mcp.handle)
         app.router.add_route("*", "/tools/{tool}", http_tools.handle)
         app.router.add_route("*", "/tools/{tool}/{path:.*}", http_tools.handle)

@@ -42,6 +42,7 @@ from tokenomy_sidecar.stages.backend_choice import Candidate, rank
 from tokenomy_sidecar.stages.exact_cache import hit
 from tokenomy_sidecar.stages.metering import Meter, Usage
 from tokenomy_sidecar.stages.upstream import Caller, Reply, completion_of
+from tokenomy_sidecar.tasks import TASK_HEADER, TASK_MAX
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ ENDPOINT = "/v1/chat/completions"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 LIVE_CONCURRENCY = 8
 """Lines of a job sent live at once, to a backend without a Batch API."""
-TASK_HEADER = "x-tokenomy-task"
 
 
 @dataclass
@@ -373,7 +373,7 @@ class Batches:
             x = Exchange(
                 runtime, route, raw, chat, self.clock.monotonic(), client_headers=headers,
                 feature=headers.get(header) if header else None,
-                task=headers.get(TASK_HEADER, "")[:256], park=park,
+                task=headers.get(TASK_HEADER, "")[:TASK_MAX], park=park,
             )  # fmt: skip
         except ApiError as error:
             self._refuse(job, line, error.status, error.message)

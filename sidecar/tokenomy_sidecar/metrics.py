@@ -67,6 +67,13 @@ class Metrics:
             ["namespace", "policy", "key", "value"],
             registry=r,
         )
+        self.task_outcomes = Counter(
+            "tokenomy_task_outcomes",
+            "Task outcomes reported (x-tokenomy-task-outcome, or POST "
+            "/v1/tokenomy/tasks/{task}/outcome), by outcome: success or failure.",
+            ["namespace", "policy", "outcome"],
+            registry=r,
+        )
         self.task_requests = Counter(
             "tokenomy_task_requests",
             "Requests that named their task (header x-tokenomy-task); the operator's "

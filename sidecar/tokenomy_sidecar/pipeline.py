@@ -117,6 +117,15 @@ class SpendRecord:
     """Of ``spent``, what the summary of dropped turns cost (charged to the trim lever)."""
 
 
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How an agent task ended, as its app reports it."""
+
+    success: bool
+    score: float | None = None
+    """The app's score, 0 to 1."""
+
+
 @dataclass
 class Exchange:
     """One request on its way through the pipeline."""
@@ -137,6 +146,8 @@ class Exchange:
     """The attribution header's value, when the policy names one and the request has it."""
     task: str = ""
     """The client's task id (``x-tokenomy-task``)."""
+    outcome: TaskOutcome | None = None
+    """How the task ended, when this is its last call (``x-tokenomy-task-outcome``)."""
     embedding: bool = False
     """An embeddings request: nothing to save against the reference chat tier."""
     dropped: list[dict[str, Any]] = field(default_factory=list)

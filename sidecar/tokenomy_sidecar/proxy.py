@@ -41,11 +41,8 @@ from tokenomy_sidecar.stages.shadow import Shadow
 from tokenomy_sidecar.stages.summarize import Summarize
 from tokenomy_sidecar.stages.trim import Trim
 from tokenomy_sidecar.stages.upstream import Caller, Upstream
+from tokenomy_sidecar.tasks import OUTCOME_HEADER, TaskOutcomes, outcome_header, task_of
 from tokenomy_sidecar.vectors import SharedVectors
-
-TASK_HEADER = "x-tokenomy-task"
-"""Names the agent task a request belongs to: cost and tokens per task."""
-TASK_MAX = 256
 
 
 class Proxy:
@@ -75,6 +72,7 @@ class Proxy:
         caller = Caller(upstream, meter, rng, pod_region)
         vectors = self.vectors = SharedVectors(upstream.session, meter)
         budget = Budget(budgets, metrics)
+        self.task_outcomes = TaskOutcomes(holder, budget, metrics)
         self.semantic_cache = SemanticCache(
             metrics, meter, semantic, vectors, share, outcomes or WrongHitBudget()
         )
@@ -193,11 +191,14 @@ class Proxy:
             raw = await self._read(request)
             chat = parse_chat(raw)
             route = self._route(runtime, chat.model)
-            task = request.headers.get(TASK_HEADER, "")
-            if len(task) > TASK_MAX:
-                raise ApiError(400, f"header {TASK_HEADER} is longer than {TASK_MAX} characters")
+            task = task_of(request.headers)
+            outcome = outcome_header(request.headers.get(OUTCOME_HEADER, ""), task)
         except ApiError as error:
             return await self._refuse(request, error)
+        if outcome is not None:
+            policy = runtime.config.policy
+            result = "success" if outcome.success else "failure"
+            self.metrics.task_outcomes.labels(policy.namespace, policy.name, result).inc()
         header = runtime.config.attribution.header
         x = Exchange(
             runtime,
@@ -208,6 +209,7 @@ class Proxy:
             client_headers=request.headers,
             feature=request.headers.get(header) if header else None,
             task=task,
+            outcome=outcome,
         )
         return await self._serve(self.chat_pipeline, x, request)
 

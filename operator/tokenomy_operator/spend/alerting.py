@@ -9,7 +9,11 @@ each policy's own thresholds and baseline from ``spec.alerts``:
 - ``CacheHitRateDown``: share of requests answered from cache down more than
   ``cacheHitDrop.threshold`` points;
 - ``LargestTierShareUp``: share of model-answered requests on the route's
-  reference (largest) tier up more than ``largeTierShift.threshold`` points.
+  reference (largest) tier up more than ``largeTierShift.threshold`` points;
+- ``TokensPerTaskUp``: tokens per task that ended (reported an outcome) up
+  more than ``tokensPerTask.threshold`` percent. A task's tokens are all of
+  its requests' this period, counted when its outcome arrives; the sidecars
+  cannot see a whole task, so this one has no Prometheus twin.
 
 The current value is the last hour. ``movingAverage`` compares it with the
 24 hours before it (from 10-minute buckets kept in memory: after an operator
@@ -55,6 +59,10 @@ class Window:
     cache_hits: int = 0
     tokens: int = 0
     reference_requests: int = 0
+    tasks_ended: int = 0
+    """Tasks that reported an outcome."""
+    task_tokens: int = 0
+    """Their tokens."""
 
     def add(self, usage: RequestUsage) -> None:
         """Count one request (one never answered adds its cost and tokens only; a shadow
@@ -74,6 +82,8 @@ class Window:
         self.cache_hits += other.cache_hits
         self.tokens += other.tokens
         self.reference_requests += other.reference_requests
+        self.tasks_ended += other.tasks_ended
+        self.task_tokens += other.task_tokens
 
     @property
     def model_requests(self) -> int:
@@ -87,6 +97,10 @@ class Window:
     def tokens_per_request(self) -> float | None:
         """Tokens per model-answered request."""
         return self.tokens / self.model_requests if self.model_requests else None
+
+    def tokens_per_task(self) -> float | None:
+        """Tokens per task that ended."""
+        return self.task_tokens / self.tasks_ended if self.tasks_ended else None
 
     def hit_rate(self) -> float | None:
         """Share of requests answered from cache."""
@@ -107,11 +121,21 @@ class History:
 
     def add(self, usage: RequestUsage, now: float) -> None:
         """Count a request reported at ``now``."""
+        self._bucket(now).add(usage)
+
+    def task_ended(self, tokens: int, now: float) -> None:
+        """Count a task whose outcome arrived at ``now``, with all its tokens."""
+        bucket = self._bucket(now)
+        bucket.tasks_ended += 1
+        bucket.task_tokens += tokens
+
+    def _bucket(self, now: float) -> Window:
         index = int(now // BUCKET_SECONDS)
-        self.buckets.setdefault(index, Window()).add(usage)
+        bucket = self.buckets.setdefault(index, Window())
         oldest = index - CURRENT_BUCKETS - BASELINE_BUCKETS + 1
         for old in [i for i in self.buckets if i < oldest]:
             del self.buckets[old]
+        return bucket
 
     def _window(self, first: int, after: int, end: float) -> Window:
         window = Window(seconds=max(0.0, end - max(self.started, first * BUCKET_SECONDS)))
@@ -147,6 +171,12 @@ class Rule:
     up: bool
     """Fires on a rise (else on a fall)."""
     shown: Callable[[float], str]
+    count: Callable[[Window], int] = lambda w: w.requests
+    """What each side needs :data:`MIN_REQUESTS` of."""
+    unit: str = "requests"
+    daily_only: bool = False
+    """Always judged against the previous day: the previous period keeps no baseline
+    for it."""
 
 
 RULES = (
@@ -157,6 +187,8 @@ RULES = (
          lambda v: f"a cache hit rate of {v:.1%}"),
     Rule("large_tier_shift", "LargestTierShareUp", Window.reference_share, False, True,
          lambda v: f"{v:.1%} of requests on the largest tier"),
+    Rule("tokens_per_task", "TokensPerTaskUp", Window.tokens_per_task, True, True,
+         lambda v: f"{v:.0f} tokens per task", lambda w: w.tasks_ended, "ended tasks", True),
 )  # fmt: skip
 ALERT_CONDITIONS = frozenset(rule.condition for rule in RULES)
 
@@ -175,13 +207,13 @@ def check(rule: Rule, alert: Alert, current: Window, baseline: Window | None) ->
     """Whether ``current`` has moved past ``baseline`` by more than the alert's threshold."""
     threshold = alert.threshold or 0
     against = "the previous period" if alert.baseline == "previousPeriod" else "the previous day"
-    enough = baseline is not None and min(current.requests, baseline.requests) >= MIN_REQUESTS
+    enough = baseline is not None and min(rule.count(current), rule.count(baseline)) >= MIN_REQUESTS
     if alert.baseline == "movingAverage" and baseline is not None:
         enough = enough and baseline.seconds >= MIN_BASELINE_SECONDS
     now = rule.measure(current)
     then = rule.measure(baseline) if baseline is not None and enough else None
     if now is None or then is None:
-        wanted = f"needs {MIN_REQUESTS} requests in the last hour and in {against}"
+        wanted = f"needs {MIN_REQUESTS} {rule.unit} in the last hour and in {against}"
         return Check(rule.condition, False, "NotEnoughData", wanted)
     if rule.relative:
         limit = then * (1 + threshold / 100)
@@ -212,7 +244,10 @@ def evaluate(
         alert: Alert = getattr(alerts, rule.name)
         if not alert.enabled:
             continue
-        baseline = previous_period if alert.baseline == "previousPeriod" else moving_average
+        daily = alert.baseline == "movingAverage" or rule.daily_only
+        baseline = moving_average if daily else previous_period
+        if daily and alert.baseline != "movingAverage":
+            alert = alert.model_copy(update={"baseline": "movingAverage"})
         out.append(check(rule, alert, current, baseline))
     return out
 

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from tokenomy_api.bounds import wilson_upper
 from tokenomy_api.usage_protocol import RequestUsage
@@ -41,17 +41,17 @@ class Share:
     requests: int = 0
 
     def add(self, usage: RequestUsage) -> None:
-        """Count one request (a tool call adds its cost only)."""
+        """Count one request (a tool call, or an outcome alone, adds its cost only)."""
         self.cost += usage.cost
         self.tokens += usage.input_tokens + usage.output_tokens
-        self.requests += not usage.tool
+        self.requests += usage.is_request
 
     def status(self) -> dict[str, Any]:
         """Cost, tokens and requests as status writes them."""
         return {"cost": str(self.cost), "tokens": self.tokens, "requests": self.requests}
 
     @classmethod
-    def read(cls, entry: Mapping[str, Any]) -> Share:
+    def read(cls, entry: Mapping[str, Any]) -> Self:
         """From a status entry."""
         return cls(Decimal(str(entry.get("cost", "0"))), int(entry.get("tokens", 0)),
                    int(entry.get("requests", 0)))  # fmt: skip
@@ -71,6 +71,88 @@ class Agreement:
 
 
 @dataclass
+class Task(Share):
+    """One task: its share, what answered it, and how it ended."""
+
+    tiers: set[str] = field(default_factory=set)
+    """Tiers that answered any of its requests."""
+    levers: set[str] = field(default_factory=set)
+    """Levers that answered any of its requests."""
+    outcome: str = ""
+    """``success``, ``failure``, or ``""`` while none was reported."""
+
+    def add(self, usage: RequestUsage) -> None:
+        """Count one request, and what answered it."""
+        super().add(usage)
+        if usage.tier and usage.cache:
+            self.tiers.add(usage.tier)
+        if usage.lever:
+            self.levers.add(usage.lever)
+
+
+@dataclass
+class Outcomes:
+    """Tasks that reported how they ended, and how."""
+
+    succeeded: int = 0
+    failed: int = 0
+    scored: int = 0
+    score_sum: float = 0.0
+    tiers: dict[str, Agreement] = field(default_factory=dict)
+    """Per tier: tasks it answered in that ended (``compared``), and those that succeeded."""
+    levers: dict[str, Agreement] = field(default_factory=dict)
+    """The same per lever."""
+
+    def count(self, task: Task | None, outcome: str, sign: int) -> None:
+        """Count (``sign`` 1) or take back (-1) one task's outcome."""
+        success = outcome == "success"
+        self.succeeded += sign * success
+        self.failed += sign * (not success)
+        for names, table in ((task.tiers, self.tiers), (task.levers, self.levers)) if task else ():
+            for name in names:
+                entry = table.setdefault(name, Agreement())
+                entry.compared += sign
+                entry.agreed += sign * success
+
+    def status(self, tasked: Share) -> dict[str, Any]:
+        """The outcome fields of ``status.tasks``."""
+        ended = self.succeeded + self.failed
+        out: dict[str, Any] = {"succeeded": self.succeeded, "failed": self.failed}
+        if ended:
+            out["successRate"] = percent(self.succeeded, ended)
+        if self.succeeded:
+            per = tasked.cost / self.succeeded
+            out["costPerSuccessfulTask"] = str(per.quantize(MICRO))
+            out["tokensPerSuccessfulTask"] = tasked.tokens // self.succeeded
+        if self.scored:
+            out["scored"] = self.scored
+            out["meanScore"] = f"{self.score_sum / self.scored:.3f}"
+        for key, table in (("byTier", self.tiers), ("byLever", self.levers)):
+            rows = [(name, a) for name, a in sorted(table.items()) if a.compared > 0]
+            if rows:
+                out[key] = [
+                    {"name": name, "tasks": a.compared, "succeeded": a.agreed,
+                     "successRate": percent(a.agreed, a.compared)}
+                    for name, a in rows
+                ]  # fmt: skip
+        return out
+
+    @classmethod
+    def read(cls, tasks: Mapping[str, Any]) -> Outcomes:
+        """From ``status.tasks``."""
+        out = cls(
+            succeeded=int(tasks.get("succeeded", 0)),
+            failed=int(tasks.get("failed", 0)),
+            scored=int(tasks.get("scored", 0)),
+        )
+        out.score_sum = float(tasks.get("meanScore", 0)) * out.scored
+        for key, table in (("byTier", out.tiers), ("byLever", out.levers)):
+            for row in tasks.get(key) or []:
+                table[str(row["name"])] = Agreement(int(row["tasks"]), int(row["succeeded"]))
+        return out
+
+
+@dataclass
 class Totals:
     """A policy's reports in one period."""
 
@@ -86,11 +168,13 @@ class Totals:
     tiers: Counter[str] = field(default_factory=Counter)
     """Requests per answering tier (cache hits not included)."""
     spenders: dict[tuple[str, str], Share] = field(default_factory=dict)
-    tasks: dict[str, Share] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
     task_count: int = 0
     """Distinct tasks; can exceed ``len(tasks)`` (see the module's note)."""
     tasked: Share = field(default_factory=Share)
     """All requests that named a task."""
+    outcomes: Outcomes = field(default_factory=Outcomes)
+    """How the tasks that reported an outcome ended."""
     checked: int = 0
     """Servable semantic near matches sent to the model to check them (a random sample)."""
     checked_wrong: int = 0
@@ -141,9 +225,27 @@ class Totals:
             if task is None:
                 self.task_count += 1
                 if len(self.tasks) < MAX_TASKS:
-                    task = self.tasks[usage.task] = Share()
+                    task = self.tasks[usage.task] = Task()
             if task is not None:
                 task.add(usage)
+            if usage.outcome:
+                self._ended(task, usage)
+
+    def _ended(self, task: Task | None, usage: RequestUsage) -> None:
+        """A task reported its outcome; a later report replaces an earlier one."""
+        if task is not None and task.outcome:
+            self.outcomes.count(task, task.outcome, -1)
+        self.outcomes.count(task, usage.outcome, 1)
+        if task is not None:
+            task.outcome = usage.outcome
+        if usage.score is not None:
+            self.outcomes.scored += 1
+            self.outcomes.score_sum += usage.score
+
+    def task_tokens(self, task: str) -> int | None:
+        """Tokens of a task this period, if it is known by id."""
+        known = self.tasks.get(task)
+        return known.tokens if known is not None else None
 
     @property
     def model_requests(self) -> int:
@@ -202,6 +304,7 @@ class Totals:
                 "costPerTask": str((self.tasked.cost / self.task_count).quantize(MICRO)),
                 "tokensPerTask": self.tasked.tokens // self.task_count,
                 "top": [{"task": t, **share.status()} for t, share in top],
+                **self.outcomes.status(self.tasked),
             }
         return out
 
@@ -239,7 +342,8 @@ class Totals:
             if tasks:
                 totals.task_count = int(tasks.get("count", 0))
                 totals.tasked = Share.read(tasks)
-                totals.tasks = {str(t["task"]): Share.read(t) for t in tasks.get("top") or []}
+                totals.tasks = {str(t["task"]): Task.read(t) for t in tasks.get("top") or []}
+                totals.outcomes = Outcomes.read(tasks)
         except (InvalidOperation, KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"unreadable usage totals: {error}") from None
         return totals
@@ -247,9 +351,10 @@ class Totals:
 
 MICRO = Decimal("0.000001")
 K = TypeVar("K", str, tuple[str, str])
+S = TypeVar("S", bound=Share)
 
 
-def _top(shares: dict[K, Share], n: int) -> list[tuple[K, Share]]:
+def _top(shares: Mapping[K, S], n: int) -> list[tuple[K, S]]:
     """The ``n`` largest by cost (ties by name), without sorting them all."""
     return heapq.nsmallest(n, shares.items(), key=lambda kv: (-kv[1].cost, kv[0]))
 

@@ -248,6 +248,9 @@ class UsageService:
             if ledger.report(message.holder, report.number, usage.cost):
                 period.totals.add(usage)
                 history.add(usage, self.clock.wall())
+                tokens = period.totals.task_tokens(usage.task) if usage.outcome else None
+                if tokens is not None:
+                    history.task_ended(tokens, self.clock.wall())
         answer = OperatorMessage(
             acknowledged=self.acknowledged(message.policy, message.holder),
             unlimited=budget is None,

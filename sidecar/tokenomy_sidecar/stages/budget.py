@@ -17,7 +17,7 @@ again). Injected sidecars share the operator's ledger over the usage stream
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -29,9 +29,10 @@ from tokenomy_api.periods import bounds
 from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.errors import ApiError
 from tokenomy_sidecar.metrics import Metrics
-from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet
+from tokenomy_sidecar.pipeline import Answer, Exchange, Quiet, TaskOutcome
 from tokenomy_sidecar.request import prompt_text
 from tokenomy_sidecar.routing.decision import estimate_tokens, walk
+from tokenomy_sidecar.runtime import Runtime
 from tokenomy_sidecar.wallet import Reservation, Wallet
 
 MILLION = Decimal(1_000_000)
@@ -210,6 +211,12 @@ class LocalKeepers:
         """Nothing runs in the background."""
 
 
+def with_outcome(usage: RequestUsage, outcome: TaskOutcome) -> RequestUsage:
+    """``usage`` carrying how its task ended."""
+    return replace(usage, outcome="success" if outcome.success else "failure",
+                   score=outcome.score)  # fmt: skip
+
+
 class Budget(Quiet):
     """Reserves each request's cost before any call, and reports what it used at the end."""
 
@@ -268,8 +275,23 @@ class Budget(Quiet):
         if keeper is None:
             return
         if spend.reservation is not None or spend.usage is not None or spend.spent > 0:
-            usage = spend.usage or RequestUsage(spend.spent, route=x.route.name)
+            usage = spend.usage or RequestUsage(spend.spent, route=x.route.name, task=x.task)
+            if x.outcome is not None:
+                usage = with_outcome(usage, x.outcome)
             keeper.settle(spend.reservation or Reservation(Decimal(0)), usage)
+
+    def report_outcome(self, runtime: Runtime, task: str, outcome: TaskOutcome) -> bool:
+        """Report a task's outcome on its own; False where nothing is reported to."""
+        if self.keepers is None:
+            return False
+        config = runtime.config
+        keeper = self.keepers.get(config.policy.key, config.budget, runtime.notices, config.version)
+        if keeper is None:
+            return False
+        keeper.settle(
+            Reservation(Decimal(0)), with_outcome(RequestUsage(Decimal(0), task=task), outcome)
+        )
+        return True
 
     def _keeper(self, x: Exchange) -> BudgetKeeper | None:
         """Where the request is reported and its budget kept (None standalone without budget)."""

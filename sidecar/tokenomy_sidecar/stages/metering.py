@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from tokenomy_api.compiled import Price
-from tokenomy_api.usage_protocol import RequestUsage
+from tokenomy_api.usage_protocol import CACHE_HITS, RequestUsage
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.request import prompt_text
 from tokenomy_sidecar.routing.decision import estimate_tokens
@@ -222,6 +222,7 @@ class Meter:
             labels=tuple(sorted(labels.items())),
             task=x.task,
             estimated=spend.estimated,
+            lever=f"{source}_cache" if source in CACHE_HITS else x.routing.lever,
         )
 
     def failures(self, x: Exchange, reply: Reply, tier: str) -> None:

@@ -24,11 +24,11 @@ from tokenomy_sidecar.runtime import ConfigHolder, Runtime
 from tokenomy_sidecar.stages.budget import Keepers
 from tokenomy_sidecar.stages.identify import partition_of
 from tokenomy_sidecar.stages.metering import LabelBound, attribution
+from tokenomy_sidecar.tasks import TASK_HEADER, TASK_MAX
 from tokenomy_sidecar.wallet import Reservation
 
 log = logging.getLogger(__name__)
 
-TASK_HEADER = "x-tokenomy-task"
 TOOL_LEVER = "tool_cache"
 """The savings lever of tool results served from cache."""
 
@@ -112,7 +112,7 @@ class ToolMeter:
         header = config.attribution.header
         feature = headers.get(header) if header else None
         labels_of = attribution(self.pod_labels, config.attribution.pod_labels, feature)
-        task = headers.get(TASK_HEADER, "")[:256]
+        task = headers.get(TASK_HEADER, "")[:TASK_MAX]
         if task and paid:
             m.money(m.task_cost, paid, policy.namespace, policy.name)
         if self.keepers is None:
