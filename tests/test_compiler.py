@@ -70,6 +70,7 @@ def test_the_contract_imports_no_crd_type() -> None:
     assert set(SidecarConfig.model_fields) == {
         "version", "policy", "routes", "cache", "cascade", "routing", "quality", "tool_pruning",
         "placement", "prompt", "output", "budget", "tools", "packing", "attribution", "shadow",
+        "tuning",
     }  # fmt: skip
 
 

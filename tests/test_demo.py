@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tokenomy_api.compiled import Price
-from tokenomy_demo import html, report, scoring
+from tokenomy_demo import html, report, scoring, shadow
 from tokenomy_demo.cli import EXAMPLES, demo
 from tokenomy_demo.run import Result
 from tokenomy_demo.workload import Question, load, support_answer, workload
@@ -86,6 +86,34 @@ def test_levers_add_up_to_the_saving() -> None:
     unknown = report.build(results, baseline, None, None, [], ("small", "large"), "x")
     assert "Quality         not measured" in report.text(unknown)
     assert "Cost against quality" not in html.page(unknown, "")
+
+
+def test_the_shadow_estimate_is_set_beside_the_truth_of_every_eligible_answer() -> None:
+    questions = [CARD, SUM, SUM, CARD, SUM]
+
+    def at(i: int, text: str, tier: str = "small", cache: str = "miss") -> Result:
+        return Result(i, tier, cache, "", Decimal("0.01"), 0.1, text, 200)
+
+    results = [
+        at(0, support_answer("card_delivery_estimate"), cache="semantic"),  # another intent's
+        at(1, "2 + 3 = 6"),  # the weak answer: its final number disagrees
+        at(2, "2 + 3 = 5", tier="large"),  # the reference tier: never compared
+        at(3, support_answer("card_arrival"), cache="exact"),  # an exact hit: never compared
+        at(4, "2 + 3 = 5"),  # the strong answer, from the small tier
+    ]
+    built = shadow.report(
+        questions, results, {"agree": 1.0, "disagree": 1.0}, Decimal("0.02"), Decimal("0.05"), 0.9
+    )
+    assert built is not None
+    assert built.eligible == 3
+    assert built.true_agreement == pytest.approx(1 / 3)
+    assert built.true_retained == pytest.approx(1 / 3)  # 1 right of 3 the large tier gets right
+    assert (built.compared, built.estimate) == (2, 0.5)
+    assert built.low < built.true_agreement < built.high
+    assert built.holds
+    assert built.share == pytest.approx(0.02 / 0.07)
+    assert "inside the interval" in "\n".join(built.lines("large"))
+    assert shadow.report(questions, results[2:4], {}, Decimal(0), Decimal(1), 0.9) is None
 
 
 def test_workload_repeats_and_mixes() -> None:

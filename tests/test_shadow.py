@@ -44,6 +44,7 @@ pytestmark = pytest.mark.integration
         ("42.0", "number:42"),
         ("Positive.", "label:positive"),
         ("New York City", "label:new york city"),
+        ("2 + 3 = 5", "number:5"),
         ("It depends on which of the many things you ask about here.", None),
     ],
 )

@@ -372,6 +372,17 @@ class CompiledShadow(Section):
     """Tier that judges; the route's cheapest when None."""
 
 
+class CompiledTuning(Section):
+    """How far shadow comparison has tightened the cheaper levers (``shadow.autoTune``)."""
+
+    cascade: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Added to every cascade threshold (a kept answer needs more confidence)."""
+    semantic: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Added to the semantic cache's threshold (a hit must be closer)."""
+    routing: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Taken off every complexity cut (more requests skip the cheaper tiers)."""
+
+
 class CompiledSummary(Section):
     """Summaries of dropped turns, from the route's cheapest tier."""
 
@@ -528,6 +539,8 @@ class SidecarConfig(Section):
     """The quality trained cuts keep."""
     shadow: CompiledShadow | None = None
     """Shadow comparison; none when it is off."""
+    tuning: CompiledTuning = CompiledTuning()
+    """What shadow comparison has tightened; nothing unless ``shadow.autoTune`` is on."""
     tool_pruning: CompiledToolPruning | None = None
     """How tool definitions are pruned; none when pruning is off."""
     tools: CompiledTools | None = None
@@ -569,6 +582,7 @@ class SidecarConfig(Section):
                 "tool_pruning": None,
                 "packing": None,
                 "shadow": None,
+                "tuning": CompiledTuning(),
                 "tools": self.tools.uncached() if self.tools is not None else None,
             }
         ).versioned()

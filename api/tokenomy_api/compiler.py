@@ -240,6 +240,7 @@ def _compile_policy(
         cascade=_cascade(spec),
         quality=CompiledQuality(target=spec.quality.target, confidence=spec.quality.confidence),
         shadow=_shadow(spec.shadow),
+        tuning=_tuning(policy),
         tool_pruning=(
             CompiledToolPruning(
                 min_tools=spec.tools.pruning.min_tools, keep_share=spec.tools.pruning.keep_share
@@ -330,6 +331,19 @@ def _shadow(shadow: Shadow) -> c.CompiledShadow | None:
         similarity=shadow.similarity,
         judge_tier=shadow.judge_tier,
     )
+
+
+TUNED = {"cascade": "cascade", "semantic_cache": "semantic", "routing": "routing"}
+"""Each tunable lever, and the field of :class:`CompiledTuning` it moves."""
+
+
+def _tuning(policy: CostPolicy) -> c.CompiledTuning:
+    """The offsets ``shadow.autoTune`` wrote into the policy's status, while it is on."""
+    shadow = policy.spec.shadow
+    if not (shadow.enabled and shadow.auto_tune.enabled) or policy.status is None:
+        return c.CompiledTuning()
+    limit = shadow.auto_tune.max_offset
+    return c.CompiledTuning(**{TUNED[t.lever]: min(t.offset, limit) for t in policy.status.tuning})
 
 
 def _summary(prompt: Prompt) -> c.CompiledSummary | None:

@@ -297,6 +297,22 @@ class Quality(ApiModel):
     ``FieldsInEffect`` condition says so. Thresholds set by hand are used as set."""
 
 
+class AutoTune(ApiModel):
+    """Thresholds that follow measured quality: tightened below the floor, loosened well
+    above it, one step at a time, within ``maxOffset``."""
+
+    enabled: bool = False
+    """Let shadow comparison move the cascade's threshold, the semantic cache's threshold
+    and the complexity router's cut (one Event per change, with the evidence)."""
+    step: Annotated[float, Field(ge=0.005, le=0.5)] = 0.05
+    """How far one change moves a threshold."""
+    max_offset: Annotated[float, Field(ge=0.005, le=1.0)] = 0.3
+    """How far from the policy's own thresholds tuning may go."""
+    min_samples: Annotated[int, Field(ge=10, le=100_000)] = 100
+    """Comparisons since the last change a loosening needs (a tightening needs only
+    that the interval lies below the floor, and at least 10)."""
+
+
 class Shadow(ApiModel):
     """Quality measured on live traffic: a sample of the answers a cheaper lever gave,
     compared off the request path with the reference tier's answer to the same request."""
@@ -313,15 +329,18 @@ class Shadow(ApiModel):
     it, so the policy's total does; the shadow spend also counts against ``budget`` and
     stops when the budget is spent."""
     compare: Literal["auto", "exact", "similarity", "judge"] = "auto"
-    """How two answers are compared: ``exact`` (normalised text; JSON by value; a final
-    number by value), ``similarity`` (embeddings of the two answers, the route's embedder),
-    ``judge`` (a prompt asking ``judgeTier`` whether they say the same), ``auto`` (``exact``
-    where the reference is structured — JSON, a final number, a short label — else
-    ``similarity`` with an embedder, ``judge`` without one)."""
+    """How two answers are compared: ``exact`` (JSON by value; a final number by value;
+    other text by its last number, else word for word), ``similarity`` (embeddings of
+    the two answers, the route's embedder), ``judge`` (a prompt asking ``judgeTier``
+    whether they say the same), ``auto`` (``exact`` where the reference is structured —
+    JSON, a final number, a short label — else ``similarity`` with an embedder, ``judge``
+    without one)."""
     similarity: Fraction = 0.85
     """Cosine similarity of the two answers at or above which they agree."""
     judge_tier: DnsLabel | None = None
     """Tier that judges free text for ``judge``; the route's cheapest when unset."""
+    auto_tune: AutoTune = Field(default_factory=AutoTune)
+    """Thresholds that tune themselves from the comparisons (opt-in)."""
 
 
 # --- placement, prompt, output ---------------------------------------------
@@ -859,6 +878,25 @@ class LeverComparisons(ApiModel):
     """Of those, the ones the reference tier's answer agreed with."""
 
 
+class LeverTuning(ApiModel):
+    """How far ``shadow.autoTune`` has tightened one lever, and what it learnt."""
+
+    lever: Literal["cascade", "semantic_cache", "routing"]
+    """The lever."""
+    offset: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Tightening in force (cascade and semantic thresholds up, the complexity cut down)."""
+    known_bad: Annotated[float, Field(ge=-1, le=1)] = -1.0
+    """The largest offset measured below the floor; never loosened back to (-1: none).
+    This is the hysteresis: a lever never goes back to where it failed."""
+    base_compared: Count = 0
+    """``shadow`` comparisons of this lever counted at the last change: the evidence for
+    the next one starts after them."""
+    base_agreed: Count = 0
+    """Of those, the ones that agreed."""
+    changed: Annotated[str, Field(max_length=32)] = ""
+    """When it last changed (RFC 3339)."""
+
+
 class ShadowCounts(ApiModel):
     """What shadow comparisons counted this period: what a restarted operator resumes."""
 
@@ -971,6 +1009,8 @@ class CostPolicyStatus(ApiModel):
     """Shadow comparisons counted this period."""
     quality: QualityRetained | None = None
     """Quality retained, from the shadow comparisons."""
+    tuning: list[LeverTuning] = Field(default_factory=list, max_length=8)
+    """What ``shadow.autoTune`` changed; the compiler puts it in the sidecars' config."""
     previous_period: PreviousPeriod | None = None
     """Totals of the last period."""
     display: PolicyDisplay | None = None

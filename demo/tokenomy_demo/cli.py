@@ -15,7 +15,7 @@ from typing import Any
 from tokenomy_api.compiled import Price
 from tokenomy_api.compiler import compile_configs
 from tokenomy_api.resources import parse_documents
-from tokenomy_demo import html, report, scoring, tools
+from tokenomy_demo import html, report, scoring, shadow, tools
 from tokenomy_demo.run import TENANT, demo_call, read_examples, replay, scripts, started
 from tokenomy_demo.workload import load, workload
 from tokenomy_sidecar.local_embedder import model_dir
@@ -88,12 +88,17 @@ def demo(
         price = reference_price(served)
         print(f"Replaying {len(calls):,} requests with the openai SDK...", file=sys.stderr)
         results = asyncio.run(replay(api, calls, progress))
+        verdicts, shadow_cost = asyncio.run(shadow.counts(api.removesuffix("/v1") + "/metrics"))
         direct = asyncio.run(replay(urls["large"], calls[:64]))
         used = None
         if crm is not None:
             used = agent_tools(api.removesuffix("/v1"), urls["crm"], len(questions), seed, crm,
                                price.input)  # fmt: skip
     support = sum(q.kind == "support" for q in questions)
+    spend = sum((r.cost for r in results), Decimal(0))
+    compared = shadow.report(
+        questions, results, verdicts, shadow_cost, spend, quality_confidence(docs)
+    )
     return report.build(
         results,
         baseline=[scoring.cost_on_large(q, price) for q in questions],
@@ -103,7 +108,14 @@ def demo(
         tiers=("small", "medium", "large"),
         mix=f"{support:,} support questions, {len(questions) - support:,} arithmetic word problems",
         tools=used,
+        shadow=compared if verdicts else None,
     )
+
+
+def quality_confidence(docs: list[dict[str, Any]]) -> float:
+    """The policy's ``quality.confidence``: the coverage of the shadow estimate's interval."""
+    policy = next(d for d in docs if d["kind"] == "CostPolicy")
+    return float(policy["spec"].get("quality", {}).get("confidence", 0.9))
 
 
 def agent_tools(

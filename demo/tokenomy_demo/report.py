@@ -16,9 +16,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from tokenomy_demo.run import Result
 from tokenomy_demo.tools import ToolsReport
+
+if TYPE_CHECKING:
+    from tokenomy_demo.shadow import ShadowReport  # it scores with this module's helpers
 
 MILLION = Decimal(1_000_000)
 LEVERS = ("exact cache", "semantic cache", "routing", "cascade", "trimming and caps")
@@ -71,6 +75,8 @@ class Report:
     """Projected spend for a month (without, with), when the traffic rate is known."""
     tools: ToolsReport | None = None
     """The agent's tool calls, when it made any: spends and levers of their own."""
+    shadow: ShadowReport | None = None
+    """The sidecar's shadow comparison beside the truth, when the policy asks for it."""
 
     @property
     def saved(self) -> Decimal:
@@ -95,6 +101,7 @@ def build(
     mix: str,
     month_factor: Decimal | None = None,
     tools: ToolsReport | None = None,
+    shadow: ShadowReport | None = None,
 ) -> Report:
     """The report of a run.
 
@@ -133,6 +140,7 @@ def build(
         errors=sum(r.status != 200 for r in results),
         month=(without * month_factor, with_tokenomy * month_factor) if month_factor else None,
         tools=tools,
+        shadow=shadow,
     )
 
 
@@ -166,6 +174,8 @@ def text(report: Report) -> str:
         )
     else:
         lines.append("Quality         not measured (the data has no verdict per tier)")
+    if r.shadow is not None:
+        lines += r.shadow.lines(r.reference)
     lines += [
         f"Cache hit rate  {r.hit_rate:.1%}",
         f"Tier shares     {shares}  (of requests that reached a model)",

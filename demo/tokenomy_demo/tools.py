@@ -117,17 +117,27 @@ class ToolsReport:
 
 async def tool_counts(metrics_url: str) -> dict[str, float]:
     """The sidecar's ``tokenomy_tool_calls_total`` by result."""
+    return by_label(await scrape(metrics_url), "tokenomy_tool_calls_total", "result")
+
+
+async def scrape(metrics_url: str) -> str:
+    """A Prometheus page."""
     import aiohttp  # noqa: PLC0415
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
     async with aiohttp.ClientSession() as http, http.get(metrics_url) as response:
-        page = await response.text()
+        return await response.text()
+
+
+def by_label(page: str, name: str, label: str) -> dict[str, float]:
+    """A metric's samples on ``page`` summed by one label's values (``""`` without one)."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(page):
         for sample in family.samples:
-            if sample.name == "tokenomy_tool_calls_total":
-                result = sample.labels["result"]
-                counts[result] = counts.get(result, 0) + sample.value
+            if sample.name == name:
+                value = sample.labels.get(label, "")
+                counts[value] = counts.get(value, 0) + sample.value
     return counts
 
 

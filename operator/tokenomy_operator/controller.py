@@ -37,6 +37,7 @@ from tokenomy_operator.spend.alerting import (
 )
 from tokenomy_operator.spend.quality import CONDITION as QUALITY_CONDITION
 from tokenomy_operator.spend.quality import floor_verdict, quality_status
+from tokenomy_operator.spend.tuning import tune
 from tokenomy_operator.spend.usage import UsageService
 from tokenomy_operator.state import ClusterState, PolicyStatus, Reconciliation
 from tokenomy_operator.status import (
@@ -242,6 +243,7 @@ class Controller:
             )
             m.policy_unmanaged.labels(namespace, name).set(len(observed.unmanaged))
             warnings: list[int] = []
+            tuned = False
             if self.usage is not None:
                 self.usage.restore(key, previous)
                 status.update(self.usage.status(key))
@@ -256,6 +258,8 @@ class Controller:
                         status["conditions"].append(
                             self._quality(status, spec, observed, previous, now)
                         )
+                    if spec.shadow.enabled and spec.shadow.auto_tune.enabled:
+                        tuned = await self._tune(namespace, name, status, spec, previous, now)
                     self.metrics.policy_usage(namespace, name, status)
                 if spend is not None and budget is not None:
                     status["conditions"].append(
@@ -275,6 +279,8 @@ class Controller:
             if self.usage is not None and "spend" in status:
                 # Written (or already there): sidecars may now forget these reports.
                 self.usage.persisted(key, status["spend"]["reports"])
+            if tuned:
+                self.poke()  # the compiler reads status.tuning: new thresholds go out
         if self.usage is not None:
             self.usage.keep_only(set(result.policies))
         self.alert_holds = {k: v for k, v in self.alert_holds.items() if k in result.policies}
@@ -283,6 +289,33 @@ class Controller:
             previous = self.state.routes.get((namespace, name), {}).get("status") or {}
             status = route_status(observed_route, previous, now)
             await self._write("ModelRoute", MODEL_ROUTE_PLURAL, namespace, name, status, previous)
+
+    async def _tune(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        spec: CostPolicySpec,
+        previous: Mapping[str, Any],
+        now: str,
+    ) -> bool:
+        """``status.tuning`` from the comparisons; True when a threshold moved (an Event
+        each, and the policy's own copy updated so the next compile sees it)."""
+        tuning, changes = tune(
+            previous.get("tuning") or [], status.get("shadow"), spec.quality.target,
+            spec.quality.confidence, spec.shadow.auto_tune, now,
+        )  # fmt: skip
+        status["tuning"] = tuning
+        if not changes:
+            return False
+        held = self.state.policies.get((namespace, name))
+        if held is not None:
+            held.setdefault("status", {})["tuning"] = tuning
+        for change in changes:
+            await self.writer.event(
+                "CostPolicy", namespace, name, "Normal", change.reason, change.message
+            )
+        return True
 
     @staticmethod
     def _quality(

@@ -275,10 +275,16 @@ class _Compiled:
 
 
 def _compiled_part(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """What of a resource the compiler reads: everything but status and bookkeeping."""
+    """What of a resource the compiler reads: everything but status and bookkeeping (of
+    status, only what ``shadow.autoTune`` decided)."""
     meta = doc.get("metadata") or {}
     kept = {k: v for k, v in meta.items() if k not in ("resourceVersion", "managedFields")}
-    return {**{k: v for k, v in doc.items() if k != "status"}, "metadata": kept}
+    tuning = (doc.get("status") or {}).get("tuning")
+    return {
+        **{k: v for k, v in doc.items() if k != "status"},
+        "metadata": kept,
+        **({"tuning": tuning} if tuning else {}),
+    }
 
 
 def _describe(problems: list[Problem]) -> str:

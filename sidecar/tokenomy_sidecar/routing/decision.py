@@ -43,6 +43,8 @@ class Complexity:
     """Expected output tokens (the training answers' mean)."""
     mean_input_tokens: float
     """Input tokens of an average request, from the training data."""
+    tighten: float = 0.0
+    """Taken off every cut: shadow comparison measured routing below the quality floor."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -116,6 +118,7 @@ def complexity_tier(route: CompiledRoute, c: Complexity, cost_aware: bool) -> De
             cut = tier.routing_threshold
         elif i and math.isfinite(c.cut):
             cut = c.cut + (1.0 - c.cut) * i / len(cheaper)
+        cut -= c.tighten
         relative = (
             relative_cost(
                 tier.backends[0].price,

@@ -165,7 +165,8 @@ class Cascade(Quiet):
             value = await self._verify(x, tier, confidence, text, content(choice))
         checks = confidence.format_checks or confidence.method == "format"
         problem = format_problem(choice, x.chat.body) if checks else None
-        threshold = cascade_threshold(tier, confidence, x.runtime.scorer)
+        tightened = x.runtime.config.tuning.cascade  # by shadow comparison
+        threshold = min(1.0, cascade_threshold(tier, confidence, x.runtime.scorer) + tightened)
         verdict = judge(confidence.method, value, threshold, problem)
         return verdict, client_answer(completion, choice, x.chat.body), reply
 

@@ -50,6 +50,7 @@ class Route(Quiet):
                 input_tokens=estimate_tokens(prompt),
                 output_tokens=model.mean_output_tokens,
                 mean_input_tokens=model.mean_input_tokens,
+                tighten=x.runtime.config.tuning.routing,
             )
         decision = decide(x.route, routing, text, similarity, complexity)
         straight = decision.kind == "domain"

@@ -184,7 +184,9 @@ class SemanticCache(Quiet):
         """``hit``, ``miss`` or ``explore``, and the near match the budget judged (if any)."""
         budget = semantic.budget
         if budget is None:
-            served = near and near[0].similarity >= semantic.threshold
+            # Raised by shadow comparison when hits were measured below the quality floor.
+            threshold = min(1.0, semantic.threshold + x.runtime.config.tuning.semantic)
+            served = near and near[0].similarity >= threshold
             return ("hit" if served else "miss"), None
         if not near or near[0].similarity < budget.min_similarity:
             return "miss", None

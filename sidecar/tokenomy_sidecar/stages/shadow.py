@@ -40,7 +40,7 @@ from tokenomy_api.usage_protocol import RequestUsage
 from tokenomy_sidecar.metrics import Metrics
 from tokenomy_sidecar.pipeline import Answer, Exchange
 from tokenomy_sidecar.request import message_text
-from tokenomy_sidecar.routing.confidence import FINAL, NUMBER
+from tokenomy_sidecar.routing.confidence import FINAL, NUMBER, final_answer
 from tokenomy_sidecar.stages.budget import estimate
 from tokenomy_sidecar.stages.metering import Usage, cost
 from tokenomy_sidecar.stages.semantic_cache import question
@@ -54,7 +54,8 @@ MAX_IN_FLIGHT = 4
 """Comparisons running at once per sidecar; an eligible answer sampled beyond that is
 skipped (``busy``): shadow traffic never queues behind itself."""
 LABEL_WORDS = 5
-"""An answer of at most this many words is a label, compared as normalised text."""
+"""An answer of at most this many words is a label, compared as normalised text (or, if it
+has a number, by its last number)."""
 JUDGE_PROMPT = (
     "Two answers to the same request follow. Do they say the same thing: the same facts, "
     "the same conclusion, the same final value? Wording may differ. Reply with one word, "
@@ -124,6 +125,9 @@ def structured(text: str) -> str | None:
         return "number:" + _number(body.rstrip("."))
     words = PUNCTUATION.sub(" ", body.lower()).split()
     if 0 < len(words) <= LABEL_WORDS:
+        numbers = NUMBER.findall(body)
+        if numbers:  # a short answer with a number in it ("2 + 3 = 5") is that number
+            return "number:" + _number(numbers[-1])
         return "label:" + " ".join(w.strip(".") for w in words)
     return None
 
@@ -138,8 +142,8 @@ def same_structure(reference: str, served: str) -> bool:
     served answer of another shape agrees when its final number is the reference's."""
     want = structured(reference)
     got = structured(served)
-    if want is None:
-        return " ".join(reference.lower().split()) == " ".join(served.lower().split())
+    if want is None:  # free text: its final number, else its words
+        return final_answer(reference) == final_answer(served)
     if got == want:
         return True
     if want.startswith("number:"):
