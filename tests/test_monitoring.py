@@ -37,7 +37,7 @@ def test_rules_pass_promtool_check_and_unit_tests(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 8 rules found" in check.stdout
+    assert "SUCCESS: 9 rules found" in check.stdout
     test = subprocess.run(
         [promtool(), "test", "rules", "alerts-test.yaml"],
         cwd=tmp_path, capture_output=True, text=True, check=False,

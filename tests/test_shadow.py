@@ -13,6 +13,7 @@ import pytest
 from test_controller import counting
 from tokenomy_api.bounds import wilson_interval
 from tokenomy_api.compiled import CompiledShadow
+from tokenomy_api.compiler import compile_configs
 from tokenomy_api.usage_protocol import RequestUsage, SidecarMessage
 from tokenomy_operator.spend.quality import floor_verdict, quality_status
 from tokenomy_operator.spend.totals import Totals
@@ -25,7 +26,7 @@ from tokenomy_sidecar.stages.shadow import (
 )
 from tokenomy_standin.server import Scripted
 
-from helpers import backend, policy_doc, route_doc
+from helpers import backend, policy, policy_doc, route, route_doc
 from support import LiveSidecar, SidecarFactory, StandinFactory
 
 pytestmark = pytest.mark.integration
@@ -407,3 +408,23 @@ async def test_semantic_hits_are_compared_with_the_reference_answer_to_their_own
         "What's the capital city of France?"
     )
     assert small.settings.requests == []
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("shadow", "spec", "fields"),
+    [
+        ({"enabled": True}, {}, []),
+        ({"autoTune": {"enabled": True}}, {}, ["spec.shadow.autoTune.enabled"]),
+        ({"enabled": True, "autoTune": {"enabled": True}}, {}, ["spec.shadow.autoTune.enabled"]),
+        ({"enabled": True, "autoTune": {"enabled": True}},
+         {"cascade": {"enabled": True, "tiers": ["small", "large"]}}, []),
+        ({"enabled": True, "compare": "exact", "judgeTier": "small"}, {},
+         ["spec.shadow.judgeTier"]),
+    ],
+)  # fmt: skip
+def test_shadow_settings_without_effect_are_notices(
+    shadow: dict[str, Any], spec: dict[str, Any], fields: list[str]
+) -> None:
+    result = compile_configs([policy(shadow=shadow, **spec)], [route()])
+    assert [n.field for n in result.notices] == fields

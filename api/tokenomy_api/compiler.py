@@ -150,8 +150,32 @@ def no_effect(policy: CostPolicy) -> list[Problem]:
                 "to summarise",
             )
         )
+    found.extend(_shadow_notices(spec))
     meta = policy.metadata
     return [Problem(COST_POLICY_KIND, meta.namespace, meta.name, f, r) for f, r in found]
+
+
+def _shadow_notices(spec: CostPolicySpec) -> list[tuple[str, str]]:
+    shadow = spec.shadow
+    found = []
+    if shadow.auto_tune.enabled and not shadow.enabled:
+        found.append(("spec.shadow.autoTune.enabled", "has no effect while shadow is off"))
+    tunable = (
+        spec.cascade.enabled
+        or (spec.cache.semantic.enabled and spec.cache.semantic.wrong_hit_budget is None)
+        or spec.routing.complexity.enabled
+    )
+    if shadow.enabled and shadow.auto_tune.enabled and not tunable:
+        found.append(
+            (
+                "spec.shadow.autoTune.enabled",
+                "has nothing to tune: the cascade, a semantic cache threshold and complexity "
+                "routing are all off",
+            )
+        )
+    if shadow.judge_tier is not None and shadow.compare not in ("judge", "auto"):
+        found.append(("spec.shadow.judgeTier", f"has no effect with compare: {shadow.compare}"))
+    return found
 
 
 def check_route(route: ModelRoute) -> list[Problem]:
