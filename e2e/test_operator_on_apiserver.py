@@ -10,6 +10,7 @@ traffic keeps its old version.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -215,6 +216,20 @@ def operator_metrics(cluster: Cluster) -> str:
         return str(r.read().decode())
 
 
+def capture(cluster: Cluster, state: str) -> None:
+    """With TOKENOMY_CAPTURE set to a folder, keep the CostPolicy and ModelRoute as the
+    API server holds them now: tests/golden/argocd/ holds such captures, which the Argo
+    CD health checks are tested against (tests/test_argocd.py)."""
+    folder = os.environ.get("TOKENOMY_CAPTURE")
+    if not folder:
+        return
+    for kind, name in (("costpolicy", "agent"), ("modelroute", "chat")):
+        body = get(cluster.admin, kind, name, "-n", NS)
+        for key in ("managedFields", "uid", "resourceVersion", "creationTimestamp"):
+            body["metadata"].pop(key, None)
+        Path(folder, f"{kind}-{state}.json").write_text(json.dumps(body, indent=2) + "\n")
+
+
 def report_success(listen: int, task: str) -> None:
     """The app reports that ``task`` succeeded, through the sidecar's outcome endpoint."""
     import urllib.request  # noqa: PLC0415
@@ -256,6 +271,17 @@ def usage_reports_reach_status(cluster: Cluster, paid: str) -> None:
         {"name": "tier", "tasks": 1, "succeeded": 1, "successRate": "100%"},
     ]
     assert condition(status, "CostSpike")["reason"] == "NotEnoughData"
+    # tokenomy status reads the same status through kubectl, as a person would.
+    shown = subprocess.run(
+        [sys.executable, "-m", "tokenomy_cli.main", "status", "-n", "shop",
+         "--kubeconfig", str(cluster.admin)],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    row = next(line for line in shown.splitlines() if line.startswith("shop "))
+    assert row.split()[:3] == ["shop", "agent", "True"]
+    assert "50%" in row.split()
+    assert "large 100%" in row
+    assert "shop/agent: exact_cache " in shown  # savings by lever (under a cent here)
     page = operator_metrics(cluster)
     assert 'tokenomy_policy_tasks{namespace="shop",policy="agent"} 1.0' in page
     assert 'tokenomy_policy_task_success_ratio{namespace="shop",policy="agent"} 1.0' in page
@@ -288,6 +314,10 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     assert "initContainers" not in get(admin, "pod", "opted-out", "-n", NS)["spec"]
     kubectl(admin, "apply", "-f", "-", stdin=pod("system", namespace="kube-system", app="agent"))
     assert "initContainers" not in get(admin, "pod", "system", "-n", "kube-system")["spec"]
+
+    wait(lambda: condition(policy_status(cluster), "Applied").get("reason") == "Pending", 30,
+         "Applied: Pending (a Pod with a sidecar that has not started)")  # fmt: skip
+    capture(cluster, "progressing")
 
     # Scenario 4: a sidecar started as that Pod would gets its config over xDS and serves.
     listen, metrics = free_port(), free_port()
@@ -332,6 +362,7 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     assert status["configVersion"] == first_version
     report_success(listen, "ticket-1")
     usage_reports_reach_status(cluster, answers[0].headers["x-tokenomy-cost-usd"])
+    capture(cluster, "healthy")
 
     # Scenario 5: a change reaches the sidecar as a new version within a second of
     # the API server accepting it (kubectl's own start-up is not counted).
@@ -343,7 +374,15 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     took = time.monotonic() - accepted
     print(f"policy change to sidecar serving the new version: {took * 1000:.0f} ms")
     assert took < 1.0
-    # An invalid change that passes the schema: Ready=False names the field, traffic keeps its version.
+    an_invalid_change_keeps_the_version(cluster, client, ready_version, second_version)
+
+
+def an_invalid_change_keeps_the_version(
+    cluster: Cluster, client: openai.OpenAI, ready_version: Callable[[], str], version: str
+) -> None:
+    """An invalid change that passes the schema: Ready=False names the field, traffic keeps
+    its version."""
+    admin = cluster.admin
     kubectl(
         admin,
         "apply",
@@ -358,8 +397,9 @@ def test_injection_xds_traffic_status_and_changes(cluster: Cluster) -> None:
     )
     assert ready["reason"] == "InvalidSpec"
     assert 'spec.cascade.tiers[1]: ModelRoute "chat" has no tier "medium"' in ready["message"]
+    capture(cluster, "invalid")
     time.sleep(0.5)
-    assert ready_version() == second_version
+    assert ready_version() == version
     assert (
         client.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "still?"}]

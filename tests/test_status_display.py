@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from tokenomy_api.readable import dollars
 from tokenomy_operator.state import RouteStatus
-from tokenomy_operator.status import dollars, policy_display, route_status
+from tokenomy_operator.status import policy_display, route_status
 
 from helpers import policy
 

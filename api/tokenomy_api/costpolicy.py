@@ -772,6 +772,18 @@ class UsageCounts(ApiModel):
     """Calls through the tool proxy (HTTP tools and MCP ``tools/call``)."""
     tool_cache_hits: Count = 0
     """Of those, the ones answered from the tool proxy's cache."""
+    saved_by_lever: list[LeverSaving] = Field(default_factory=list, max_length=16)
+    """``saved`` by the lever that answered each request."""
+
+
+class LeverSaving(ApiModel):
+    """Net savings of the requests one lever answered."""
+
+    lever: Annotated[str, Field(max_length=64)]
+    """``exact_cache``, ``semantic_cache``, ``routing``, ``cascade`` or ``tier``."""
+    saved: SignedAmount = "0"
+    """Net USD saved against the reference tier (the requests' trimming and tool pruning
+    savings included)."""
 
 
 class Spender(ApiModel):

@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, str] = {
     "sidecar": "tokenomy_sidecar.cli",
     "simulate": "tokenomy_demo.simulate",
     "standin": "tokenomy_standin.cli",
+    "status": "tokenomy_cli.status_cmd",
 }
 
 # One-line help without importing every module just to print --help.
@@ -47,6 +48,7 @@ _HELP: dict[str, str] = {
     "sidecar": "run the OpenAI-compatible sidecar proxy from CostPolicy/ModelRoute YAML",
     "simulate": "the demo's report for your own policy and request log, projected to a month",
     "standin": "run a stand-in OpenAI-compatible model server (for trying things out)",
+    "status": "every CostPolicy's spend, budget, savings, hit rate, tiers, sidecars, quality",
 }
 
 

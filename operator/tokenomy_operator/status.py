@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from tokenomy_api.costpolicy import Budget, CostPolicySpec
+from tokenomy_api.readable import dollars
 from tokenomy_operator.state import PolicyStatus, RouteStatus
 
 
@@ -190,17 +191,6 @@ def route_status(observed: RouteStatus, previous: Mapping[str, Any], now: str) -
 
 
 PERIODS = {"daily": "day", "weekly": "week", "monthly": "month"}
-CENT = Decimal("0.01")
-
-
-def dollars(amount: str | Decimal) -> str:
-    """An amount to the cent, for reading: ``$12.35``, ``-$0.40``; ``<$0.01`` for less
-    than a cent that is not nothing (status keeps the exact figure)."""
-    value = Decimal(amount)
-    sign = "-" if value < 0 else ""
-    if 0 < abs(value) < CENT / 2:
-        return f"{sign}<$0.01"
-    return f"{sign}${abs(value).quantize(CENT, ROUND_HALF_UP):,}"
 
 
 def policy_display(spec: CostPolicySpec | None, status: Mapping[str, Any]) -> dict[str, str]:

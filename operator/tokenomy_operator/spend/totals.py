@@ -183,6 +183,9 @@ class Totals:
     """Calls through the tool proxy."""
     tool_cache_hits: int = 0
     """Of those, the ones answered from its cache."""
+    saved_by_lever: dict[str, Decimal] = field(default_factory=dict)
+    """Net savings by the lever that answered (a request's trimming and tool pruning
+    savings go to the lever that answered it)."""
     shadow: dict[str, Agreement] = field(default_factory=dict)
     """Shadow comparisons per lever."""
     shadow_cost: Decimal = ZERO
@@ -202,6 +205,9 @@ class Totals:
         self.output_tokens += usage.output_tokens
         self.cached_input_tokens += usage.cached_input_tokens
         self.saved += usage.saved
+        if usage.saved and usage.lever:
+            lever = usage.lever
+            self.saved_by_lever[lever] = self.saved_by_lever.get(lever, ZERO) + usage.saved
         if usage.tool:
             self.tool_calls += 1
             self.tool_cache_hits += usage.cache == "hit"
@@ -267,6 +273,10 @@ class Totals:
                 "saved": str(self.saved),
                 "toolCalls": self.tool_calls,
                 "toolCacheHits": self.tool_cache_hits,
+                "savedByLever": [
+                    {"lever": lever, "saved": str(amount)}
+                    for lever, amount in sorted(self.saved_by_lever.items())
+                ],
             },
         }
         if self.requests:
@@ -326,6 +336,10 @@ class Totals:
                 tiers=Counter(
                     {str(t["tier"]): int(t["requests"]) for t in usage.get("tiers") or []}
                 ),
+                saved_by_lever={
+                    str(s["lever"]): Decimal(str(s["saved"]))
+                    for s in usage.get("savedByLever") or []
+                },
             )
             for entry in status.get("spenders") or []:
                 totals.spenders[(str(entry["key"]), str(entry["value"]))] = Share.read(entry)
