@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 LEASE_WAIT_SECONDS = 2.0
 """How long a request waits for a lease before its budget counts as spent."""
+LEASE_ROUNDS = 16
+"""Lease requests one reservation may make while its sidecar's other requests take what
+the grants bring; a grant with nothing free in it ends the rounds at once."""
 EXPIRY_MARGIN = 0.9
 """Share of a lease's life the sidecar spends it for (clocks drift; the operator's rules)."""
 FLUSH_SECONDS = 0.05
@@ -65,7 +68,9 @@ class RemoteBudget:
         self.unlimited = False
         self.resets_at: datetime | None = None
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
+        """Resolves when the pending lease request is answered (True) or its stream
+        breaks (False)."""
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
         self._first = asyncio.Event()
@@ -142,7 +147,7 @@ class RemoteBudget:
                 log.exception("usage stream to %s failed", self.address)
             self.connected = False
             if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
+                self._waiter.set_result(False)
             await asyncio.sleep(backoff)
             backoff = min(5.0, backoff * 2)
 
@@ -156,7 +161,7 @@ class RemoteBudget:
             expires = self.clock.monotonic() + answer.lease_seconds * EXPIRY_MARGIN
             self.wallet.renew(Decimal(answer.lease_usd), expires, self._mark)
             if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
+                self._waiter.set_result(True)
 
     def _flush(self) -> None:
         self._flushing = False
@@ -178,21 +183,23 @@ class RemoteBudget:
             return Reservation(Decimal(0))
         if not self.connected and self.budget.fail_mode == "stop":
             return None
-        for _ in range(4):
+        # Requests of this sidecar share its lease: a grant covers the one that asked,
+        # and the others waiting ask again. Only a grant with nothing free in it says the
+        # budget is spent; a stream that broke meanwhile is judged by the fail mode.
+        for _ in range(LEASE_ROUNDS):
             held = self.wallet.reserve(amount, self.clock.monotonic())
             if held is not None or not self.connected:
                 return held
-            before = self.wallet.lease
             if self._waiter is None or self._waiter.done():
                 self._waiter = asyncio.get_running_loop().create_future()
                 self._mark = self.wallet.settled
                 self._outbox.put_nowait(self._message(want_lease=True, need=amount))
             try:
-                await asyncio.wait_for(asyncio.shield(self._waiter), LEASE_WAIT_SECONDS)
+                granted = await asyncio.wait_for(asyncio.shield(self._waiter), LEASE_WAIT_SECONDS)
             except TimeoutError:
                 return None
-            if self.wallet.lease == 0 and before == 0:
-                return None  # granted nothing: the budget is spent
+            if granted and self.wallet.free <= 0:
+                return None  # granted nothing new: the budget is spent
         return None
 
     def settle(self, reservation: Reservation, usage: RequestUsage) -> None:

@@ -53,6 +53,11 @@ class Wallet:
     settled: Decimal = ZERO
     """Everything ever settled: marks taken when a lease is asked for are read against it."""
 
+    @property
+    def free(self) -> Decimal:
+        """What the lease still covers."""
+        return self.lease - self.spent - self.reserved
+
     def reserve(self, estimate: Decimal, now: float) -> Reservation | None:
         """Set ``estimate`` aside, or None when the lease cannot cover it (or has expired)."""
         if now >= self.expires or self.spent + self.reserved + estimate > self.lease:
