@@ -8,6 +8,8 @@ from typing import Any
 
 import openai
 
+from tokenomy_api.clock import ManualClock
+
 from helpers import backend, policy_doc, route_doc
 from support import LiveSidecar, SidecarFactory, StandinFactory
 
@@ -156,3 +158,12 @@ async def test_a_job_reserves_before_it_sends_and_never_spends_past_the_budget(
     assert sorted(v["status_code"] for v in errors.values()) == [429, 429, 429]
     assert len(provider.settings.batch_requests) == 2
     assert 0 < running.metric("tokenomy_cost_usd_total") <= 0.002
+
+
+async def test_files_are_dated_by_the_sidecars_clock(sidecar: SidecarFactory) -> None:
+    clock = ManualClock(now=1_765_000_000.0)
+    running = await sidecar(route_doc(namespace="default"), policy_doc(namespace="default"),
+                            clock=clock)  # fmt: skip
+    client = running.client()
+    uploaded = await client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch")
+    assert uploaded.created_at == 1_765_000_000

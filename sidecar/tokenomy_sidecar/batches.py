@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from tokenomy_api.clock import Clock
+from tokenomy_api.clock import Clock, SystemClock
 from tokenomy_sidecar.errors import ApiError, error_response
 from tokenomy_sidecar.pipeline import Answer, Exchange, Pipeline
 from tokenomy_sidecar.request import parse_chat
@@ -56,6 +55,8 @@ LIVE_CONCURRENCY = 8
 class FileStore:
     """Uploaded and result files, in memory, up to ``max_bytes`` in all."""
 
+    clock: Clock = field(default_factory=SystemClock)
+    """Dates files (``created_at``)."""
     max_bytes: int = 256 * 1024 * 1024
     files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -69,7 +70,7 @@ class FileStore:
             "id": f"file-tk{next(self._ids)}",
             "object": "file",
             "bytes": len(data),
-            "created_at": int(time.time()),
+            "created_at": int(self.clock.wall()),
             "filename": name,
             "purpose": purpose,
         }
@@ -194,7 +195,7 @@ class Batches:
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.poll_seconds = poll_seconds
-        self.files = FileStore()
+        self.files = FileStore(clock)
         self.jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
         self._running: set[asyncio.Task[None]] = set()
@@ -275,7 +276,7 @@ class Batches:
             input_file_id=str(body["input_file_id"]),
             completion_window=str(body.get("completion_window", "24h")),
             metadata=body.get("metadata"),
-            created_at=int(time.time()),
+            created_at=int(self.clock.wall()),
         )
         self.jobs[job.id] = job
         task = asyncio.get_running_loop().create_task(
@@ -305,7 +306,7 @@ class Batches:
         if job.status not in TERMINAL:
             job.cancelled = True
             job.status = "cancelling"
-            job.times["cancelling_at"] = int(time.time())
+            job.times["cancelling_at"] = int(self.clock.wall())
             job.all_in.set()
             await self._cancel_provider(job)
         return web.json_response(job.api_object())
@@ -318,7 +319,7 @@ class Batches:
         parsed = read_lines(data)
         job.lines = [Line(n, custom_id) for n, (custom_id, _, _) in enumerate(parsed)]
         job.status = "in_progress"
-        job.times["in_progress_at"] = int(time.time())
+        job.times["in_progress_at"] = int(self.clock.wall())
         tasks = []
         for line, (_, body, problem) in zip(job.lines, parsed, strict=True):
             if body is None:
@@ -593,7 +594,7 @@ class Batches:
                     continue
                 setattr(job, f"{kind}_file_id", meta["id"])
         job.status = "cancelled" if job.cancelled else "completed"
-        job.times["cancelled_at" if job.cancelled else "completed_at"] = int(time.time())
+        job.times["cancelled_at" if job.cancelled else "completed_at"] = int(self.clock.wall())
 
 
 def _json(body: bytes) -> Any:
