@@ -164,6 +164,9 @@ class Exchange:
     answer: Answer | None = None
     """What the stages answered with, once one did (a relayed stream's completion is
     filled in as it is written)."""
+    shadowed: bool = False
+    """Sampled for a shadow comparison, if its answer turns out eligible (a relayed stream
+    is then assembled as it is written)."""
 
     def __post_init__(self) -> None:
         self.routing = RoutingRecord(self.route.tier(self.route.default_tier))

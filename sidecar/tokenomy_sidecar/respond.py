@@ -76,9 +76,8 @@ class Writer:
         assert answer.settle is not None
         upstream = reply.stream
         response = web.StreamResponse(headers={**x.headers, **SSE_HEADERS})
-        # Assembled where the cache may store it or a shadow comparison may read it.
-        whole = x.cache.decision.store or x.runtime.config.shadow is not None
-        seen = _Seen(keep=[] if whole else None)
+        # Assembled where the cache may store it or a shadow comparison will read it.
+        seen = _Seen(keep=[] if x.cache.decision.store or x.shadowed else None)
         client_gone = False
         buffer = bytearray()
         try:

@@ -224,7 +224,9 @@ class Shadow:
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def request(self, x: Exchange) -> Answer | None:
-        """Nothing before the answer."""
+        """Draw the sample now, so that only a sampled stream is kept whole; never answers."""
+        spec = x.runtime.config.shadow
+        x.shadowed = spec is not None and self.rng.random() < spec.sample
         return None
 
     async def store(self, x: Exchange, answer: Answer) -> None:
@@ -236,7 +238,7 @@ class Shadow:
         spend.requests += x.spend.spent
         spec = x.runtime.config.shadow
         lever = lever_of(x, x.answer)
-        if spec is None or lever is None or self.rng.random() >= spec.sample:
+        if spec is None or lever is None or not x.shadowed:
             return
         assert x.answer is not None
         served = answer_text(x.answer.completion)
