@@ -122,21 +122,24 @@ class RemoteBudget:
             config_version=self.version,
         )
 
-    async def _requests(self) -> AsyncIterator[Any]:
+    async def _requests(self, outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
         yield self._message(everything=True)  # on every (re)connect: all not acknowledged
         while True:
-            yield await self._outbox.get()
+            yield await outbox.get()
 
     async def _run(self) -> None:
         backoff = 0.1
         while True:
+            # Each stream reads its own queue: the request iterator of a stream that broke
+            # can outlive it, and would otherwise take (and lose) the next lease request.
+            self._outbox = asyncio.Queue()
             try:
                 async with grpc.aio.insecure_channel(self.address) as channel:
                     call = channel.stream_stream(
                         METHOD,
                         request_serializer=SidecarMessage.SerializeToString,
                         response_deserializer=OperatorMessage.FromString,
-                    )(self._requests())
+                    )(self._requests(self._outbox))
                     async for answer in call:
                         self.connected = True
                         backoff = 0.1
