@@ -41,16 +41,31 @@ def agent_lines(admin: Path, pod: str = "agent", namespace: str = "shop") -> lis
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def describe(admin: Path, namespace: str) -> str:
-    return "\n".join(
-        kubectl(admin, *args, check=False).stdout[-4000:]
-        for args in (
-            ("get", "pods", "-A", "-o", "wide"),
-            ("describe", "pods", "-n", namespace),
-            ("get", "events", "-A", "--sort-by=.lastTimestamp"),
-            ("logs", "-n", SYSTEM, "deploy/tokenomy-operator", "--tail=60"),
-        )
+def describe(cluster: NodeCluster, namespace: str) -> str:
+    """What a failed wait needs: every Pod's containers, Events, every operator
+    replica's log (the webhook may have been served by either) and what the API
+    server said about calling the webhook (a fail-open admission shows only there)."""
+    admin = cluster.admin
+    containers = (
+        "jsonpath={range .items[*]}{.metadata.name}: init=[{.spec.initContainers[*].name}] "
+        'containers=[{.spec.containers[*].name}] {.metadata.annotations}{"\\n"}{end}'
     )
+    parts = [
+        kubectl(admin, *args, check=False).stdout[-limit:]
+        for args, limit in (
+            (("get", "pods", "-A", "-o", "wide"), 3000),
+            (("get", "pods", "-n", namespace, "-o", containers), 3000),
+            (("get", "events", "-A", "--sort-by=.lastTimestamp"), 3000),
+            (("get", "costpolicies", "-A", "-o", "jsonpath={.items[*].status.conditions}"), 2000),
+            (("logs", "-n", SYSTEM, "-l", "app.kubernetes.io/name=tokenomy-operator",
+              "--prefix", "--tail=40"), 8000),
+        )
+    ]  # fmt: skip
+    apiserver = cluster.plane.folder / "apiserver.log"
+    if apiserver.exists():
+        lines = apiserver.read_text(errors="replace").splitlines()
+        parts.append("\n".join(x for x in lines if "webhook" in x.lower())[-3000:])
+    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +78,7 @@ def operator(cluster: NodeCluster) -> Iterator[NodeCluster]:
         admin, "rollout", "status", "-n", SYSTEM, "deploy/tokenomy-operator", "--timeout=240s",
         check=False,
     )  # fmt: skip
-    assert rollout.returncode == 0, describe(admin, SYSTEM)
+    assert rollout.returncode == 0, describe(cluster, SYSTEM)
     MEASURED["apply_to_operator_available_s"] = time.monotonic() - started
     MEASURED.update(cluster.node.timings)
     yield cluster
@@ -97,7 +112,7 @@ def agent(operator: NodeCluster) -> NodeCluster:
     try:
         wait(serving, 240, "the agent's first answer")
     except AssertionError as error:
-        raise AssertionError(describe(admin, "shop")) from error
+        raise AssertionError(describe(operator, "shop")) from error
     MEASURED["pod_create_to_first_answer_s"] = time.monotonic() - started
     return operator
 
@@ -146,7 +161,7 @@ def test_status_shows_the_sidecar_and_its_spend(agent: NodeCluster) -> None:
     except AssertionError as error:
         shown = get(admin, "-n", "shop", "costpolicy/agent").get("status")
         raise AssertionError(
-            f"{json.dumps(shown, indent=1)[:3000]}\n{describe(admin, SYSTEM)}"
+            f"{json.dumps(shown, indent=1)[:3000]}\n{describe(agent, SYSTEM)}"
         ) from error
     assert status["sidecars"]["unmanaged"] == 0
     conditions = {c["type"]: c for c in status["conditions"]}

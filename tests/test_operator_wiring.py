@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import getpass
 import ssl
@@ -15,7 +16,7 @@ from kubernetes import client
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from tokenomy_operator.certs import WebhookCerts, generate, service_hosts, usable
-from tokenomy_operator.cli import native_sidecars_supported, peering_identity
+from tokenomy_operator.cli import listening, native_sidecars_supported, peering_identity
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.handlers import TOKEN_RECHECK, connection_info, register
 from tokenomy_operator.injection import InjectionSettings
@@ -151,3 +152,14 @@ def test_stored_webhook_certificates_are_reused_only_while_they_fit() -> None:
     assert not usable(certs, [*hosts, "other.example"], now)  # a name it does not carry
     assert not usable(certs, hosts, now + datetime.timedelta(days=340))  # under 30 days left
     assert not usable(WebhookCerts(b"x", b"not a certificate", b"k"), hosts, now)
+
+
+async def test_readiness_waits_for_a_listening_webhook_server() -> None:
+    """A replica is ready only once an admission sent to it would be answered."""
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert await listening(("0.0.0.0", port))  # the wildcard means this host
+    assert await listening(("127.0.0.1", port))
+    server.close()
+    await server.wait_closed()
+    assert not await listening(("127.0.0.1", port))

@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import kopf
@@ -133,6 +133,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+async def listening(address: tuple[str, int]) -> bool:
+    """Whether a TCP connection to ``address`` (a wildcard host meaning this host) opens."""
+    host, port = address
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(target, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 def _kube(kubeconfig: str | None) -> client.ApiClient:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # kopf logs in from the same place
@@ -221,6 +235,37 @@ async def _run_kopf(
     await kopf.run_tasks(tasks, ignored=existing)
 
 
+def _readiness(
+    args: argparse.Namespace,
+    controller: Controller,
+    departure: Departure,
+    published: asyncio.Event,
+) -> Callable[[], Awaitable[str]]:
+    """Why this replica cannot serve yet ('' once it can), for /readyz."""
+    webhook_up = asyncio.Event()
+
+    async def not_ready() -> str:
+        if departure.leaving.is_set():
+            return "shutting down"
+        if controller.latest is None:
+            return "the watches have not been reconciled yet"
+        if args.no_webhook:
+            return ""
+        if args.webhook_configuration and not published.is_set():
+            return f"the webhook's CA is not yet in {args.webhook_configuration}"
+        # kopf starts its webhook server on its own schedule: until it accepts,
+        # an admission sent here fails open and the Pod starts without a sidecar.
+        # Once it has, it listens until shutdown: no more probes (each one is a
+        # handshake the server logs as cut short).
+        if not webhook_up.is_set():
+            if not await listening(args.webhook_listen):
+                return "the webhook server does not accept connections yet"
+            webhook_up.set()
+        return ""
+
+    return not_ready
+
+
 async def serve_operator(args: argparse.Namespace) -> int:
     """Run the xDS server, the control loop and kopf until SIGTERM or SIGINT."""
     api = _kube(args.kubeconfig)
@@ -241,14 +286,7 @@ async def serve_operator(args: argparse.Namespace) -> int:
     # Leaving hands the Lease back at once (the elector releases it when cancelled).
     departure = Departure(args.shutdown_delay, lambda: elector_task and elector_task.cancel())
 
-    def not_ready() -> str:
-        if departure.leaving.is_set():
-            return "shutting down"
-        if controller.latest is None:
-            return "the watches have not been reconciled yet"
-        if not args.no_webhook and args.webhook_configuration and not published.is_set():
-            return f"the webhook's CA is not yet in {args.webhook_configuration}"
-        return ""
+    not_ready = _readiness(args, controller, departure, published)
 
     metrics_host, metrics_port = args.metrics_listen
     metrics_runner = await serve_metrics(controller.metrics, metrics_host, metrics_port, not_ready)

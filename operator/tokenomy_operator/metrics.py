@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -162,7 +162,10 @@ class OperatorMetrics:
 
 
 async def serve_metrics(
-    metrics: OperatorMetrics, host: str, port: int, not_ready: Callable[[], str] = lambda: ""
+    metrics: OperatorMetrics,
+    host: str,
+    port: int,
+    not_ready: Callable[[], Awaitable[str]] | None = None,
 ) -> web.AppRunner:
     """``/metrics``, ``/healthz`` and ``/readyz`` on their own port.
 
@@ -175,7 +178,7 @@ async def serve_metrics(
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        reason = not_ready()
+        reason = await not_ready() if not_ready is not None else ""
         if reason:
             return web.json_response({"status": "not ready", "reason": reason}, status=503)
         return web.json_response({"status": "ready"})
