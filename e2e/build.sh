@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a real Kubernetes from Go modules, once per machine: kube-apiserver and
 # etcd (every e2e tier), and for the node tier kubelet, kube-controller-manager,
-# kube-scheduler, kube-proxy, CoreDNS and a pause binary.
+# kube-scheduler, kube-proxy, CoreDNS and a pause binary; and Helm, for the chart.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every
 # staging module (k8s.io/api, k8s.io/client-go, ...) with a local path. A
@@ -25,6 +25,7 @@ CACHE="${TOKENOMY_E2E_CACHE:-$HOME/.cache/tokenomy-e2e}/kube-${KUBE_VERSION}-etc
 BIN="$CACHE/bin"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.305.0}"  # Prometheus 3.5's Go module version
+HELM_VERSION="${HELM_VERSION:-v4.3.2}"  # the chart's lint, template and install tests
 NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns pause prometheus)
 
 have_all() {
@@ -32,7 +33,7 @@ have_all() {
   for name in "$@"; do [[ -x "$BIN/$name" ]] || return 1; done
 }
 
-wanted=(kube-apiserver etcd)
+wanted=(kube-apiserver etcd helm)
 [[ "${1:-}" == node ]] && wanted+=("${NODE_BINARIES[@]}")
 if have_all "${wanted[@]}"; then
   echo "$BIN"
@@ -100,6 +101,10 @@ GO
 if [[ ! -x "$BIN/etcd" ]]; then
   go mod tidy >&2
   go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" . >&2
+fi
+
+if [[ ! -x "$BIN/helm" ]]; then
+  GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}" >&2
 fi
 
 if [[ "${1:-}" == node && ! -x "$BIN/coredns" ]]; then

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_view import SYSTEM, agent_lines, describe, get
 
 from controlplane import kubectl, wait
 from prometheus import Prometheus, dashboard_queries, shipped
@@ -26,46 +27,9 @@ pytestmark = pytest.mark.node
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SYSTEM = "tokenomy-system"
 MEASURED: dict[str, float] = {}
 """Timings the README quotes, written to MEASUREMENTS after the module."""
 MEASUREMENTS = IMAGE_CACHE / "node-measurements.json"
-
-
-def get(admin: Path, *args: str) -> Any:
-    return json.loads(kubectl(admin, "get", "-o", "json", *args).stdout)
-
-
-def agent_lines(admin: Path, pod: str = "agent", namespace: str = "shop") -> list[dict[str, Any]]:
-    out = kubectl(admin, "logs", "-n", namespace, pod, "-c", "agent", check=False)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-
-
-def describe(cluster: NodeCluster, namespace: str) -> str:
-    """What a failed wait needs: every Pod's containers, Events, every operator
-    replica's log (the webhook may have been served by either) and what the API
-    server said about calling the webhook (a fail-open admission shows only there)."""
-    admin = cluster.admin
-    containers = (
-        "jsonpath={range .items[*]}{.metadata.name}: init=[{.spec.initContainers[*].name}] "
-        'containers=[{.spec.containers[*].name}] {.metadata.annotations}{"\\n"}{end}'
-    )
-    parts = [
-        kubectl(admin, *args, check=False).stdout[-limit:]
-        for args, limit in (
-            (("get", "pods", "-A", "-o", "wide"), 3000),
-            (("get", "pods", "-n", namespace, "-o", containers), 3000),
-            (("get", "events", "-A", "--sort-by=.lastTimestamp"), 3000),
-            (("get", "costpolicies", "-A", "-o", "jsonpath={.items[*].status.conditions}"), 2000),
-            (("logs", "-n", SYSTEM, "-l", "app.kubernetes.io/name=tokenomy-operator",
-              "--prefix", "--tail=40"), 8000),
-        )
-    ]  # fmt: skip
-    apiserver = cluster.plane.folder / "apiserver.log"
-    if apiserver.exists():
-        lines = apiserver.read_text(errors="replace").splitlines()
-        parts.append("\n".join(x for x in lines if "webhook" in x.lower())[-3000:])
-    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")

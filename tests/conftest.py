@@ -85,6 +85,7 @@ def redis_url() -> Iterator[str]:
 
 INTEGRATION_MODULES = frozenset(
     {
+        "test_chart",  # helm
         "test_cli",  # the console script as a process
         "test_demo",
         "test_envoy_ads",  # a real Envoy

@@ -26,6 +26,19 @@ INVALID = EXAMPLES / "invalid"
 CRDS = REPO / "crds"
 
 
+def kustomize(folder: str) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize manifests/<folder>`` renders."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) is needed to render manifests/"
+    out = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "manifests" / folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
 class RunningStandin:
     """A stand-in model server on a free port."""
 

@@ -11,9 +11,7 @@ import lupa.lua51 as lua
 import pytest
 import yaml
 
-from test_manifests import render
-
-from support import REPO
+from support import REPO, kustomize
 
 pytestmark = pytest.mark.unit
 
@@ -96,14 +94,14 @@ def test_the_application_ignores_only_the_ca_bundle_the_operator_writes() -> Non
     assert app["spec"]["source"]["path"] == "manifests/argocd"
     assert (REPO / app["spec"]["source"]["path"] / "kustomization.yaml").is_file()
     [ignored] = app["spec"]["ignoreDifferences"]
-    webhook = next(d for d in render("base") if d["kind"] == "MutatingWebhookConfiguration")
+    webhook = next(d for d in kustomize("base") if d["kind"] == "MutatingWebhookConfiguration")
     assert ignored["name"] == webhook["metadata"]["name"]
     assert ignored["jqPathExpressions"] == [".webhooks[].clientConfig.caBundle"]
     assert "RespectIgnoreDifferences=true" in app["spec"]["syncPolicy"]["syncOptions"]
 
 
 def test_crds_sync_before_everything_else() -> None:
-    docs = render("argocd")
+    docs = kustomize("argocd")
     waves = {
         (d["kind"], d["metadata"]["name"]): (d["metadata"].get("annotations") or {}).get(
             "argocd.argoproj.io/sync-wave", "0"
@@ -112,11 +110,11 @@ def test_crds_sync_before_everything_else() -> None:
     }
     assert {w for (kind, _), w in waves.items() if kind == "CustomResourceDefinition"} == {"-1"}
     assert {w for (kind, _), w in waves.items() if kind != "CustomResourceDefinition"} == {"0"}
-    assert len(docs) == len(render("base"))
+    assert len(docs) == len(kustomize("base"))
 
 
 def test_top_level_and_monitoring_overlays_render() -> None:
-    base, top, monitored = render("base"), render(""), render("with-monitoring")
+    base, top, monitored = kustomize("base"), kustomize(""), kustomize("with-monitoring")
     assert top == base
     extra = sorted(d["kind"] for d in monitored if d not in base)
     assert extra == ["ConfigMap", "PodMonitor", "PodMonitor", "PrometheusRule"]

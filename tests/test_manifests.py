@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.handlers import register
@@ -19,24 +16,12 @@ from tokenomy_operator.webhook import HANDLER_ID
 from tokenomy_operator.xds.server import AdsServer
 from tokenomy_operator.xds.snapshot import SnapshotCache
 
-from support import REPO
-
-
-def render(folder: str) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl (with kustomize) is needed to render manifests/"
-    out = subprocess.run(
-        [kubectl, "kustomize", str(REPO / "manifests" / folder)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+from support import kustomize
 
 
 @pytest.fixture(scope="module")
 def base() -> list[dict[str, Any]]:
-    return render("base")
+    return kustomize("base")
 
 
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -126,13 +111,13 @@ def test_rbac_covers_every_watch_and_write(base: list[dict[str, Any]]) -> None:
 
 
 def test_monitoring_renders() -> None:
-    rendered = render("monitoring")
+    rendered = kustomize("monitoring")
     docs = {d["kind"]: d for d in rendered}
     assert sorted(docs) == ["ConfigMap", "PodMonitor", "PrometheusRule"]
     monitors = {d["metadata"]["name"]: d["spec"] for d in rendered if d["kind"] == "PodMonitor"}
     assert monitors["tokenomy-sidecars"]["podMetricsEndpoints"][0]["port"] == "tkn-metrics"
     # The operator's port name and labels, as the Deployment declares them.
-    deployment = next(d for d in render("base") if d["kind"] == "Deployment")
+    deployment = next(d for d in kustomize("base") if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]
     operator = monitors["tokenomy-operator"]
     assert operator["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
@@ -144,7 +129,7 @@ def test_monitoring_renders() -> None:
 
 
 def test_local_images_overlay_renames_both_images_only() -> None:
-    base, local = render("base"), render("local-images")
+    base, local = kustomize("base"), kustomize("local-images")
     assert len(base) == len(local)
     [container] = one(local, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["image"].startswith("localhost/tokenomy/operator:")

@@ -154,13 +154,11 @@ class LeaseElector:
         ours = view is not None and view.holder == self.identity
         transitions = spec.lease_transitions or 0
         body = client.V1Lease(
-            metadata=client.V1ObjectMeta(
-                name=self.name,
-                namespace=self.namespace,
-                resource_version=lease.metadata.resource_version
-                if lease is not None and lease.metadata is not None
-                else None,
-            ),
+            # The read metadata (its resourceVersion makes the write a
+            # compare-and-swap; its labels are an installer's, e.g. Helm's).
+            metadata=lease.metadata
+            if lease is not None and lease.metadata is not None
+            else client.V1ObjectMeta(name=self.name, namespace=self.namespace),
             spec=client.V1LeaseSpec(
                 holder_identity=self.identity,
                 lease_duration_seconds=int(self.settings.duration),

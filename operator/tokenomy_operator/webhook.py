@@ -130,8 +130,9 @@ async def shared_certs(
 
     Each replica serves the webhook behind one Service, so all must present
     a certificate the one ``caBundle`` trusts. The first replica creates the
-    Secret; the others (and restarts) read it; a Secret that no longer fits
-    (other names, under 30 days left) is replaced. Two replicas creating at
+    Secret (or fills the empty one the Helm chart creates); the others (and
+    restarts) read it; a Secret that no longer fits (other names, under 30
+    days left) is replaced. Two replicas creating at
     once: the loser reads the winner's.
     """
     core = client.CoreV1Api(api)
@@ -151,13 +152,11 @@ async def shared_certs(
                     return stored
         certs = generate(hosts)
         body = client.V1Secret(
-            metadata=client.V1ObjectMeta(
-                name=name,
-                namespace=namespace,
-                resource_version=secret.metadata.resource_version
-                if secret is not None and secret.metadata is not None
-                else None,
-            ),
+            # Replacing keeps the read metadata: its resourceVersion (a write
+            # another replica beat fails) and an installer's labels.
+            metadata=secret.metadata
+            if secret is not None and secret.metadata is not None
+            else client.V1ObjectMeta(name=name, namespace=namespace),
             type="Opaque",
             data={
                 k: base64.b64encode(v).decode()
@@ -180,15 +179,20 @@ async def shared_certs(
 async def publish_ca(api: client.ApiClient, configuration: str, ca: bytes) -> None:
     """Put our CA into the MutatingWebhookConfiguration, so the API server trusts the webhook.
 
-    Read, change, replace: a PUT with the read ``resourceVersion`` cannot
-    overwrite a concurrent change (it fails instead), and needs only ``get``
-    and ``update`` on that one configuration.
+    A strategic merge patch keyed by each webhook's name sets ``caBundle``
+    and nothing else, so the operator's field manager owns that one field:
+    a Helm upgrade or a GitOps sync may change every other field (failure
+    policy, selectors) without a conflict, and none of them is rewritten
+    here. Needs only ``get`` and ``patch`` on that one configuration.
     """
     admission = client.AdmissionregistrationV1Api(api)
     current = await asyncio.to_thread(admission.read_mutating_webhook_configuration, configuration)
     bundle = base64.b64encode(ca).decode()
-    for hook in current.webhooks or []:
-        hook.client_config.ca_bundle = bundle
-    await asyncio.to_thread(
-        admission.replace_mutating_webhook_configuration, configuration, current
-    )
+    body = {
+        "webhooks": [
+            {"name": hook.name, "clientConfig": {"caBundle": bundle}}
+            for hook in current.webhooks or []
+        ]
+    }
+    # A dict body goes as application/strategic-merge-patch+json.
+    await asyncio.to_thread(admission.patch_mutating_webhook_configuration, configuration, body)
