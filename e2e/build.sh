@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build a real Kubernetes from Go modules, once per machine: kube-apiserver and
 # etcd (every e2e tier), and for the node tier kubelet, kube-controller-manager,
-# kube-scheduler, kube-proxy, CoreDNS and a pause binary; and Helm, for the chart.
+# kube-scheduler, kube-proxy, CoreDNS and a pause binary; and Helm and the Prometheus
+# Operator's PodMonitor and PrometheusRule CRDs, for the chart and manifests/.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every
 # staging module (k8s.io/api, k8s.io/client-go, ...) with a local path. A
@@ -26,6 +27,9 @@ BIN="$CACHE/bin"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.305.0}"  # Prometheus 3.5's Go module version
 HELM_VERSION="${HELM_VERSION:-v4.3.2}"  # the chart's lint, template and install tests
+# Its PodMonitor and PrometheusRule CRDs, to check ours against on the API server.
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+MONITORING_CRDS="$CACHE/prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}-crds"
 NODE_BINARIES=(kubelet kube-controller-manager kube-scheduler kube-proxy coredns pause prometheus)
 
 have_all() {
@@ -35,7 +39,7 @@ have_all() {
 
 wanted=(kube-apiserver etcd helm)
 [[ "${1:-}" == node ]] && wanted+=("${NODE_BINARIES[@]}")
-if have_all "${wanted[@]}"; then
+if have_all "${wanted[@]}" && [[ -f "$MONITORING_CRDS/monitoring.coreos.com_podmonitors.yaml" ]]; then
   echo "$BIN"
   exit 0
 fi
@@ -101,6 +105,18 @@ GO
 if [[ ! -x "$BIN/etcd" ]]; then
   go mod tidy >&2
   go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" . >&2
+fi
+
+if [[ ! -f "$MONITORING_CRDS/monitoring.coreos.com_podmonitors.yaml" ]]; then
+  # The CRDs as the Prometheus Operator publishes them, from its Go module.
+  mkdir -p "$MONITORING_CRDS"
+  cd "$MONITORING_CRDS"
+  operator_dir="$(go mod download -json \
+    "github.com/prometheus-operator/prometheus-operator@${PROMETHEUS_OPERATOR_VERSION}" \
+    | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  for kind in podmonitors prometheusrules; do
+    cp "$operator_dir/example/prometheus-operator-crd/monitoring.coreos.com_${kind}.yaml" "$MONITORING_CRDS/"
+  done
 fi
 
 if [[ ! -x "$BIN/helm" ]]; then
