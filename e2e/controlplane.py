@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -229,11 +229,17 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
 
 def install_crds(admin: Path, *namespaces: str) -> None:
     """Apply the generated CRDs, wait until they serve, and create ``namespaces``."""
-    kubectl(admin, "apply", "--server-side", "-k", str(HERE.parent / "crds"))
-    kubectl(
-        admin, "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/costpolicies.tokenomy.dev", "crd/modelroutes.tokenomy.dev",
-    )  # fmt: skip
+    crds = ["crd/costpolicies.tokenomy.dev", "crd/modelroutes.tokenomy.dev"]
+    apply_crds(admin, ["-k", str(HERE.parent / "crds")], crds, namespaces)
+
+
+def apply_crds(
+    admin: Path, sources: Sequence[str], names: Sequence[str], namespaces: Sequence[str] = ()
+) -> None:
+    """``kubectl apply`` the CRDs ``sources`` name (its -f/-k arguments), wait until
+    ``names`` are Established, and create ``namespaces``."""
+    kubectl(admin, "apply", "--server-side", *sources)
+    kubectl(admin, "wait", "--for=condition=Established", "--timeout=60s", *names)
     for namespace in namespaces:
         kubectl(admin, "create", "namespace", namespace, check=False)
 

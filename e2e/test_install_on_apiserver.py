@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import build, kubectl
+from controlplane import apply_crds, build, kubectl
 
 REPO = Path(__file__).resolve().parent.parent
 KUSTOMIZE = ["with-monitoring", "namespaced", "argocd", "local-images"]
@@ -31,14 +31,9 @@ NAMESPACES = ("tokenomy-system", "apps", "lab")
 def cluster(admin: Path) -> Path:
     """The API server with the monitoring CRDs and the namespaces the objects go into."""
     [crds] = build().parent.glob("prometheus-operator-*-crds")
-    for crd in sorted(crds.glob("*.yaml")):
-        kubectl(admin, "apply", "--server-side", "-f", str(crd))
-    kubectl(
-        admin, "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/podmonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com",
-    )  # fmt: skip
-    for namespace in NAMESPACES:
-        kubectl(admin, "create", "namespace", namespace, check=False)
+    files = [arg for crd in sorted(crds.glob("*.yaml")) for arg in ("-f", str(crd))]
+    names = ["crd/podmonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com"]
+    apply_crds(admin, files, names, NAMESPACES)
     return admin
 
 
