@@ -3,19 +3,21 @@
 The operator's real pieces run in this process — ClusterState, the Controller
 and its loop (debounce 50 ms, as deployed), SnapshotCache, AdsServer on gRPC —
 with N injected pods selected by one policy. A child process opens one ADS
-stream per simulated sidecar and ACKs every response, reconnecting after a
-failed stream as the sidecar does. Measured: time from the policy change to
+stream per simulated sidecar, each on its own TCP connection as deployed
+(``--per-connection K`` multiplexes K streams on one), and ACKs every
+response, reconnecting after a failed stream as the sidecar does. Measured: time from the policy change to
 each sidecar's ACK of the new version (p50, p99, all), this process's CPU per
 ACK over the rollout (pushing, ACK handling and status included) and its
 memory per connected sidecar.
 
-    python bench/xds_fanout.py [--sidecars 10000] [--changes 5]
+    python bench/xds_fanout.py [--sidecars 10000] [--changes 5] [--per-connection 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import subprocess
@@ -32,6 +34,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
+from tokenomy_operator import collector
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.state import Pod
 from tokenomy_operator.xds.server import AdsServer, serve
@@ -55,9 +58,17 @@ def rss_mib() -> float:
     return 0.0
 
 
-async def clients(address: str, count: int, per_channel: int) -> None:
-    """The child: ``count`` ADS streams that ACK everything, reconnecting as a sidecar does."""
+async def clients(address: str, count: int, per_connection: int) -> None:
+    """The child: ``count`` ADS streams that ACK everything, reconnecting as a sidecar does.
+
+    Real sidecars are ``count`` processes with one stream each; this one
+    process holds all their objects, so its garbage collector is set as the
+    operator's is and what exists once all are connected is frozen; otherwise
+    its full collections would slow the operator's rollout on the shared cores.
+    """
     failures: dict[str, int] = {}
+    answered: set[int] = set()
+    collector.tune()
 
     async def one(i: int, channel: grpc.aio.Channel) -> None:
         acked = ""
@@ -81,6 +92,10 @@ async def clients(address: str, count: int, per_channel: int) -> None:
                 ).StreamAggregatedResources(outgoing())
                 async for response in call:
                     acked = response.version_info
+                    if len(answered) < count:
+                        answered.add(i)
+                        if len(answered) == count:
+                            gc.freeze()
                     queue.put_nowait(
                         DiscoveryRequest(
                             type_url=SIDECAR_CONFIG_TYPE_URL,
@@ -95,7 +110,12 @@ async def clients(address: str, count: int, per_channel: int) -> None:
                     print(f"client: stream failures so far {failures}", file=sys.stderr)
                 await asyncio.sleep(0.5)
 
-    channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, count // per_channel))]
+    # A local subchannel pool per channel: otherwise grpc shares one TCP
+    # connection among all channels to the same address.
+    channels = [
+        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, count // per_connection))
+    ]
     await asyncio.gather(*(one(i, channels[i % len(channels)]) for i in range(count)))
 
 
@@ -123,7 +143,8 @@ def operator(sidecars: int) -> tuple[SnapshotCache, AdsServer, Controller]:
     return cache, ads, controller
 
 
-async def main(sidecars: int, changes: int, per_channel: int) -> None:
+async def main(sidecars: int, changes: int, per_connection: int) -> None:
+    collector.tune()  # as the operator does at start
     cache, ads, controller = operator(sidecars)
     state = controller.state
     server, port = await serve(ads, "127.0.0.1:0")
@@ -141,7 +162,7 @@ async def main(sidecars: int, changes: int, per_channel: int) -> None:
     child = subprocess.Popen(
         [
             sys.executable, __file__, "--clients", f"127.0.0.1:{port}",
-            "--sidecars", str(sidecars), "--per-channel", str(per_channel),
+            "--sidecars", str(sidecars), "--per-connection", str(per_connection),
         ]
     )  # fmt: skip
     try:
@@ -211,11 +232,14 @@ if __name__ == "__main__":
     parser.add_argument("--changes", type=int, default=5)
     parser.add_argument("--clients", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--per-channel", type=int, default=100, help="ADS streams per client connection"
+        "--per-connection",
+        type=int,
+        default=1,
+        help="ADS streams per TCP connection (1, as deployed: each sidecar dials its own)",
     )
     args = parser.parse_args()
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if args.clients:
-        asyncio.run(clients(args.clients, args.sidecars, args.per_channel))
+        asyncio.run(clients(args.clients, args.sidecars, args.per_connection))
     else:
-        asyncio.run(main(args.sidecars, args.changes, args.per_channel))
+        asyncio.run(main(args.sidecars, args.changes, args.per_connection))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import getpass
 import ssl
 from pathlib import Path
@@ -15,6 +16,7 @@ from cryptography import x509
 from kubernetes import client
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
+from tokenomy_operator import collector
 from tokenomy_operator.certs import WebhookCerts, generate, service_hosts, usable
 from tokenomy_operator.cli import listening, native_sidecars_supported, peering_identity
 from tokenomy_operator.controller import Controller
@@ -163,3 +165,24 @@ async def test_readiness_waits_for_a_listening_webhook_server() -> None:
     server.close()
     await server.wait_closed()
     assert not await listening(("127.0.0.1", port))
+
+
+def test_the_collector_leaves_a_rollouts_live_objects_alone() -> None:
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()
+    previous = collector.tune()
+    gc.callbacks.append(count)
+    try:
+        assert gc.get_freeze_count() > 0  # what existed at start is out of every collection
+        in_flight = [[i] for i in range(20_000)]  # a future per stream, alive until its ACK
+        assert collections == []  # the default threshold (700) would have collected ~28 times
+        del in_flight
+    finally:
+        gc.callbacks.remove(count)
+        gc.unfreeze()
+        gc.set_threshold(*previous)

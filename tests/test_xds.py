@@ -16,6 +16,7 @@ from envoy.config.core.v3.base_pb2 import Node
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.json_format import MessageToDict
 from google.rpc.status_pb2 import Status
 
@@ -24,7 +25,7 @@ from tokenomy_api.compiler import compile_configs
 from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
 from tokenomy_operator.xds.resources import snapshot_for
 from tokenomy_operator.xds.server import CLUSTER, ENDPOINT, AdsServer, serve
-from tokenomy_operator.xds.snapshot import SnapshotCache
+from tokenomy_operator.xds.snapshot import SnapshotCache, make_snapshot
 from tokenomy_sidecar.app import Sidecar, SidecarSettings
 from tokenomy_sidecar.credentials import Credentials
 from tokenomy_sidecar.xds_client import XdsSource
@@ -52,6 +53,25 @@ def config(standin_url: str = "http://127.0.0.1:9/v1", **spec: Any) -> SidecarCo
 
 
 # --- snapshots ---------------------------------------------------------------
+
+
+def test_a_shared_serialized_response_plus_a_nonce_is_the_whole_response() -> None:
+    items = {n: ClusterLoadAssignment(cluster_name=n) for n in ("a", "b", "c")}
+    resources = {ENDPOINT: {n: _any(m) for n, m in items.items()}}
+    typed = make_snapshot(resources).types[ENDPOINT]
+    for names in ((), ("c", "a"), ("zz",)):
+        wire = typed.response(ENDPOINT, names) + DiscoveryResponse(nonce="7").SerializeToString()
+        chosen = [resources[ENDPOINT][n] for n in (names or sorted(items)) if n in items]
+        assert DiscoveryResponse.FromString(wire) == DiscoveryResponse(
+            version_info=typed.version, resources=chosen, type_url=ENDPOINT, nonce="7"
+        )
+        assert typed.response(ENDPOINT, names) is typed.response(ENDPOINT, names)  # built once
+
+
+def _any(message: ClusterLoadAssignment) -> AnyProto:
+    wrapped = AnyProto()
+    wrapped.Pack(message)
+    return wrapped
 
 
 def test_versions_are_content_hashes_per_type() -> None:

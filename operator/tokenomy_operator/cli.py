@@ -18,6 +18,7 @@ import kopf
 from kubernetes import client, config
 
 from tokenomy_api.clock import SystemClock
+from tokenomy_operator import collector
 from tokenomy_operator.certs import generate, service_hosts
 from tokenomy_operator.controller import Controller
 from tokenomy_operator.departure import Departure
@@ -268,6 +269,7 @@ def _readiness(
 
 async def serve_operator(args: argparse.Namespace) -> int:
     """Run the xDS server, the control loop and kopf until SIGTERM or SIGINT."""
+    collector.tune()
     api = _kube(args.kubeconfig)
     cache = SnapshotCache()
     ads = AdsServer(cache)

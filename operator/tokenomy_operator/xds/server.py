@@ -29,7 +29,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
 from tokenomy_api.names import SIDECAR_CONFIG_TYPE_URL
-from tokenomy_operator.xds.snapshot import CHANGED, Snapshot, SnapshotCache
+from tokenomy_operator.xds.snapshot import CHANGED, Snapshot, SnapshotCache, TypeResources
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SIDECAR_CONFIG_TYPE_URL)
 """The order types are pushed in: what a resource refers to goes out before it."""
 
@@ -91,12 +92,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self,
         request_iterator: AsyncIterator[DiscoveryRequest],
         context: grpc.aio.ServicerContext[DiscoveryRequest, DiscoveryResponse],
-    ) -> AsyncIterator[DiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         """One node's stream: requests in, responses out, until either side ends it.
 
         Requests are handled as they are read, so an ACK (which usually asks
         for nothing) costs no second wake-up; this coroutine only sends what
         requests and snapshot changes produce, in the order they produced it.
+        Responses go out serialized already (see :func:`serve`).
         """
         queue: asyncio.Queue[object] = asyncio.Queue()
         end, nameless = object(), object()
@@ -132,7 +134,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     for response in self._on_change(state):
                         yield response
                 else:
-                    assert isinstance(item, DiscoveryResponse)
+                    assert isinstance(item, bytes)
                     yield item
         finally:
             reader.cancel()
@@ -148,7 +150,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         """How many nodes have a stream open."""
         return len(self.streams)
 
-    def _on_request(self, state: StreamState, request: DiscoveryRequest) -> list[DiscoveryResponse]:
+    def _on_request(self, state: StreamState, request: DiscoveryRequest) -> list[bytes]:
         ts = state.types.setdefault(request.type_url, TypeState())
         ts.subscribed = True
         ts.names = tuple(sorted(request.resource_names))
@@ -168,10 +170,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 listener(state.node, request.type_url, ts.sent_version or "", ts.error)
         return self._pending(state, [request.type_url])
 
-    def _on_change(self, state: StreamState) -> list[DiscoveryResponse]:
+    def _on_change(self, state: StreamState) -> list[bytes]:
         return self._pending(state, list(state.types))
 
-    def _pending(self, state: StreamState, types: list[str]) -> list[DiscoveryResponse]:
+    def _pending(self, state: StreamState, types: list[str]) -> list[bytes]:
         # A node whose snapshot was dropped (its policy deleted) gets empty
         # responses for what it had, so it stops using stale resources; a node
         # that never had one waits.
@@ -185,21 +187,21 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             ts = state.types[type_url]
             if not ts.subscribed or ts.awaiting:
                 continue
-            resources = snapshot.types.get(type_url)
-            version = resources.version if resources else ""
-            items = resources.items if resources else {}
+            resources = snapshot.types.get(type_url) or _NONE
             names = ts.names if ts.names and type_url in (ENDPOINT, ROUTE) else ()
-            if (version, names) == (ts.sent_version, ts.sent_names):
+            if (resources.version, names) == (ts.sent_version, ts.sent_names):
                 continue  # already sent; a rejected version waits for a new one
-            chosen = [items[n] for n in (names or items) if n in items]
             ts.nonce = str(next(self._nonces))
-            ts.sent_version, ts.sent_names, ts.awaiting = version, names, True
-            out.append(
-                DiscoveryResponse(
-                    version_info=version, resources=chosen, type_url=type_url, nonce=ts.nonce
-                )
-            )
+            ts.sent_version, ts.sent_names, ts.awaiting = resources.version, names, True
+            # Protobuf merges concatenated messages: the shared bytes plus this
+            # stream's nonce are one DiscoveryResponse with every field set.
+            nonce = DiscoveryResponse(nonce=ts.nonce).SerializeToString()
+            out.append(resources.response(type_url, names) + nonce)
         return out
+
+
+_NONE = TypeResources("", {})
+"""What a type the snapshot lacks is served as: nothing, at version ``""``."""
 
 
 def _push_rank(type_url: str) -> int:
@@ -216,7 +218,18 @@ async def serve(
     ``also`` adds more services before the server starts (the usage stream).
     """
     grpc_server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
+    # As the generated add_AggregatedDiscoveryServiceServicer_to_server does,
+    # but with no response serializer: the servicer yields bytes.
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            server.StreamAggregatedResources,
+            request_deserializer=DiscoveryRequest.FromString,
+        )
+    }
+    grpc_server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),)
+    )
+    grpc_server.add_registered_method_handlers(ADS_SERVICE, handlers)
     if also is not None:
         also(grpc_server)
     port = grpc_server.add_insecure_port(address)

@@ -14,7 +14,9 @@ import asyncio
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from google.protobuf.any_pb2 import Any as AnyProto
 
 
@@ -26,6 +28,27 @@ class TypeResources:
     """Content hash of the resources (names and bytes)."""
     items: Mapping[str, AnyProto]
     """Resources by name."""
+    _wire: dict[tuple[str, tuple[str, ...]], bytes] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+
+    def response(self, type_url: str, names: tuple[str, ...] = ()) -> bytes:
+        """The serialized DiscoveryResponse for these resources, without a nonce.
+
+        Every stream of every pod sharing this snapshot is sent the same bytes:
+        serializing them once instead of once per stream is most of what a
+        rollout to many sidecars costs the operator in Python. ``names`` picks
+        a subset (all when empty).
+        """
+        key = (type_url, names)
+        wire = self._wire.get(key)
+        if wire is None:
+            chosen = [self.items[n] for n in (names or self.items) if n in self.items]
+            wire = DiscoveryResponse(
+                version_info=self.version, resources=chosen, type_url=type_url
+            ).SerializeToString()
+            self._wire[key] = wire
+        return wire
 
 
 @dataclass(frozen=True)
@@ -34,7 +57,7 @@ class Snapshot:
 
     types: Mapping[str, TypeResources] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def versions(self) -> dict[str, str]:
         """The version of every type it has."""
         return {t: r.version for t, r in self.types.items()}
